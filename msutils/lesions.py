@@ -36,10 +36,12 @@ Lesion-wise scores
     ``recall = TP_truth / n_truth`` (ground-truth lesions detected),
     ``f1`` = harmonic mean of the two, and ``f1_counts = 2 TP_pred /
     (2 TP_pred + FP + FN)``, the formula behind seed 004's Table 1 (3050 TP,
-    1818 FP, 789 FN -> F1 0.7006, PPV 0.6265). A ratio whose denominator is 0
-    (no predicted / no ground-truth lesion) is ``empty_score`` (NaN by
-    default): pool counts over scans with :func:`lesion_metrics_from_counts`
-    rather than averaging per-scan ratios.
+    1818 FP, 789 FN -> F1 0.7006, PPV 0.6265). A precision or recall whose
+    denominator is 0 (no predicted / no ground-truth lesion) is ``empty_score``
+    (NaN by default); F1 is then 0.0 if the other side is non-empty (a pure
+    miss or a pure false alarm) and ``empty_score`` if both are empty. Pool
+    counts over scans with :func:`lesion_metrics_from_counts` rather than
+    averaging per-scan ratios.
 Slice-level classification (seed 003)
     A slice is *positive* when it holds at least one ground-truth lesion. A
     positive slice is **TP** when at least one of its ground-truth lesions is
@@ -102,7 +104,7 @@ def _as_mask(name: str, arr: Any, ndims: tuple[int, ...] = (2, 3)) -> np.ndarray
         bad = ~np.isin(a, (0.0, 1.0))
         if bad.any():
             raise ValueError(
-                f"'{name}' must be a binary mask (values 0/1); got values such as {a[bad].flat[0]!r}"
+                f"'{name}' must be a binary mask (values 0/1); got values such as {a[bad].flat[0].item()!r}"
             )
     return a != 0
 
@@ -436,8 +438,10 @@ def lesion_metrics_from_counts(
             raise ValueError(f"'{name}' must be a non-negative integer; got {v!r}")
     precision = _ratio(tp_pred, tp_pred + fp, empty_score)
     recall = _ratio(tp_truth, tp_truth + fn, empty_score)
-    if np.isnan(precision) or np.isnan(recall):
-        f1 = float(empty_score) if (tp_pred + fp == 0 and tp_truth + fn == 0) else float("nan")
+    if tp_pred + fp == 0 and tp_truth + fn == 0:
+        f1 = float(empty_score)
+    elif tp_pred + fp == 0 or tp_truth + fn == 0:
+        f1 = 0.0  # lesions but no prediction (recall 0), or predictions but no lesion (precision 0)
     else:
         f1 = _ratio(2 * precision * recall, precision + recall, 0.0)
     return {

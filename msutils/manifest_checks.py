@@ -96,6 +96,7 @@ class ParsedManifest:
     image_columns: list[str] = field(default_factory=lambda: list(IMAGE_COLUMNS))
     mask_columns: list[str] = field(default_factory=list)
     labels: dict[int, str] | None = None
+    masks_valid: bool = False
 
 
 class _Problems:
@@ -218,10 +219,14 @@ def _check_sidecar(
     else:
         missing = [c for c in IMAGE_COLUMNS if c not in images]
         if missing:
-            problems.add(f"{where}: key 'images' must include {_fmt_list(IMAGE_COLUMNS)}; missing {_fmt_list(missing)}")
+            problems.add(
+                f"{where}: key 'images' must include {_fmt_list(IMAGE_COLUMNS)}; missing {_fmt_list(missing)}"
+            )
         clash = [c for c in images if c in MASK_COLUMNS]
         if clash:
-            problems.add(f"{where}: key 'images' lists mask columns {_fmt_list(clash)}; put them under 'masks'")
+            problems.add(
+                f"{where}: key 'images' lists mask columns {_fmt_list(clash)}; put them under 'masks'"
+            )
         parsed.image_columns = list(IMAGE_COLUMNS) + [
             c for c in dict.fromkeys(images) if c not in IMAGE_COLUMNS and c not in MASK_COLUMNS
         ]
@@ -244,6 +249,7 @@ def _check_sidecar(
                     f"expected a subset of {_fmt_list(MASK_COLUMNS)}"
                 )
             parsed.mask_columns = [c for c in MASK_COLUMNS if c in masks]
+            parsed.masks_valid = not unknown
 
     # roi_labels
     labels: dict[int, str] | None = {}
@@ -268,7 +274,9 @@ def _check_sidecar(
             else:
                 label = None
             if label is None or label <= 0:
-                problems.add(f"{where}: roi_labels key {key!r} is not a positive integer label (0 is background)")
+                problems.add(
+                    f"{where}: roi_labels key {key!r} is not a positive integer label (0 is background)"
+                )
                 labels = None
                 continue
             if not isinstance(value, str) or not value.strip():
@@ -281,6 +289,7 @@ def _check_sidecar(
         problems.add(
             f"{where}: key 'masks' lists 'roi_labels' but the label table 'roi_labels' is missing or empty"
         )
+        labels = None  # do not also flag every label of every map
     parsed.labels = labels
 
     # roi_sets
@@ -298,7 +307,8 @@ def _check_sidecar(
                 isinstance(m, int) and not isinstance(m, bool) for m in members
             ):
                 problems.add(
-                    f"{where}: roi_sets {str(set_name)!r} must be a non-empty list of integer labels; got {members!r}"
+                    f"{where}: roi_sets {str(set_name)!r} must be a non-empty list of integer labels; "
+                    f"got {members!r}"
                 )
                 continue
             if labels is not None:
@@ -330,7 +340,8 @@ def _check_row_values(
     def add(msg: str) -> None:
         problems.add(f"{tag}: {msg}", index)
 
-    for col, what in (("subject_id", "a subject identifier"), ("session", "a session label such as 'ses-01'")):
+    id_columns = (("subject_id", "a subject identifier"), ("session", "a session label such as 'ses-01'"))
+    for col, what in id_columns:
         if col not in row:
             continue
         value = row[col]
@@ -338,7 +349,8 @@ def _check_row_values(
             add(f"column '{col}': empty; expected {what}")
         elif not _ID_RE.match(value):
             add(f"column '{col}': {value!r} may only contain letters, digits, '.', '_' and '-'")
-    for col, what in (("center", "a center name"), ("scanner", "a scanner description ('unknown' if not known)")):
+    text_columns = (("center", "a center name"), ("scanner", "a scanner description ('unknown' if not known)"))
+    for col, what in text_columns:
         if col in row and not row[col]:
             add(f"column '{col}': empty; expected {what}")
 
@@ -402,7 +414,10 @@ def _check_row_values(
         value = row[col]
         listed = col in parsed.mask_columns
         if listed and not value and not (col == "lesion_mask" and group == "HC"):
-            add(f"column '{col}': empty, but the sidecar lists '{col}' under masks; expected a path to a NIfTI image")
+            add(
+                f"column '{col}': empty, but the sidecar lists '{col}' under masks; "
+                "expected a path to a NIfTI image"
+            )
         elif not listed and value:
             add(f"column '{col}': {value!r} given, but the sidecar does not list '{col}' under masks")
 
@@ -475,11 +490,26 @@ def _examples(values: np.ndarray) -> list[float]:
     return [float(v) for v in np.unique(values)[:5]]
 
 
-def _read_voxels(img: Any, roles: set[str]) -> _Voxels:
+def _load_data(img: Any, path: Path) -> np.ndarray:
+    """Voxel data of ``img``; a gzip file is decompressed whole so its CRC is verified.
+
+    nibabel reads exactly the bytes it needs from a ``.gz`` stream and never
+    reaches the gzip trailer, so a corrupted (but not truncated) stream would
+    go unnoticed; ``gzip.decompress`` checks the CRC and length.
+    """
+    if path.name.lower().endswith(".gz") and hasattr(type(img), "from_bytes"):
+        import gzip
+
+        raw = gzip.decompress(path.read_bytes())
+        img = type(img).from_bytes(raw)
+    return np.asanyarray(img.dataobj)
+
+
+def _read_voxels(img: Any, roles: set[str], path: Path) -> _Voxels:
     """Read the voxel data once and compute what the file's roles need."""
     try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # corrupt gzip -> zlib.error, EOFError, OSError, ...
+        data = _load_data(img, path)
+    except Exception as exc:  # corrupt gzip -> BadGzipFile, zlib.error, EOFError, ...
         return _Voxels(error=f"could not be read ({type(exc).__name__}: {_one_line(exc)})")
     out = _Voxels()
     if data.dtype.kind not in "biufc":
@@ -502,7 +532,11 @@ def _read_voxels(img: Any, roles: set[str]) -> _Voxels:
             ints = values.astype(np.int64)
         else:
             ints = values.astype(np.int64, copy=False)
-        out.labels = [int(v) for v in np.unique(ints)]
+        if ints.size and int(ints.min()) >= 0 and int(ints.max()) < (1 << 20):
+            present = np.flatnonzero(np.bincount(ints.ravel()))
+        else:
+            present = np.unique(ints)
+        out.labels = [int(v) for v in present]
         out.any_nonzero = any(v != 0 for v in out.labels)
     return out
 
@@ -515,7 +549,9 @@ def _check_files(
 ) -> None:
     assert parsed.base_dir is not None
     base = parsed.base_dir
-    columns = [c for c in parsed.image_columns] + list(MASK_COLUMNS)
+    # masks the sidecar does not list were already reported when given; skip their files
+    masks = parsed.mask_columns if parsed.masks_valid else list(MASK_COLUMNS)
+    columns = list(parsed.image_columns) + list(masks)
     headers: dict[Path, tuple[_Header, Any]] = {}
     roles: dict[Path, set[str]] = {}
     refs: list[tuple[int, str, str, str, Path]] = []  # (row, tag, column, cell, path)
@@ -551,7 +587,10 @@ def _check_files(
                 continue
             assert header.shape is not None and ref_header.shape is not None
             if header.shape != ref_header.shape:
-                problems.add(f"{where} has shape {header.shape}; expected {ref_header.shape} as in column '{ref_col}'", index)
+                problems.add(
+                    f"{where} has shape {header.shape}; expected {ref_header.shape} as in column '{ref_col}'",
+                    index,
+                )
                 continue
             assert header.affine is not None and ref_header.affine is not None
             if not np.allclose(header.affine, ref_header.affine, rtol=0.0, atol=AFFINE_ATOL):
@@ -569,7 +608,7 @@ def _check_files(
     voxels: dict[Path, _Voxels] = {}
     readable = [p for p, (h, img) in headers.items() if h.error is None and img is not None]
     for n, path in enumerate(readable, 1):
-        voxels[path] = _read_voxels(headers[path][1], roles[path])
+        voxels[path] = _read_voxels(headers[path][1], roles[path], path)
         if n % 50 == 0:
             logger.info("read voxel data of %d/%d files", n, len(readable))
     labels = parsed.labels
@@ -601,7 +640,8 @@ def _check_files(
                 unknown = [v for v in vox.labels if v != 0 and v not in labels]
                 if unknown:
                     problems.add(
-                        f"{where} contains labels missing from the sidecar roi_labels table: {_fmt_list(unknown)}",
+                        f"{where} contains labels missing from the sidecar roi_labels table: "
+                        f"{_fmt_list(unknown)}",
                         index,
                     )
 
@@ -628,7 +668,9 @@ def check_manifest(path: str | os.PathLike, *, check_images: bool = True) -> tup
         parsed.csv_bytes = csv_path.read_bytes()
     sidecar_ok = False
     if not yaml_path.is_file():
-        problems.add(f"sidecar file '{yaml_path}' does not exist; expected beside the manifest, with the same name")
+        problems.add(
+            f"sidecar file '{yaml_path}' does not exist; expected beside the manifest, with the same name"
+        )
     else:
         parsed.yaml_bytes = yaml_path.read_bytes()
         import yaml
@@ -643,11 +685,8 @@ def check_manifest(path: str | os.PathLike, *, check_images: bool = True) -> tup
             reason = getattr(exc, "problem", None) or _one_line(exc)
             problems.add(f"sidecar '{yaml_name}': unparsable YAML{at}: {reason}")
         else:
-            n_before = len(problems)
             base_ok = _check_sidecar(meta_raw, yaml_name, csv_path.parent, problems, parsed)
             sidecar_ok = isinstance(meta_raw, Mapping) and base_ok
-            mask_problems = len(problems) > n_before
-            del mask_problems
     if not csv_path.is_file():
         return problems.sorted(), parsed
 
@@ -664,7 +703,10 @@ def check_manifest(path: str | os.PathLike, *, check_images: bool = True) -> tup
         return problems.sorted(), parsed
     records = [r for r in records if any(cell.strip() for cell in r)]
     if not records:
-        problems.add(f"manifest '{csv_name}': empty file; expected a header row with columns {_fmt_list(REQUIRED_COLUMNS)}")
+        problems.add(
+            f"manifest '{csv_name}': empty file; expected a header row with columns "
+            f"{_fmt_list(REQUIRED_COLUMNS)}"
+        )
         return problems.sorted(), parsed
     header = [h.strip() for h in records[0]]
     parsed.header = header
@@ -679,7 +721,8 @@ def check_manifest(path: str | os.PathLike, *, check_images: bool = True) -> tup
     extra_images = [c for c in parsed.image_columns if c not in IMAGE_COLUMNS and c not in header]
     if extra_images:
         problems.add(
-            f"manifest '{csv_name}': columns {_fmt_list(extra_images)} listed under the sidecar's 'images' are missing"
+            f"manifest '{csv_name}': columns {_fmt_list(extra_images)} listed under the sidecar's "
+            "'images' are missing"
         )
     if len(records) == 1:
         problems.add(f"manifest '{csv_name}': no data rows")
@@ -696,7 +739,7 @@ def check_manifest(path: str | os.PathLike, *, check_images: bool = True) -> tup
             )
             continue
         rows.append((index, row))
-        _check_row_values(index, row, parsed, problems, mask_known="masks" in parsed.meta)
+        _check_row_values(index, row, parsed, problems, mask_known=parsed.masks_valid)
     parsed.rows = [row for _, row in rows]
     _check_cross_rows(rows, problems)
 

@@ -1,0 +1,867 @@
+"""Run notebooks with papermill: fan out over folds, aggregate, build the book.
+
+``run_notebook`` executes a notebook once per fold of a profile (skipping folds
+whose cache entry exists) in a local process pool or on a Dask cluster, then once
+more with ``fold=None`` to aggregate; the aggregate executed notebook is what the
+book renders. ``build_book`` does that for every notebook of the profiles file and
+then runs ``jupyter-book build``.
+
+Notebook conventions
+--------------------
+- One code cell tagged ``parameters`` holding literal assignments, at least
+  ``profile``, ``fold``, ``manifest``, ``seed`` and ``out_dir``.
+- Notebooks with folds tag the last cell a fold run needs ``fold-end``; fold runs
+  stop after it (the runner truncates the notebook there), the aggregate run goes on.
+- The notebook builds ``params = notebook_params(globals(), NOTEBOOK)``, gets a
+  :class:`msutils.cache.FoldCache` from :func:`fold_cache`, calls
+  ``cache.get_or_compute(fold, compute_fold)`` in the ``fold-end`` cell when
+  ``fold is not None``, aggregates ``cache.get_all(folds, compute_fold)`` after it and
+  finally calls :func:`write_summary`.
+
+Outputs under ``out_dir``: ``cache/<notebook>/...`` (fold results),
+``executed/<notebook>/<fold>.ipynb`` and ``executed/<notebook>/aggregate.ipynb``
+(executed notebooks, written as papermill goes, so a failed run leaves the partial
+notebook), ``<notebook>/summary.json`` (written by the notebook) and
+``<notebook>/run.json`` (what this run did). The aggregate notebook is copied,
+atomically and with its parameter cells tagged ``remove-cell``, to
+``book/executed/<notebook>.ipynb``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from msutils.cache import FOLD_END_TAG, PARAMETER_TAGS, FoldCache, source_notebook
+from msutils.io import atomic_write_json, atomic_write_text
+from msutils.profiles import RESERVED_PARAMETERS, get_profile, notebook_names
+
+__all__ = [
+    "BACKENDS",
+    "REQUIRED_PARAMETERS",
+    "FoldFailed",
+    "read_parameters",
+    "notebook_params",
+    "fold_cache",
+    "write_summary",
+    "summary_path",
+    "enable_notebook_logging",
+    "fold_status",
+    "run_notebook",
+    "build_book",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Execution backends of :func:`run_notebook`.
+BACKENDS: tuple[str, ...] = ("dask", "local")
+#: Parameters every notebook's ``parameters`` cell must define.
+REQUIRED_PARAMETERS: tuple[str, ...] = ("profile", "fold", "manifest", "seed", "out_dir")
+_REMOVE_TAG = "remove-cell"
+
+
+# --------------------------------------------------------------------------------------
+# errors
+# --------------------------------------------------------------------------------------
+class FoldFailed(RuntimeError):
+    """A papermill run of one fold (or of the aggregate, ``fold=None``) failed.
+
+    Attributes
+    ----------
+    notebook : str
+    fold : str or None
+        None for the aggregate run.
+    cell : int or None
+        0-based index of the failing cell in the *source* notebook (None if the
+        failure was not in a cell, e.g. the kernel died or did not start).
+    exec_count : int or None
+        The cell's execution count (``In [n]``) in the executed notebook.
+    first_line : str or None
+        First non-blank source line of the failing cell.
+    ename, evalue : str
+        Exception class name and message raised in the kernel.
+    executed_path : pathlib.Path
+        The partial executed notebook papermill wrote.
+    """
+
+    def __init__(
+        self,
+        notebook: str,
+        fold: str | None,
+        *,
+        cell: int | None,
+        exec_count: int | None,
+        first_line: str | None,
+        ename: str,
+        evalue: str,
+        executed_path: str | os.PathLike,
+    ) -> None:
+        self.notebook = notebook
+        self.fold = fold
+        self.cell = cell
+        self.exec_count = exec_count
+        self.first_line = first_line
+        self.ename = ename
+        self.evalue = evalue
+        self.executed_path = Path(executed_path)
+        what = f"fold {fold!r}" if fold is not None else "aggregate run (fold=None)"
+        if cell is not None:
+            count = exec_count if exec_count is not None else " "
+            where = f" at cell {cell} (In [{count}], first line: {first_line!r})"
+        else:
+            where = ""
+        super().__init__(
+            f"notebook {notebook!r} {what} failed{where}: {ename}: {evalue}\n"
+            f"partial executed notebook: {self.executed_path}"
+        )
+
+    def __reduce__(self) -> tuple:
+        kwargs = {
+            "cell": self.cell, "exec_count": self.exec_count, "first_line": self.first_line,
+            "ename": self.ename, "evalue": self.evalue, "executed_path": self.executed_path,
+        }
+        return (_rebuild_fold_failed, (self.notebook, self.fold, kwargs))
+
+
+def _rebuild_fold_failed(notebook: str, fold: str | None, kwargs: dict[str, Any]) -> FoldFailed:
+    return FoldFailed(notebook, fold, **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# notebook side
+# --------------------------------------------------------------------------------------
+def _load_nb_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"notebook {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"notebook {path} is not valid JSON: {exc}") from None
+
+
+def _cell_source(cell: Mapping[str, Any]) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else str(src)
+
+
+def _parameters_cell_index(cells: Sequence[Mapping[str, Any]], path: Path) -> int:
+    idx = [i for i, c in enumerate(cells) if "parameters" in (c.get("metadata", {}).get("tags") or [])]
+    if not idx:
+        raise ValueError(f"notebook {path} has no cell tagged 'parameters'")
+    if len(idx) > 1:
+        raise ValueError(f"notebook {path} has {len(idx)} cells tagged 'parameters' (cells {idx}); tag exactly one")
+    return idx[0]
+
+
+def read_parameters(notebook_path: str | os.PathLike) -> dict[str, Any]:
+    """Names and default values of a notebook's ``parameters`` cell.
+
+    Parameters
+    ----------
+    notebook_path : str or path-like
+        The ``.ipynb`` file.
+
+    Returns
+    -------
+    dict
+        ``{name: default}`` in cell order, for every top-level ``name = literal``
+        (annotated assignments too). IPython magics and other statements are ignored.
+
+    Raises
+    ------
+    ValueError
+        No or several ``parameters`` cells, a syntax error, or a non-literal default.
+    """
+    path = Path(notebook_path)
+    cells = _load_nb_json(path).get("cells", [])
+    idx = _parameters_cell_index(cells, path)
+    lines = _cell_source(cells[idx]).splitlines()
+    src = "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in lines)
+    try:
+        tree = ast.parse(src)
+    except SyntaxError as exc:
+        raise ValueError(f"parameters cell (cell {idx}) of {path} has a syntax error: {exc}") from None
+    out: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, value = node.targets[0].id, node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name, value = node.target.id, node.value
+        else:
+            continue
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError):
+            raise ValueError(
+                f"parameter {name!r} in the parameters cell of {path} must be a literal "
+                f"(number, string, None, list, dict); got {ast.get_source_segment(src, value)!r}"
+            ) from None
+    return out
+
+
+def notebook_params(
+    namespace: Mapping[str, Any],
+    notebook: str,
+    *,
+    notebook_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The current values of every name of the notebook's ``parameters`` cell.
+
+    Parameters
+    ----------
+    namespace : mapping
+        Usually ``globals()`` of the notebook, after the (injected) parameters ran.
+    notebook : str
+        The notebook's name, e.g. ``"02_edss_regression"``.
+    notebook_path : str or path-like, optional
+        Source notebook; default :func:`msutils.cache.source_notebook` (the notebook in
+        the kernel's working directory, else in ``msutils.paths.notebooks_dir()``).
+
+    Returns
+    -------
+    dict
+        ``{name: value}`` for the parameters cell's names (what the runner hashes too).
+    """
+    path = source_notebook(notebook, notebook_path)
+    names = list(read_parameters(path))
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        raise KeyError(f"parameters {missing} of {path} are not defined; run the parameters cell first")
+    return {n: namespace[n] for n in names}
+
+
+def fold_cache(
+    notebook: str,
+    params: Mapping[str, Any],
+    *,
+    notebook_path: str | os.PathLike | None = None,
+) -> FoldCache:
+    """The :class:`~msutils.cache.FoldCache` for ``params`` (manifest and out_dir taken from them)."""
+    return FoldCache(
+        notebook,
+        params,
+        manifest=params.get("manifest"),
+        out_dir=params.get("out_dir"),
+        notebook_path=notebook_path,
+    )
+
+
+def summary_path(out_dir: str | os.PathLike | None, notebook: str) -> Path:
+    """``<out_dir>/<notebook>/summary.json`` (``out_dir`` None: ``msutils.paths.results_dir()``)."""
+    if out_dir is None:
+        from msutils.paths import results_dir
+
+        out_dir = results_dir()
+    return Path(out_dir).expanduser() / notebook / "summary.json"
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain-JSON copy of ``obj``: numpy/pandas scalars and arrays unwrapped, NaN/inf -> None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays / scalars, pandas Series
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item):
+        return _jsonable(obj.item())
+    return str(obj)
+
+
+def write_summary(out_dir: str | os.PathLike | None, notebook: str, summary: Mapping[str, Any]) -> Path:
+    """Atomically write a notebook's headline numbers to ``<out_dir>/<notebook>/summary.json``.
+
+    Parameters
+    ----------
+    out_dir : str, path-like or None
+        Results root (the notebook's ``out_dir`` parameter).
+    notebook : str
+        Notebook name.
+    summary : mapping
+        JSON-able numbers and strings; numpy values are converted, NaN/inf become null.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    if not isinstance(summary, Mapping):
+        raise TypeError(f"'summary' must be a mapping; got {type(summary).__name__}")
+    return atomic_write_json(summary_path(out_dir, notebook), _jsonable(summary))
+
+
+def enable_notebook_logging(level: int | str = "INFO") -> None:
+    """Show ``msutils`` log lines (e.g. "fold cv3: cached") in notebook output.
+
+    Adds one stderr handler to the ``msutils`` logger (idempotent).
+    """
+    log = logging.getLogger("msutils")
+    log.setLevel(level)
+    if not any(getattr(h, "_msutils_notebook", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._msutils_notebook = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+
+
+# --------------------------------------------------------------------------------------
+# execution (runs in pool / Dask workers: top-level and picklable)
+# --------------------------------------------------------------------------------------
+@contextmanager
+def _environ(env: Mapping[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _first_line(source: str | None) -> str | None:
+    for line in (source or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return None
+
+
+def _worker_init(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+
+
+def _execute_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Execute one papermill run described by ``task``; never raises for notebook errors.
+
+    Returns ``{"fold", "ok", "seconds", "output", "error"}`` where ``error`` is None or
+    ``{"cell", "exec_count", "first_line", "ename", "evalue"}`` (plain data, so it
+    crosses process boundaries).
+    """
+    import nbformat
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    fold = task["fold"]
+    label = f"{task['notebook']} " + (f"fold {fold}" if fold is not None else "aggregate")
+    source = Path(task["source"])
+    output = Path(task["output"])
+    nb = nbformat.read(source, as_version=4)
+    param_idx = _parameters_cell_index(nb.cells, source)
+    if task["truncate"]:
+        end = next(i for i, c in enumerate(nb.cells) if FOLD_END_TAG in (c.metadata.get("tags") or []))
+        nb.cells = nb.cells[: end + 1]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, output)
+    logger.info("%s: started (pid %d)", label, os.getpid())
+    error: dict[str, Any] | None = None
+    t0 = time.perf_counter()
+    with _environ(task["env"]):
+        try:
+            pm.execute_notebook(
+                str(output),
+                str(output),
+                parameters=task["parameters"],
+                kernel_name=task["kernel_name"],
+                cwd=task["cwd"],
+                progress_bar=task["progress_bar"],
+                log_output=False,
+            )
+        except PapermillExecutionError as exc:
+            i = exc.cell_index  # index in the executed notebook: injected cell at param_idx + 1
+            cell = i if i <= param_idx else (None if i == param_idx + 1 else i - 1)
+            error = {
+                "cell": cell,
+                "exec_count": exc.exec_count,
+                "first_line": _first_line(exc.source),
+                "ename": exc.ename,
+                "evalue": exc.evalue,
+            }
+        except Exception as exc:  # kernel died / did not start / bad notebook
+            error = {"cell": None, "exec_count": None, "first_line": None,
+                     "ename": type(exc).__name__, "evalue": str(exc).strip()}
+    seconds = time.perf_counter() - t0
+    try:  # papermill recorded the truncated working copy as input; name the real source
+        done = json.loads(output.read_text(encoding="utf-8"))
+        done.setdefault("metadata", {}).setdefault("papermill", {})["input_path"] = str(source)
+        atomic_write_text(output, json.dumps(done, indent=1, ensure_ascii=False) + "\n")
+    except (OSError, json.JSONDecodeError):  # pragma: no cover - best effort only
+        pass
+    if error is None:
+        logger.info("%s: finished in %.1f s", label, seconds)
+    else:
+        logger.error("%s: failed after %.1f s: %s: %s", label, seconds, error["ename"], error["evalue"])
+    return {"fold": fold, "ok": error is None, "seconds": seconds, "output": str(output), "error": error}
+
+
+def _raise_failed(notebook: str, res: Mapping[str, Any]) -> None:
+    err = res["error"]
+    raise FoldFailed(
+        notebook, res["fold"], cell=err["cell"], exec_count=err["exec_count"], first_line=err["first_line"],
+        ename=err["ename"], evalue=err["evalue"], executed_path=res["output"],
+    )
+
+
+def _run_local(tasks: list[dict[str, Any]], n_workers: int) -> list[dict[str, Any]]:
+    """Run tasks in a local process pool; stop submitting after the first failure."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    results: list[dict[str, Any]] = []
+    level = logging.getLogger("msutils").getEffectiveLevel()
+    # forkserver: workers fork from a clean single-threaded server that imported
+    # papermill once (spawn would import it in every worker; fork is unsafe with threads)
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["msutils.run", "papermill"])
+    with ProcessPoolExecutor(
+        max_workers=min(n_workers, len(tasks)),
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(level,),
+    ) as pool:
+        futures = {pool.submit(_execute_task, t): t for t in tasks}
+        for fut in as_completed(futures):
+            if fut.cancelled():
+                continue
+            task = futures[fut]
+            try:
+                res = fut.result()
+            except Exception as exc:  # worker died (e.g. killed for memory)
+                res = {"fold": task["fold"], "ok": False, "seconds": float("nan"), "output": task["output"],
+                       "error": {"cell": None, "exec_count": None, "first_line": None,
+                                 "ename": type(exc).__name__, "evalue": str(exc)}}
+            results.append(res)
+            _log_progress(task["notebook"], res, len(results), len(tasks))
+            if not res["ok"]:
+                for other in futures:
+                    other.cancel()
+    return results
+
+
+def _run_dask(
+    tasks: list[dict[str, Any]], scheduler: str | None, n_workers: int
+) -> list[dict[str, Any]]:
+    """Run tasks on a dask.distributed cluster (``scheduler`` address or a LocalCluster)."""
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True,
+            dashboard_address=None, silence_logs=logging.WARNING,
+        )
+        client = Client(cluster)
+    results: list[dict[str, Any]] = []
+    try:
+        logger.info("dask: %s", client)
+        futures = {
+            client.submit(_execute_task, t, pure=False, key=f"msutils-{t['notebook']}-{t['fold']}-{uuid.uuid4().hex[:8]}"): t
+            for t in tasks
+        }
+        for fut in as_completed(list(futures)):
+            task = futures[fut]
+            if fut.status == "cancelled":
+                continue
+            try:
+                res = fut.result()
+            except Exception as exc:  # worker lost, task erred outside the notebook
+                res = {"fold": task["fold"], "ok": False, "seconds": float("nan"), "output": task["output"],
+                       "error": {"cell": None, "exec_count": None, "first_line": None,
+                                 "ename": type(exc).__name__, "evalue": str(exc)}}
+            results.append(res)
+            _log_progress(task["notebook"], res, len(results), len(tasks))
+            if not res["ok"]:
+                pending = [f for f in futures if f.status == "pending"]
+                if pending:
+                    client.cancel(pending)
+                break
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return results
+
+
+def _log_progress(notebook: str, res: Mapping[str, Any], done: int, total: int) -> None:
+    if res["ok"]:
+        logger.info("%s fold %s: done in %.1f s [%d/%d]", notebook, res["fold"], res["seconds"], done, total)
+    else:
+        logger.error("%s fold %s: FAILED [%d/%d]", notebook, res["fold"], done, total)
+
+
+# --------------------------------------------------------------------------------------
+# planning
+# --------------------------------------------------------------------------------------
+def _plan(
+    name: str,
+    *,
+    profile: str,
+    folds: Sequence[str] | None,
+    overrides: Mapping[str, Any] | None,
+    out_dir: str | os.PathLike | None,
+    notebooks_dir: str | os.PathLike | None,
+    profiles_file: str | os.PathLike | None,
+) -> dict[str, Any]:
+    """Resolve everything a run needs and validate it up front."""
+    from msutils import paths
+
+    overrides = dict(overrides or {})
+    prof = get_profile(name, profile, path=profiles_file)
+    nb_dir = Path(notebooks_dir).expanduser().resolve() if notebooks_dir is not None else paths.notebooks_dir()
+    nb_path = nb_dir / f"{name}.ipynb"
+    if not nb_path.is_file():
+        raise FileNotFoundError(f"notebook {name!r} not found: {nb_path} does not exist")
+    defaults = read_parameters(nb_path)
+    missing = [p for p in REQUIRED_PARAMETERS if p not in defaults]
+    if missing:
+        raise ValueError(f"the parameters cell of {nb_path} must define {missing}")
+    reserved = sorted(set(overrides) & set(RESERVED_PARAMETERS))
+    if reserved:
+        raise ValueError(
+            f"overrides may not set {reserved}; use the run's profile / folds / out_dir arguments instead"
+        )
+    unknown = sorted((set(prof.parameters) | set(overrides)) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"parameters {unknown} are not defined in the parameters cell of {nb_path}; "
+            f"defined: {sorted(defaults)}"
+        )
+    out = Path(out_dir).expanduser().resolve() if out_dir is not None else paths.results_dir().resolve()
+    params: dict[str, Any] = {**defaults, **prof.parameters, **overrides, "profile": profile,
+                              "fold": None, "out_dir": str(out)}
+    if params.get("manifest") is not None:
+        manifest = Path(str(params["manifest"])).expanduser().resolve()  # kernel cwd differs
+        if not manifest.is_file():
+            raise FileNotFoundError(f"manifest {manifest} does not exist")
+        params["manifest"] = str(manifest)
+    if folds is None:
+        run_folds = list(prof.folds)
+    else:
+        run_folds = [str(f) for f in folds]
+        bad = [f for f in run_folds if f not in prof.folds]
+        if bad:
+            raise ValueError(
+                f"folds {bad} are not defined for notebook {name!r} under profile {profile!r}; "
+                f"choose from {list(prof.folds)}"
+            )
+    if run_folds:
+        cells = _load_nb_json(nb_path).get("cells", [])
+        if not any(FOLD_END_TAG in (c.get("metadata", {}).get("tags") or []) for c in cells):
+            raise ValueError(
+                f"notebook {nb_path} has folds but no code cell tagged {FOLD_END_TAG!r}: tag the cell "
+                f"that calls cache.get_or_compute(fold, ...) so fold runs stop there"
+            )
+    cache = FoldCache(name, params, manifest=params["manifest"], out_dir=out, notebook_path=nb_path)
+    env = {"MSUTILS_PROFILES": str(Path(profiles_file).expanduser().resolve())} if profiles_file else {}
+    return {"profile": prof, "nb_dir": nb_dir, "nb_path": nb_path, "params": params, "folds": run_folds,
+            "out_dir": out, "cache": cache, "env": env}
+
+
+def fold_status(
+    name: str,
+    *,
+    profile: str = "quick",
+    folds: Sequence[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    notebooks_dir: str | os.PathLike | None = None,
+    profiles_file: str | os.PathLike | None = None,
+) -> dict[str, Path | None]:
+    """Which folds of a run are cached: ``{fold: entry directory or None}``.
+
+    Same arguments as :func:`run_notebook`; nothing is executed.
+    """
+    plan = _plan(name, profile=profile, folds=folds, overrides=overrides, out_dir=out_dir,
+                 notebooks_dir=notebooks_dir, profiles_file=profiles_file)
+    cache: FoldCache = plan["cache"]
+    return {f: (cache.entry_dir(f) if cache.has(f) else None) for f in plan["folds"]}
+
+
+def _publish(executed: Path, dest: Path, source: Path) -> Path:
+    """Copy an executed notebook to the book, parameter cells tagged ``remove-cell``."""
+    nb = json.loads(executed.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if any(t in PARAMETER_TAGS for t in tags) and _REMOVE_TAG not in tags:
+            tags.append(_REMOVE_TAG)
+    nb.setdefault("metadata", {}).setdefault("papermill", {})["input_path"] = str(source)
+    return atomic_write_text(dest, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------------------
+# public entry points
+# --------------------------------------------------------------------------------------
+def run_notebook(
+    name: str,
+    *,
+    profile: str = "quick",
+    folds: Sequence[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    backend: str = "local",
+    scheduler: str | None = None,
+    n_workers: int = 2,
+    out_dir: str | os.PathLike | None = None,
+    notebooks_dir: str | os.PathLike | None = None,
+    executed_dir: str | os.PathLike | None = None,
+    profiles_file: str | os.PathLike | None = None,
+    aggregate: bool = True,
+    force: bool = False,
+    kernel_name: str = "python3",
+    progress_bar: bool = False,
+) -> Path | None:
+    """Execute a notebook once per fold (in parallel), then once to aggregate.
+
+    Parameters
+    ----------
+    name : str
+        Notebook name, e.g. ``"02_edss_regression"`` (``<notebooks_dir>/<name>.ipynb``).
+    profile : str
+        Profile of the profiles file (``smoke``, ``quick``, ``paper``).
+    folds : sequence of str, optional
+        Subset of the profile's folds to run; default all of them. The aggregate run
+        still aggregates every fold of the profile (computing missing ones in-process).
+    overrides : mapping, optional
+        Parameter values on top of the profile's; each must be defined in the
+        notebook's parameters cell; ``profile``/``fold``/``out_dir`` are not allowed. A
+        relative ``manifest`` is resolved against the current directory.
+    backend : {"local", "dask"}
+        ``local``: a process pool of ``n_workers``. ``dask``: ``Client(scheduler)`` if
+        given, else a ``LocalCluster(n_workers, threads_per_worker=1, processes=True)``.
+        Remote Dask workers need msutils installed and the same paths (shared disk).
+    scheduler : str, optional
+        Dask scheduler address, e.g. ``"tcp://host:8786"`` (``backend="dask"`` only).
+    n_workers : int
+        Parallel fold runs (local pool size / LocalCluster workers).
+    out_dir : str or path-like, optional
+        Results root; default ``msutils.paths.results_dir()``.
+    notebooks_dir : str or path-like, optional
+        Folder of the source notebooks; default ``msutils.paths.notebooks_dir()``.
+        papermill runs the kernel in this folder.
+    executed_dir : str or path-like, optional
+        Where the aggregate executed notebook goes for the book; default
+        ``<repo>/book/executed``.
+    profiles_file : str or path-like, optional
+        Profiles YAML; default ``msutils.profiles.profiles_path()``. Exported to the
+        kernels as ``$MSUTILS_PROFILES``.
+    aggregate : bool
+        Run the aggregate (``fold=None``) pass; False only precomputes folds.
+    force : bool
+        Delete the selected folds' cache entries first, so they are recomputed.
+    kernel_name : str
+        Jupyter kernel.
+    progress_bar : bool
+        papermill's per-cell progress bar.
+
+    Returns
+    -------
+    Path or None
+        ``<out_dir>/<name>/summary.json`` (None with ``aggregate=False``).
+
+    Raises
+    ------
+    FoldFailed
+        A fold or the aggregate run failed; names the cell and the partial notebook.
+    """
+    from msutils import __version__, paths
+
+    if backend not in BACKENDS:
+        raise ValueError(f"'backend' must be one of {sorted(BACKENDS)}; got {backend!r}")
+    if scheduler is not None and backend != "dask":
+        raise ValueError(f"'scheduler' needs backend='dask'; got backend={backend!r}")
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"'n_workers' must be a positive integer; got {n_workers!r}")
+    plan = _plan(name, profile=profile, folds=folds, overrides=overrides, out_dir=out_dir,
+                 notebooks_dir=notebooks_dir, profiles_file=profiles_file)
+    cache: FoldCache = plan["cache"]
+    out: Path = plan["out_dir"]
+    executed_root = out / "executed" / name
+    dest_dir = Path(executed_dir).expanduser() if executed_dir is not None else paths.repo_root() / "book" / "executed"
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    cache.clean_temp()
+    if force:
+        for f in plan["folds"]:
+            if cache.remove(f):
+                logger.info("%s fold %s: cache entry removed (force)", name, f)
+
+    def task(fold: str | None) -> dict[str, Any]:
+        return {
+            "notebook": name,
+            "fold": fold,
+            "source": str(plan["nb_path"]),
+            "output": str(executed_root / (f"{fold}.ipynb" if fold is not None else "aggregate.ipynb")),
+            "parameters": {**plan["params"], "fold": fold},
+            "cwd": str(plan["nb_dir"]),
+            "kernel_name": kernel_name,
+            "progress_bar": progress_bar,
+            "truncate": fold is not None,
+            "env": plan["env"],
+        }
+
+    record: dict[str, Any] = {}
+    run_info: dict[str, Any] = {
+        "notebook": name, "profile": profile, "parameters": {k: v for k, v in plan["params"].items() if k != "fold"},
+        "folds": record, "backend": backend, "scheduler": scheduler, "n_workers": n_workers,
+        "msutils_version": __version__, "started": started,
+    }
+
+    def save_record(**extra: Any) -> None:
+        run_info.update(extra, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        atomic_write_json(out / name / "run.json", run_info)
+
+    todo = []
+    for f in plan["folds"]:
+        if cache.has(f):
+            logger.info("%s fold %s: cached, skipped (%s)", name, f, cache.entry_dir(f))
+            record[f] = {"status": "cached", "entry": str(cache.entry_dir(f))}
+        else:
+            todo.append(f)
+    if todo:
+        logger.info("%s: running %d of %d folds with backend %r (%d workers): %s",
+                    name, len(todo), len(plan["folds"]), backend, n_workers, ", ".join(todo))
+        tasks = [task(f) for f in todo]
+        results = _run_local(tasks, n_workers) if backend == "local" else _run_dask(tasks, scheduler, n_workers)
+        failed = [r for r in results if not r["ok"]]
+        for r in results:
+            record[r["fold"]] = {"status": "computed" if r["ok"] else "failed", "seconds": round(r["seconds"], 3),
+                                 "executed": r["output"]}
+        if failed:
+            for f in todo:
+                record.setdefault(f, {"status": "not run"})
+            save_record()
+            _raise_failed(name, min(failed, key=lambda r: todo.index(r["fold"])))
+        for f in todo:
+            if cache.has(f):
+                record[f]["entry"] = str(cache.entry_dir(f))
+            else:
+                logger.warning(
+                    "%s fold %s ran but left no cache entry %s: the notebook's cache key differs from the "
+                    "runner's (build params with msutils.run.notebook_params(globals(), %r) and call "
+                    "cache.get_or_compute(fold, ...) in the %r cell); the aggregate run will recompute it",
+                    name, f, cache.entry_dir(f), name, FOLD_END_TAG,
+                )
+    summary = summary_path(out, name)
+    if not aggregate:
+        save_record()
+        return None
+    t_agg = time.time()
+    res = _execute_task(task(None))
+    if not res["ok"]:
+        save_record(aggregate={"status": "failed", "seconds": round(res["seconds"], 3), "executed": res["output"]})
+        _raise_failed(name, res)
+    if not summary.is_file() or summary.stat().st_mtime < t_agg - 1.0:
+        raise RuntimeError(
+            f"notebook {name!r} did not write {summary}: call "
+            f"msutils.run.write_summary(out_dir, {name!r}, {{...}}) in its aggregate part"
+        )
+    book_copy = _publish(Path(res["output"]), dest_dir / f"{name}.ipynb", plan["nb_path"])
+    logger.info("%s: aggregate done in %.1f s; executed notebook %s", name, res["seconds"], book_copy)
+    save_record(
+        aggregate={"status": "computed", "seconds": round(res["seconds"], 3), "executed": res["output"],
+                   "book": str(book_copy)},
+        summary=str(summary),
+    )
+    return summary
+
+
+def _jupyter_book() -> str:
+    exe = Path(sys.executable).parent / "jupyter-book"
+    if exe.is_file():
+        return str(exe)
+    found = shutil.which("jupyter-book")
+    if found is None:
+        raise FileNotFoundError("jupyter-book is not installed in this environment (pip install 'jupyter-book<2')")
+    return found
+
+
+def build_book(
+    profile: str = "quick",
+    out_dir: str | os.PathLike | None = None,
+    notebooks: Sequence[str] | None = None,
+    *,
+    backend: str = "local",
+    scheduler: str | None = None,
+    n_workers: int = 2,
+    notebooks_dir: str | os.PathLike | None = None,
+    executed_dir: str | os.PathLike | None = None,
+    profiles_file: str | os.PathLike | None = None,
+    book_root: str | os.PathLike | None = None,
+) -> Path:
+    """Run every notebook (profiles-file order), then ``jupyter-book build``.
+
+    Parameters
+    ----------
+    profile : str
+        Profile for every notebook.
+    out_dir : str or path-like, optional
+        Results root (see :func:`run_notebook`).
+    notebooks : sequence of str, optional
+        Subset to run (still in profiles-file order); default all. The book is built
+        from whatever executed notebooks exist.
+    backend, scheduler, n_workers, notebooks_dir, executed_dir, profiles_file
+        Passed to :func:`run_notebook`.
+    book_root : str or path-like, optional
+        Folder with ``_config.yml`` / ``_toc.yml``; default the repository root.
+
+    Returns
+    -------
+    Path
+        ``<book_root>/_build/html/index.html``.
+
+    Raises
+    ------
+    FoldFailed
+        A notebook failed (the book is not built).
+    RuntimeError
+        ``jupyter-book build`` failed; the message holds its output.
+    """
+    from msutils import paths
+
+    order = notebook_names(profiles_file)
+    if notebooks is None:
+        names = order
+    else:
+        bad = [n for n in notebooks if n not in order]
+        if bad:
+            raise ValueError(f"notebooks {bad} are not in the profiles file; choose from {order}")
+        names = [n for n in order if n in set(notebooks)]
+    root = Path(book_root).expanduser().resolve() if book_root is not None else paths.repo_root()
+    if executed_dir is None:
+        executed_dir = root / "book" / "executed"
+    t0 = time.perf_counter()
+    for i, nb in enumerate(names, 1):
+        logger.info("book: notebook %d/%d %s (profile %s)", i, len(names), nb, profile)
+        run_notebook(nb, profile=profile, out_dir=out_dir, backend=backend, scheduler=scheduler,
+                     n_workers=n_workers, notebooks_dir=notebooks_dir, executed_dir=executed_dir,
+                     profiles_file=profiles_file)
+    logger.info("book: notebooks done in %.1f s; running jupyter-book build %s", time.perf_counter() - t0, root)
+    proc = subprocess.run([_jupyter_book(), "build", str(root)], cwd=root, capture_output=True, text=True)
+    output = (proc.stdout or "") + (proc.stderr or "")
+    if proc.returncode != 0:
+        raise RuntimeError(f"jupyter-book build {root} failed (exit {proc.returncode}):\n{output[-8000:]}")
+    index = root / "_build" / "html" / "index.html"
+    if not index.is_file():
+        raise RuntimeError(f"jupyter-book build {root} wrote no {index}:\n{output[-8000:]}")
+    logger.info("book: %s", index)
+    return index

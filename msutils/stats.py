@@ -1,0 +1,594 @@
+"""Statistics of the study book: Table 1, repeated-measures ANOVA, confidence intervals.
+
+* :func:`table1` / :func:`format_table1` — cohort characteristics per group with
+  the tests of seed 001 (Student t-test, Fisher exact test, Mood's median test).
+* :func:`rm_anova_errors` — 1-way repeated-measures ANOVA of absolute errors
+  across models with Greenhouse-Geisser correction and Bonferroni-corrected
+  paired post hoc tests (seed 001, Table 3).
+* :func:`exact_ci_proportion` (Clopper-Pearson), :func:`bootstrap_ci`
+  (percentile bootstrap over units, e.g. patients), :func:`regression_metrics`.
+* :func:`format_p` — p-values as printed in the tables.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "KINDS",
+    "BootstrapCI",
+    "RMAnovaResult",
+    "bootstrap_ci",
+    "exact_ci_proportion",
+    "format_p",
+    "format_table1",
+    "regression_metrics",
+    "rm_anova_errors",
+    "table1",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Variable kinds understood by :func:`table1`.
+KINDS = ("continuous", "categorical", "ordinal")
+
+_TABLE1_COLUMNS = [
+    "variable", "kind", "level", "group", "n", "mean", "sd", "median", "q1", "q3",
+    "count", "percent", "summary", "test", "statistic", "p_value", "note",
+]
+
+
+def format_p(p: float, digits: int = 3) -> str:
+    """Format a p-value: ``"<0.001"`` below 10**-digits, else rounded; NaN -> ``""``."""
+    if p is None or not np.isfinite(p):
+        return ""
+    if p < 10.0**-digits:
+        return f"<{10.0**-digits:.{digits}f}"
+    return f"{p:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- Table 1
+
+
+def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
+    s = pd.to_numeric(df[col], errors="coerce")
+    bad = s.isna() & df[col].notna()
+    if bad.any():
+        row = bad.idxmax()
+        raise ValueError(
+            f"column {col!r} must be numeric; got {df.loc[row, col]!r} in row {row!r}"
+        )
+    return s.astype(float)
+
+
+def _fisher_rxc(table: np.ndarray, n_resamples: int, seed: int) -> tuple[float, float, str, str]:
+    """(statistic, p, test name, note) for an r x c table (not 2 x 2)."""
+    from scipy import stats
+
+    if "method" in inspect.signature(stats.fisher_exact).parameters:
+        method = stats.MonteCarloMethod(n_resamples=n_resamples, rng=np.random.default_rng(seed))
+        res = stats.fisher_exact(table, method=method)
+        return (float(res.statistic), float(res.pvalue), "Fisher exact test",
+                f"r x c table: Monte Carlo p from {n_resamples} random tables (seed {seed})")
+    chi2, p, _, _ = stats.chi2_contingency(table)  # pragma: no cover - old scipy only
+    return (float(chi2), float(p), "chi-square test",  # pragma: no cover
+            "r x c Fisher exact test unavailable in this scipy; chi-square used")
+
+
+def _test_continuous(groups: list[np.ndarray], equal_var: bool) -> tuple[str, float, float, str]:
+    from scipy import stats
+
+    if any(len(g) < 2 for g in groups):
+        return ("", np.nan, np.nan, "a group has < 2 values: no test")
+    if len(groups) == 2:
+        res = stats.ttest_ind(groups[0], groups[1], equal_var=equal_var)
+        name = "Student t-test" if equal_var else "Welch t-test"
+        return (name, float(res.statistic), float(res.pvalue), "")
+    if equal_var:
+        res = stats.f_oneway(*groups)
+        return ("one-way ANOVA", float(res.statistic), float(res.pvalue), "")
+    import pingouin as pg
+
+    long = pd.DataFrame(
+        {"y": np.concatenate(groups), "g": np.repeat(np.arange(len(groups)), [len(g) for g in groups])}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        out = pg.welch_anova(data=long, dv="y", between="g")
+    return ("Welch ANOVA", float(out["F"].iloc[0]), float(out["p_unc"].iloc[0]), "")
+
+
+def table1(
+    df: pd.DataFrame,
+    by: str,
+    variables: Mapping[str, str],
+    *,
+    order: Sequence[Any] | None = None,
+    equal_var: bool = True,
+    decimals: int = 1,
+    fisher_resamples: int = 100_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Cohort characteristics per group, with between-group tests (tidy).
+
+    Parameters
+    ----------
+    df : DataFrame
+        One row per unit to describe (patients: take one session per subject).
+    by : str
+        Grouping column (e.g. ``"center"``).
+    variables : mapping name -> kind
+        ``kind`` is one of ``"continuous"`` (mean (SD); Student t-test for two
+        groups -- seed 001 -- or Welch's with ``equal_var=False``; one-way ANOVA
+        / Welch ANOVA for more groups), ``"ordinal"`` (median [Q1, Q3]; Mood's
+        median test, :func:`scipy.stats.median_test` with its default
+        ``ties="below"``) or ``"categorical"`` (count (%) per level; Fisher
+        exact test: exact for 2 x 2 tables, seeded Monte Carlo for r x c).
+        For one level of interest (seed 001: "secondary-progressive course")
+        pass a derived boolean column.
+    order : sequence, optional
+        Group order; default sorted group values.
+    equal_var : bool
+        Student (True, default, as in seed 001) or Welch (False) tests.
+    decimals : int
+        Decimals in the ``summary`` strings.
+    fisher_resamples, seed : int
+        Monte Carlo size and seed of the r x c Fisher exact test.
+
+    Returns
+    -------
+    DataFrame with one row per (variable, level, group) and columns
+    ``variable, kind, level, group, n, mean, sd, median, q1, q3, count,
+    percent, summary, test, statistic, p_value, note``. ``level`` is ``""``
+    except for categorical variables; the test columns repeat on every row of
+    a variable. A first block ``variable="n"`` gives the group sizes. Missing
+    values are left out per variable (``n`` counts the non-missing ones);
+    percentages are of the non-missing values.
+    """
+    from scipy import stats
+
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"'df' must be a pandas DataFrame; got {type(df).__name__}")
+    if by not in df.columns:
+        raise ValueError(f"'by' column {by!r} not in the table; it has {list(map(str, df.columns))}")
+    if not isinstance(variables, Mapping) or not variables:
+        raise TypeError("'variables' must be a non-empty mapping name -> kind")
+    missing = [v for v in variables if v not in df.columns]
+    if missing:
+        raise ValueError(f"variable column(s) {missing} not in the table; it has {list(map(str, df.columns))}")
+    for v, kind in variables.items():
+        if kind not in KINDS:
+            raise ValueError(f"kind of {v!r} must be one of {list(KINDS)}; got {kind!r}")
+    if by in variables:
+        raise ValueError(f"'by' column {by!r} cannot also be a variable")
+
+    data = df[df[by].notna()]
+    if len(data) < len(df):
+        logger.warning("table1: %d row(s) with missing %r left out", len(df) - len(data), by)
+    present = list(pd.unique(data[by]))
+    if order is None:
+        groups = sorted(present, key=str)
+    else:
+        groups = list(order)
+        unknown = [g for g in groups if g not in present]
+        if unknown:
+            raise ValueError(f"'order' value(s) {unknown} not found in column {by!r}; values: {sorted(present, key=str)}")
+        dropped = [g for g in present if g not in groups]
+        if dropped:
+            logger.warning("table1: group(s) %s not in 'order' are left out", dropped)
+    parts = {g: data[data[by] == g] for g in groups}
+    d = decimals
+    rows: list[dict[str, Any]] = []
+
+    for g in groups:
+        rows.append({"variable": "n", "kind": "n", "level": "", "group": g,
+                     "n": len(parts[g]), "summary": str(len(parts[g]))})
+
+    for var, kind in variables.items():
+        test = {"test": "", "statistic": np.nan, "p_value": np.nan, "note": ""}
+        var_rows: list[dict[str, Any]] = []
+        if kind in ("continuous", "ordinal"):
+            vals = {g: _numeric(parts[g], var).dropna().to_numpy() for g in groups}
+            for g, v in vals.items():
+                r: dict[str, Any] = {"variable": var, "kind": kind, "level": "", "group": g, "n": len(v)}
+                if kind == "continuous":
+                    mean = float(np.mean(v)) if len(v) else np.nan
+                    sd = float(np.std(v, ddof=1)) if len(v) > 1 else np.nan
+                    r.update(mean=mean, sd=sd, summary=f"{mean:.{d}f} ({sd:.{d}f})")
+                else:
+                    if len(v):
+                        q1, med, q3 = (float(x) for x in np.percentile(v, [25, 50, 75]))
+                    else:
+                        q1 = med = q3 = np.nan
+                    r.update(median=med, q1=q1, q3=q3, summary=f"{med:.{d}f} [{q1:.{d}f}, {q3:.{d}f}]")
+                var_rows.append(r)
+            arrays = list(vals.values())
+            if len(groups) < 2:
+                test["note"] = "single group: no test"
+            elif kind == "continuous":
+                name, stat, p, note = _test_continuous(arrays, equal_var)
+                test.update(test=name, statistic=stat, p_value=p, note=note)
+            elif any(len(a) == 0 for a in arrays):
+                test["note"] = "a group has no values: no test"
+            else:
+                try:
+                    stat, p, _, _ = stats.median_test(*arrays)
+                    test.update(test="Mood's median test", statistic=float(stat), p_value=float(p))
+                except ValueError as exc:  # e.g. every value on one side of the grand median
+                    test.update(test="Mood's median test", note=f"not computable: {exc}")
+        else:
+            col = data[var]
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                levels = [lv for lv in col.cat.categories if (col == lv).any()]
+            else:
+                levels = sorted(pd.unique(col.dropna()), key=str)
+            counts = np.array(
+                [[int((parts[g][var] == lv).sum()) for g in groups] for lv in levels], dtype=np.int64
+            ).reshape(len(levels), len(groups))
+            for j, g in enumerate(groups):
+                n_g = int(parts[g][var].notna().sum())
+                for i, lv in enumerate(levels):
+                    c = int(counts[i, j])
+                    pct = 100.0 * c / n_g if n_g else np.nan
+                    var_rows.append({"variable": var, "kind": kind, "level": str(lv), "group": g,
+                                     "n": n_g, "count": c, "percent": pct,
+                                     "summary": f"{c} ({pct:.{d}f}%)"})
+            if len(groups) < 2:
+                test["note"] = "single group: no test"
+            elif len(levels) < 2:
+                test["note"] = "single level: no test"
+            elif counts.shape == (2, 2):
+                res = stats.fisher_exact(counts)
+                test.update(test="Fisher exact test", statistic=float(res.statistic),
+                            p_value=float(res.pvalue), note="statistic: odds ratio")
+            else:
+                stat, p, name, note = _fisher_rxc(counts, fisher_resamples, seed)
+                test.update(test=name, statistic=stat, p_value=p, note=note)
+        for r in var_rows:
+            r.update(test)
+        rows += var_rows
+    out = pd.DataFrame(rows).reindex(columns=_TABLE1_COLUMNS)
+    out["level"] = out["level"].fillna("")
+    for c in ("summary", "test", "note"):
+        out[c] = out[c].fillna("")
+    return out
+
+
+def format_table1(t1: pd.DataFrame, *, p_digits: int = 3) -> pd.DataFrame:
+    """Paper-style wide Table 1 from :func:`table1` output.
+
+    Rows ``"age, mean (SD)"``, ``"edss, median [IQR]"``, ``"sex = F, n (%)"``;
+    one column per group headed ``"<group> (n=N)"``, then ``"P value"``
+    (:func:`format_p`) and ``"test"``.
+    """
+    sizes = t1[t1["variable"] == "n"].set_index("group")["n"]
+    body = t1[t1["variable"] != "n"].copy()
+    label = {"continuous": "mean (SD)", "ordinal": "median [IQR]", "categorical": "n (%)"}
+
+    def row_label(r: pd.Series) -> str:
+        head = f"{r['variable']} = {r['level']}" if r["kind"] == "categorical" else str(r["variable"])
+        return f"{head}, {label[r['kind']]}"
+
+    body["row"] = body.apply(row_label, axis=1)
+    rows = list(dict.fromkeys(body["row"]))
+    groups = list(sizes.index)
+    wide = body.pivot(index="row", columns="group", values="summary").reindex(index=rows, columns=groups)
+    wide.columns = [f"{g} (n={int(sizes[g])})" for g in groups]
+    first = body.drop_duplicates("row").set_index("row")
+    wide["P value"] = first["p_value"].map(lambda p: format_p(p, p_digits))
+    wide["test"] = first["test"]
+    wide.index.name = None
+    return wide
+
+
+# --------------------------------------------------------------------------- RM ANOVA
+
+
+@dataclass(frozen=True)
+class RMAnovaResult:
+    """Result of :func:`rm_anova_errors`.
+
+    Attributes
+    ----------
+    anova : DataFrame
+        One row: ``F, df1, df2, p_unc, eps`` (Greenhouse-Geisser epsilon),
+        ``df1_gg, df2_gg`` (= eps * df), ``p_gg``, ``np2`` (partial eta
+        squared), ``sphericity, W_spher, p_spher`` (Mauchly), ``n_subjects,
+        n_models``.
+    posthoc : DataFrame
+        Paired t-tests for every model pair, in input model order (``a``
+        before ``b``): ``a, b, mean_a, mean_b, t, dof, p_unc, p_bonf``
+        (Bonferroni: p_unc x number of pairs, capped at 1), ``hedges``
+        (t and hedges are positive when ``a`` has the larger mean error).
+    """
+
+    anova: pd.DataFrame
+    posthoc: pd.DataFrame
+
+    @property
+    def F(self) -> float:
+        return float(self.anova["F"].iloc[0])
+
+    @property
+    def p_gg(self) -> float:
+        return float(self.anova["p_gg"].iloc[0])
+
+    @property
+    def eps(self) -> float:
+        return float(self.anova["eps"].iloc[0])
+
+    def pvalues(self) -> dict[str, float]:
+        """``{"anova (GG)": p, "A vs B": Bonferroni p, ...}``."""
+        out = {"anova (GG)": self.p_gg}
+        for _, r in self.posthoc.iterrows():
+            out[f"{r['a']} vs {r['b']}"] = float(r["p_bonf"])
+        return out
+
+    def summary(self) -> str:
+        """Seed-001 style line, e.g. ``F(1.82, 180.39) = 7.94, p = 0.001, ...``."""
+        a = self.anova.iloc[0]
+        p = format_p(a["p_gg"])
+        p_txt = f"p {p}" if p.startswith("<") else f"p = {p}"
+        return (
+            f"F({a['df1_gg']:.2f}, {a['df2_gg']:.2f}) = {a['F']:.2f}, {p_txt}; "
+            f"partial eta^2 = {a['np2']:.2f}; df corrected with Greenhouse-Geisser "
+            f"epsilon = {a['eps']:.2f} ({int(a['n_subjects'])} subjects, {int(a['n_models'])} models)"
+        )
+
+
+def _wide_errors(errors: pd.DataFrame, subject: str, within: str, dv: str) -> pd.DataFrame:
+    if not isinstance(errors, pd.DataFrame):
+        raise TypeError(f"'abs_errors' must be a pandas DataFrame; got {type(errors).__name__}")
+    if {subject, within, dv} <= set(errors.columns):
+        dup = errors.duplicated([subject, within])
+        if dup.any():
+            r = errors.loc[dup].iloc[0]
+            raise ValueError(f"more than one {dv!r} value for {subject}={r[subject]!r}, {within}={r[within]!r}")
+        wide = errors.pivot(index=subject, columns=within, values=dv)
+        wide = wide[list(pd.unique(errors[within]))]  # first-appearance model order
+    else:
+        wide = errors.copy()
+        if not wide.index.is_unique:
+            raise ValueError("wide 'abs_errors' must have one row per subject (unique index)")
+    wide = wide.apply(pd.to_numeric, errors="raise").astype(float)
+    incomplete = wide.isna().any(axis=1)
+    if incomplete.any():
+        logger.warning("rm_anova_errors: %d subject(s) with missing errors left out", int(incomplete.sum()))
+        wide = wide[~incomplete]
+    if wide.shape[1] < 2:
+        raise ValueError(f"need >= 2 models (columns); got {list(wide.columns)}")
+    if wide.shape[0] < 3:
+        raise ValueError(f"need >= 3 subjects with errors for every model; got {wide.shape[0]}")
+    return wide
+
+
+def rm_anova_errors(
+    abs_errors: pd.DataFrame,
+    *,
+    subject: str = "subject",
+    within: str = "model",
+    dv: str = "abs_error",
+) -> RMAnovaResult:
+    """1-way repeated-measures ANOVA of absolute errors across models (seed 001).
+
+    Parameters
+    ----------
+    abs_errors : DataFrame
+        Long (columns ``subject``, ``within``, ``dv``) or wide (one row per
+        subject, one column per model). Subjects lacking a value for any model
+        are left out (logged).
+    subject, within, dv : str
+        Column names of the long format.
+
+    Returns
+    -------
+    RMAnovaResult
+        ANOVA with Greenhouse-Geisser correction (:func:`pingouin.rm_anova`,
+        ``correction=True``) and Bonferroni-corrected paired t-tests
+        (:func:`pingouin.pairwise_tests`, ``padjust="bonf"``).
+    """
+    import pingouin as pg
+
+    wide = _wide_errors(abs_errors, subject, within, dv)
+    wide.index.name, wide.columns.name = "subject", "model"
+    long = wide.reset_index().melt(id_vars="subject", var_name="model", value_name="abs_error")
+    long["model"] = long["model"].astype(str)
+    with warnings.catch_warnings():
+        # pingouin 0.7 calls pandas APIs deprecated in pandas 3.1 (inplace=...)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        aov = pg.rm_anova(data=long, dv="abs_error", within="model", subject="subject",
+                          correction=True, detailed=True, effsize="np2")
+        ph = pg.pairwise_tests(data=long, dv="abs_error", within="model", subject="subject",
+                               padjust="bonf")
+    a = aov.iloc[0]
+    k, n = wide.shape[1], wide.shape[0]
+    df1, df2 = float(a["DF"]), float(aov["DF"].iloc[1])
+    eps = float(a["eps"]) if "eps" in aov.columns and pd.notna(a.get("eps")) else 1.0
+    p_unc = float(a["p_unc"])
+    p_gg = float(a["p_GG_corr"]) if "p_GG_corr" in aov.columns and pd.notna(a.get("p_GG_corr")) else p_unc
+    anova = pd.DataFrame([{
+        "source": "model", "F": float(a["F"]), "df1": df1, "df2": df2, "p_unc": p_unc,
+        "eps": eps, "df1_gg": eps * df1, "df2_gg": eps * df2, "p_gg": p_gg, "np2": float(a["np2"]),
+        "sphericity": a.get("sphericity", True), "W_spher": float(a.get("W_spher", np.nan)),
+        "p_spher": float(a.get("p_spher", np.nan)), "n_subjects": n, "n_models": k,
+    }])
+    means = wide.mean()
+    means.index = means.index.astype(str)
+    posthoc = pd.DataFrame({
+        "a": ph["A"].astype(str), "b": ph["B"].astype(str),
+        "mean_a": ph["A"].astype(str).map(means).to_numpy(), "mean_b": ph["B"].astype(str).map(means).to_numpy(),
+        "t": ph["T"].astype(float), "dof": ph["dof"].astype(float),
+        "p_unc": ph["p_unc"].astype(float), "p_bonf": ph["p_corr"].astype(float),
+        "hedges": ph["hedges"].astype(float),
+    })
+    # pingouin orders pairs alphabetically; report them in the input column order
+    pos = {m: i for i, m in enumerate(map(str, wide.columns))}
+    flip = posthoc["a"].map(pos) > posthoc["b"].map(pos)
+    posthoc.loc[flip, ["a", "b"]] = posthoc.loc[flip, ["b", "a"]].to_numpy()
+    posthoc.loc[flip, ["mean_a", "mean_b"]] = posthoc.loc[flip, ["mean_b", "mean_a"]].to_numpy()
+    posthoc.loc[flip, ["t", "hedges"]] *= -1
+    posthoc = posthoc.assign(_a=posthoc["a"].map(pos), _b=posthoc["b"].map(pos))
+    posthoc = posthoc.sort_values(["_a", "_b"]).drop(columns=["_a", "_b"]).reset_index(drop=True)
+    return RMAnovaResult(anova=anova, posthoc=posthoc)
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def exact_ci_proportion(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) confidence interval of ``k / n``.
+
+    Uses :meth:`scipy.stats.binomtest(...).proportion_ci(method="exact")`.
+    Returns ``(low, high)``; e.g. 0/10 -> (0, 0.3085) at 95 %.
+    """
+    from scipy import stats
+
+    for name, v in (("k", k), ("n", n)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"'{name}' must be an integer; got {v!r}")
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1; got k={k}, n={n}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"'alpha' must be in (0, 1); got {alpha!r}")
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=1 - alpha, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    """Percentile bootstrap interval: ``estimate`` on all data, ``low``/``high``."""
+
+    estimate: float
+    low: float
+    high: float
+    alpha: float
+    n_boot: int
+    n_valid: int
+    n_units: int
+
+
+def _take(data: Any, idx: np.ndarray) -> Any:
+    if isinstance(data, (pd.DataFrame, pd.Series)):
+        return data.iloc[idx]
+    return data[idx]
+
+
+def bootstrap_ci(
+    data: Any,
+    statistic: Callable[[Any], float] | None = None,
+    *,
+    units: Sequence[Any] | np.ndarray | pd.Series | None = None,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> BootstrapCI:
+    """Percentile bootstrap confidence interval, resampling whole units.
+
+    Parameters
+    ----------
+    data : 1-D array-like, 2-D array or DataFrame
+        Observations, one per row (per-patient values, per-slice rows, ...).
+    statistic : callable, optional
+        ``statistic(subset) -> float`` where ``subset`` has the type of
+        ``data`` (ndarray or DataFrame rows). Default: mean of a 1-D ``data``.
+    units : array-like, optional
+        Unit id of each row (e.g. patient id of each slice). Units are drawn
+        with replacement and *all* rows of a drawn unit enter the resample
+        (cluster bootstrap), so rows of one patient never count as
+        independent. Default: every row is its own unit.
+    n_boot : int
+        Number of resamples.
+    alpha : float
+        Two-sided level: the interval is the ``alpha/2`` and ``1 - alpha/2``
+        percentiles of the bootstrap statistics.
+    seed : int
+        Seed of :func:`numpy.random.default_rng`; same seed, same interval.
+
+    Returns
+    -------
+    BootstrapCI
+        Resamples whose statistic is NaN (e.g. a sensitivity without
+        positives) are dropped; ``n_valid`` says how many remain.
+    """
+    if isinstance(data, pd.Series):
+        data = data.to_numpy()
+    if not isinstance(data, pd.DataFrame):
+        data = np.asarray(data)
+    n_rows = len(data)
+    if n_rows == 0:
+        raise ValueError("'data' is empty")
+    if statistic is None:
+        if isinstance(data, pd.DataFrame) or data.ndim != 1:
+            raise ValueError("'statistic' is required unless 'data' is 1-D")
+        statistic = np.mean
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"'n_boot' must be a positive integer; got {n_boot!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"'alpha' must be in (0, 1); got {alpha!r}")
+    if units is None:
+        groups = [np.array([i]) for i in range(n_rows)]
+    else:
+        u = np.asarray(units)
+        if len(u) != n_rows:
+            raise ValueError(f"'units' has {len(u)} entries but 'data' has {n_rows} rows")
+        codes, _ = pd.factorize(u)
+        if (codes < 0).any():
+            raise ValueError("'units' has missing values")
+        order = np.argsort(codes, kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+    rng = np.random.default_rng(seed)
+    n_units = len(groups)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        draw = rng.integers(0, n_units, n_units)
+        idx = np.concatenate([groups[i] for i in draw])
+        boots[b] = float(statistic(_take(data, idx)))
+    valid = boots[np.isfinite(boots)]
+    if len(valid) < n_boot:
+        logger.warning("bootstrap_ci: %d of %d resamples gave a non-finite statistic", n_boot - len(valid), n_boot)
+    lo, hi = (np.quantile(valid, [alpha / 2, 1 - alpha / 2]) if len(valid) else (np.nan, np.nan))
+    return BootstrapCI(estimate=float(statistic(data)), low=float(lo), high=float(hi), alpha=alpha,
+                       n_boot=int(n_boot), n_valid=int(len(valid)), n_units=n_units)
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """Regression agreement metrics (seed 001, Table 3).
+
+    Returns
+    -------
+    dict with ``n``, ``pearson_r``, ``pearson_p``, ``r2`` (coefficient of
+    determination, :func:`sklearn.metrics.r2_score`), ``r_squared`` (the
+    squared Pearson r -- the "R2" of seed 001's Table 3, e.g. r 0.797 ->
+    0.636) and ``mae``.
+    """
+    from scipy import stats
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    t = np.asarray(y_true, dtype=float).ravel()
+    p = np.asarray(y_pred, dtype=float).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"'y_true' has {t.size} values but 'y_pred' has {p.size}")
+    bad = np.flatnonzero(~(np.isfinite(t) & np.isfinite(p)))
+    if bad.size:
+        raise ValueError(f"non-finite value(s) at position(s) {bad[:10].tolist()}")
+    if t.size < 3:
+        raise ValueError(f"need >= 3 pairs; got {t.size}")
+    if np.ptp(t) == 0 or np.ptp(p) == 0:
+        r, pr = np.nan, np.nan
+        logger.warning("regression_metrics: constant input, Pearson r undefined")
+    else:
+        res = stats.pearsonr(t, p)
+        r, pr = float(res.statistic), float(res.pvalue)
+    return {"n": int(t.size), "pearson_r": r, "pearson_p": pr, "r2": float(r2_score(t, p)),
+            "r_squared": r * r, "mae": float(mean_absolute_error(t, p))}

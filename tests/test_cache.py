@@ -1,0 +1,328 @@
+"""Tests of msutils.cache: content-addressed, atomic per-fold result cache."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import msutils
+from msutils.cache import FoldCache, cache_key, code_hash, manifest_identity, source_notebook
+
+PARAMS = {"profile": "smoke", "fold": None, "manifest": None, "seed": 0, "out_dir": None, "preset": "tiny", "alpha": 0.5}
+
+
+def _cell(kind: str, source: str, tags: list[str] | None = None, **extra) -> dict:
+    cell = {"cell_type": kind, "metadata": {"tags": tags or []}, "source": source}
+    if kind == "code":
+        cell.update({"execution_count": None, "outputs": []})
+    cell.update(extra)
+    return cell
+
+
+def _notebook() -> dict:
+    return {
+        "cells": [
+            _cell("markdown", "# demo"),
+            _cell("code", 'profile = "smoke"\nfold = None', ["parameters"]),
+            _cell("code", "import math\nx = 1"),
+            _cell("code", "if fold is not None:\n    cache.get_or_compute(fold, f)", ["fold-end"]),
+            _cell("code", "results = cache.get_all(folds, f)"),
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def _write(path: Path, nb: dict) -> Path:
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def nb_path(tmp_path: Path) -> Path:
+    return _write(tmp_path / "demo.ipynb", _notebook())
+
+
+def _cache(nb_path: Path, out: Path, params: dict | None = None, **kw) -> FoldCache:
+    return FoldCache("demo", params or PARAMS, out_dir=out, notebook_path=nb_path, **kw)
+
+
+def test_cache_key_is_sha256_of_documented_payload() -> None:
+    payload = {
+        "notebook": "demo", "code": "c0de", "params": {"alpha": 0.5, "profile": "smoke"},
+        "manifest": "synthetic:preset=tiny:seed=0", "version": "9.9", "fold": "cv1",
+    }
+    expected = hashlib.sha256(
+        json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    params = {"alpha": 0.5, "profile": "smoke", "fold": "cv1", "out_dir": "/x", "manifest": "/m.csv"}
+    assert cache_key("demo", "c0de", params, "synthetic:preset=tiny:seed=0", "cv1", version="9.9") == expected
+
+
+def test_code_hash_ignores_outputs_metadata_markdown_params_and_after_fold_end(tmp_path: Path) -> None:
+    base = code_hash(_notebook())
+    expected = hashlib.sha256(
+        json.dumps(["import math\nx = 1", "if fold is not None:\n    cache.get_or_compute(fold, f)"]).encode()
+    ).hexdigest()
+    assert base == expected
+    variants = []
+    nb = _notebook()  # outputs, execution counts, metadata (what saving in JupyterLab changes)
+    nb["cells"][2].update(execution_count=7, outputs=[{"output_type": "stream", "name": "stdout", "text": "hi"}])
+    nb["cells"][2]["metadata"]["collapsed"] = True
+    nb["metadata"]["kernelspec"] = {"name": "python3"}
+    variants.append(nb)
+    nb = _notebook()
+    nb["cells"][0]["source"] = "# other title"  # markdown
+    variants.append(nb)
+    nb = _notebook()
+    nb["cells"][1]["source"] = 'profile = "quick"\nfold = "cv3"'  # parameters cell (edited in JupyterLab)
+    variants.append(nb)
+    nb = _notebook()
+    nb["cells"].insert(2, _cell("code", "# Parameters\nfold = 'a'", ["injected-parameters"]))  # papermill
+    variants.append(nb)
+    nb = _notebook()
+    nb["cells"][4]["source"] = "results = cache.get_all(folds, f)\nplot(results)"  # aggregation code
+    variants.append(nb)
+    nb = _notebook()
+    nb["cells"].insert(3, _cell("code", "  \n"))  # empty cell
+    variants.append(nb)
+    for i, v in enumerate(variants):
+        assert code_hash(v) == base, f"variant {i} changed the code hash"
+    changed = _notebook()
+    changed["cells"][2]["source"] = "import math\nx = 2"
+    assert code_hash(changed) != base
+    no_end = _notebook()
+    no_end["cells"][3]["metadata"]["tags"] = []
+    assert code_hash(no_end) != base  # without fold-end every code cell counts
+    assert code_hash(_write(tmp_path / "n.ipynb", _notebook())) == base
+
+
+def test_key_changes_with_params_code_manifest_version_not_fold_or_out_dir(
+    tmp_path: Path, nb_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _cache(nb_path, tmp_path / "o1").key("cv0")
+    # fold / out_dir inside params and the out_dir argument do not matter
+    assert _cache(nb_path, tmp_path / "o2", {**PARAMS, "fold": "cv0", "out_dir": "/elsewhere"}).key("cv0") == base
+    # the fold argument does
+    assert _cache(nb_path, tmp_path / "o1").key("cv1") != base
+    # any other parameter does
+    assert _cache(nb_path, tmp_path / "o1", {**PARAMS, "alpha": 0.25}).key("cv0") != base
+    assert _cache(nb_path, tmp_path / "o1", {**PARAMS, "seed": 1}).key("cv0") != base
+    assert _cache(nb_path, tmp_path / "o1", {**PARAMS, "preset": "other"}).key("cv0") != base
+    # notebook code does, saved outputs do not
+    nb = _notebook()
+    nb["cells"][2]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x"}]
+    _write(nb_path, nb)
+    assert _cache(nb_path, tmp_path / "o1").key("cv0") == base
+    nb["cells"][2]["source"] = "import math\nx = 3"
+    _write(nb_path, nb)
+    assert _cache(nb_path, tmp_path / "o1").key("cv0") != base
+    _write(nb_path, _notebook())
+    # library version does
+    monkeypatch.setattr(msutils, "__version__", "999.0")
+    assert _cache(nb_path, tmp_path / "o1").key("cv0") != base
+    monkeypatch.undo()
+    assert _cache(nb_path, tmp_path / "o1").key("cv0") == base
+
+
+def test_manifest_identity_is_content_hash(tmp_path: Path, nb_path: Path) -> None:
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    d1.mkdir()
+    d2.mkdir()
+    for d in (d1, d2):
+        (d / "cohort.csv").write_text("subject_id,edss\ns1,2.0\n")
+        (d / "cohort.yaml").write_text("name: c\n")
+    expected = hashlib.sha256(b"subject_id,edss\ns1,2.0\n" + b"\0sidecar\0" + b"name: c\n").hexdigest()
+    assert manifest_identity(d1 / "cohort.csv") == f"sha256:{expected}"
+    k1 = _cache(nb_path, tmp_path / "o", {**PARAMS, "manifest": str(d1 / "cohort.csv")}).key("cv0")
+    k2 = _cache(nb_path, tmp_path / "o", {**PARAMS, "manifest": str(d2 / "cohort.csv")}).key("cv0")
+    assert k1 == k2  # same content elsewhere: same key
+    (d2 / "cohort.yaml").write_text("name: c2\n")
+    assert _cache(nb_path, tmp_path / "o", {**PARAMS, "manifest": str(d2 / "cohort.csv")}).key("cv0") != k1
+    (d2 / "cohort.yaml").write_text("name: c\n")
+    (d2 / "cohort.csv").write_text("subject_id,edss\ns1,2.5\n")
+    assert _cache(nb_path, tmp_path / "o", {**PARAMS, "manifest": str(d2 / "cohort.csv")}).key("cv0") != k1
+    assert k1 != _cache(nb_path, tmp_path / "o").key("cv0")  # vs the synthetic default
+    assert manifest_identity(None, {"preset": "quick", "seed": 3}) == "synthetic:preset=quick:seed=3"
+    assert manifest_identity(None, {"profile": "smoke", "seed": 0}) == "synthetic:preset=smoke:seed=0"
+    with pytest.raises(FileNotFoundError, match=r"manifest .*missing\.csv does not exist"):
+        manifest_identity(tmp_path / "missing.csv")
+
+
+def test_get_or_compute_stores_once_and_loads(tmp_path: Path, nb_path: Path) -> None:
+    cache = _cache(nb_path, tmp_path / "out")
+    calls: list[str] = []
+
+    def compute(fold: str) -> dict:
+        calls.append(fold)
+        return {"fold": fold, "arr": np.arange(4) * 2.5}
+
+    assert not cache.has("cv0")
+    r1 = cache.get_or_compute("cv0", compute)
+    entry = cache.entry_dir("cv0")
+    assert entry == tmp_path / "out" / "cache" / "demo" / f"cv0-{cache.key('cv0')[:16]}"
+    assert sorted(p.name for p in entry.iterdir()) == ["meta.json", "result.pkl"]
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["notebook"] == "demo" and meta["fold"] == "cv0" and meta["key"] == cache.key("cv0")
+    assert meta["parameters"]["alpha"] == 0.5 and "fold" not in meta["parameters"]
+    assert meta["msutils_version"] == msutils.__version__
+    r2 = _cache(nb_path, tmp_path / "out").get_or_compute("cv0", compute)
+    assert calls == ["cv0"]
+    np.testing.assert_array_equal(r2["arr"], [0.0, 2.5, 5.0, 7.5])
+    assert r1["fold"] == r2["fold"] == "cv0"
+    assert cache.has("cv0") and "cv0" in cache
+    assert cache.info("cv0")["key"] == cache.key("cv0")
+    # an out_dir change reads nothing from the old cache (a different root) but keeps the key
+    other = _cache(nb_path, tmp_path / "out2")
+    assert other.key("cv0") == cache.key("cv0") and not other.has("cv0")
+
+
+def test_crash_inside_compute_leaves_no_entry(tmp_path: Path, nb_path: Path) -> None:
+    cache = _cache(nb_path, tmp_path / "out")
+
+    def crash(fold: str) -> dict:
+        (cache.root / "seen").write_text(fold)
+        raise RuntimeError("compute crashed")
+
+    with pytest.raises(RuntimeError, match="compute crashed"):
+        cache.get_or_compute("cv0", crash)
+    assert not cache.has("cv0")
+    assert sorted(p.name for p in cache.root.iterdir()) == ["seen"]  # no entry, no temp dir
+    with pytest.raises(KeyError, match="demo fold 'cv0' is not cached"):
+        cache.load("cv0")
+    assert cache.get_or_compute("cv0", lambda f: 42) == 42
+    assert cache.load("cv0") == 42
+
+
+def test_unpicklable_result_leaves_no_entry(tmp_path: Path, nb_path: Path) -> None:
+    cache = _cache(nb_path, tmp_path / "out")
+    with pytest.raises(Exception):
+        cache.get_or_compute("cv0", lambda f: (lambda: None))
+    assert list(cache.root.iterdir()) == []
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_abandoned_temp_dirs_are_ignored_and_cleaned(tmp_path: Path, nb_path: Path) -> None:
+    cache = _cache(nb_path, tmp_path / "out")
+    cache.root.mkdir(parents=True)
+    key16 = cache.key("cv0")[:16]
+    host = socket.gethostname()
+
+    def tmp_dir(name: str, owner: dict | None, age_s: float = 0.0) -> Path:
+        d = cache.root / name
+        d.mkdir()
+        (d / "result.pkl").write_bytes(b"half")
+        (d / "meta.json").write_text(json.dumps({"key": cache.key("cv0")}))
+        if owner is not None:
+            (d / ".owner.json").write_text(json.dumps(owner))
+        t = time.time() - age_s
+        os.utime(d, (t, t))
+        return d
+
+    dead = tmp_dir(f".tmp-cv0-{key16}-dead", {"host": host, "pid": _dead_pid()})
+    alive = tmp_dir(f".tmp-cv0-{key16}-alive", {"host": host, "pid": os.getpid()})
+    far_old = tmp_dir(f".tmp-cv0-{key16}-farold", {"host": "other-host", "pid": 1}, age_s=2 * 86400)
+    far_new = tmp_dir(f".tmp-cv0-{key16}-farnew", {"host": "other-host", "pid": 1}, age_s=60)
+    orphan = tmp_dir(f".tmp-cv0-{key16}-noowner", None, age_s=7200)
+    assert not cache.has("cv0")  # temp dirs are never read
+    assert cache.clean_temp() == 3
+    assert not dead.exists() and not far_old.exists() and not orphan.exists()
+    assert alive.exists() and far_new.exists()
+    assert cache.get_or_compute("cv0", lambda f: "fresh") == "fresh"
+    assert cache.load("cv0") == "fresh"
+
+
+def test_get_all_computes_only_missing_folds_in_order(tmp_path: Path, nb_path: Path) -> None:
+    cache = _cache(nb_path, tmp_path / "out")
+    calls: list[str] = []
+
+    def compute(fold: str) -> int:
+        calls.append(fold)
+        return int(fold[-1]) * 10
+
+    cache.get_or_compute("cv1", compute)
+    results = cache.get_all(["cv2", "cv0", "cv1"], compute)
+    assert list(results) == ["cv2", "cv0", "cv1"]
+    assert results == {"cv2": 20, "cv0": 0, "cv1": 10}
+    assert calls == ["cv1", "cv2", "cv0"]
+    assert cache.get_all(["cv0", "cv1", "cv2"], compute) == {"cv0": 0, "cv1": 10, "cv2": 20}
+    assert calls == ["cv1", "cv2", "cv0"]
+
+
+def test_pass_dir_files_become_part_of_the_entry(tmp_path: Path, nb_path: Path) -> None:
+    cache = _cache(nb_path, tmp_path / "out")
+
+    def compute(fold: str, work: Path) -> dict:
+        (work / "pred.txt").write_text(f"prediction {fold}")
+        return {"file": "pred.txt"}
+
+    res = cache.get_or_compute("cv0", compute, pass_dir=True)
+    assert (cache.entry_dir("cv0") / res["file"]).read_text() == "prediction cv0"
+
+
+def test_concurrent_writer_keeps_the_first_entry(tmp_path: Path, nb_path: Path) -> None:
+    first = _cache(nb_path, tmp_path / "out")
+    second = _cache(nb_path, tmp_path / "out")
+
+    def slow(fold: str) -> str:  # another process stores the same fold meanwhile
+        second.get_or_compute(fold, lambda f: "theirs")
+        return "ours"
+
+    assert first.get_or_compute("cv0", slow) == "ours"
+    assert first.load("cv0") == "theirs"
+    assert [p.name for p in first.root.iterdir()] == [first.entry_dir("cv0").name]
+
+
+def test_remove_deletes_entry(tmp_path: Path, nb_path: Path) -> None:
+    cache = _cache(nb_path, tmp_path / "out")
+    cache.get_or_compute("cv0", lambda f: 1)
+    assert cache.remove("cv0") is True
+    assert not cache.has("cv0") and list(cache.root.iterdir()) == []
+    assert cache.remove("cv0") is False
+
+
+def test_bad_arguments_are_rejected(tmp_path: Path, nb_path: Path) -> None:
+    cache = _cache(nb_path, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"'fold' must be a name made of letters, digits, '_', '-', '.'; got 'a/b'"):
+        cache.key("a/b")
+    with pytest.raises(ValueError, match=r"got None"):
+        cache.get_or_compute(None, lambda f: 1)
+    with pytest.raises(ValueError, match=r"'notebook' must be a notebook name like '02_edss_regression'; got '../x'"):
+        FoldCache("../x", PARAMS, notebook_path=nb_path)
+    with pytest.raises(FileNotFoundError, match=r"notebook .*nope\.ipynb does not exist"):
+        FoldCache("nope", PARAMS, out_dir=tmp_path, notebook_path=tmp_path / "nope.ipynb")
+
+
+def test_manifest_and_out_dir_default_to_params(tmp_path: Path, nb_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("a\n1\n")
+    params = {**PARAMS, "manifest": str(tmp_path / "m.csv"), "out_dir": str(tmp_path / "res")}
+    cache = FoldCache("demo", copy.deepcopy(params), notebook_path=nb_path)
+    assert cache.manifest_id == manifest_identity(tmp_path / "m.csv")
+    assert cache.root == (tmp_path / "res" / "cache" / "demo").resolve()
+    assert params == {**PARAMS, "manifest": str(tmp_path / "m.csv"), "out_dir": str(tmp_path / "res")}
+
+
+def test_source_notebook_prefers_explicit_then_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from msutils.paths import notebooks_dir
+
+    assert source_notebook("demo", tmp_path / "x.ipynb") == tmp_path / "x.ipynb"
+    monkeypatch.chdir(tmp_path)
+    assert source_notebook("demo") == notebooks_dir() / "demo.ipynb"
+    _write(tmp_path / "demo.ipynb", _notebook())
+    assert source_notebook("demo") == tmp_path / "demo.ipynb"
