@@ -52,6 +52,7 @@ __all__ = [
     "smooth_field",
     "random_deformation",
     "warp",
+    "warp_box",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ PARCEL_OFFSET = 100
 N_PARCELS = 48
 """Default number of cortical GM parcels (24 per hemisphere)."""
 
-_MARGIN_MM = 12.0
+_MARGIN_MM = 8.0
 _BSPLINE_SD = (151.0 / 315.0) ** 1.5  # sd of a cubic B-spline field with N(0, 1) coefficients
 
 
@@ -331,12 +332,14 @@ def smooth_field(
     """
     if spacing_mm <= 0:
         raise ValueError(f"'spacing_mm' must be > 0; got {spacing_mm!r}")
-    w = [_bspline_weights(n, resolution, spacing_mm) for n in shape]
-    coef = rng.standard_normal(tuple(x.shape[1] for x in w))
-    f = np.tensordot(coef, w[2], axes=([2], [1]))  # (a, b, n3)
-    f = np.tensordot(w[1], f, axes=([1], [1]))  # (n2, a, n3)
-    f = np.tensordot(w[0], f, axes=([1], [1]))  # (n1, n2, n3)
-    return (f / _BSPLINE_SD).astype(np.float32)
+    w = [_bspline_weights(n, resolution, spacing_mm).astype(np.float32) for n in shape]
+    a, b, c = (x.shape[1] for x in w)
+    coef = rng.standard_normal((a, b, c)).astype(np.float32) / np.float32(_BSPLINE_SD)
+    n1, n2, n3 = shape
+    f = (w[0] @ coef.reshape(a, b * c)).reshape(n1, b, c)  # (n1, b, c)
+    f = f @ w[2].T  # (n1, b, n3)
+    f = np.matmul(w[1], f)  # (n1, n2, n3)
+    return np.ascontiguousarray(f, dtype=np.float32)
 
 
 def random_deformation(
@@ -414,6 +417,48 @@ def warp(volume: np.ndarray, coords: np.ndarray, order: int = 1) -> np.ndarray:
     return ndimage.map_coordinates(
         volume, coords, order=order, mode="constant", cval=0, prefilter=False, output=dtype
     )
+
+
+def warp_box(
+    volume_box: np.ndarray, box: tuple[slice, slice, slice], coords: np.ndarray, order: int = 1
+) -> np.ndarray:
+    """Like :func:`warp` for a volume that is zero outside the template ``box``.
+
+    Only the subject voxels whose coordinates fall in (or next to) ``box`` are
+    interpolated, which is much cheaper for small structures.
+
+    Parameters
+    ----------
+    volume_box : ndarray
+        Template values inside ``box`` (shape of the box).
+    box : tuple of slice
+        Template-space box (start/stop set).
+    coords : ndarray, shape (3, ...)
+        Coordinates from :func:`random_deformation`.
+    order : {0, 1}
+        Interpolation order (see :func:`warp`).
+
+    Returns
+    -------
+    ndarray
+        Full subject-space volume (zero outside the warped box).
+    """
+    dtype = volume_box.dtype if order == 0 else np.float32
+    out = np.zeros(coords.shape[1:], dtype=dtype)
+    inside = np.ones(coords.shape[1:], dtype=bool)
+    for d in range(3):
+        inside &= (coords[d] > box[d].start - 1) & (coords[d] < box[d].stop)
+    if not inside.any():
+        return out
+    sbox = []
+    for d in range(3):
+        proj = inside.any(axis=tuple(k for k in range(3) if k != d))
+        idx = np.flatnonzero(proj)
+        sbox.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    sbox_t = tuple(sbox)
+    sub = coords[(slice(None), *sbox_t)] - np.array([b.start for b in box], np.float32).reshape(3, 1, 1, 1)
+    out[sbox_t] = warp(volume_box, sub, order)
+    return out
 
 
 def _kmeans_parcels(

@@ -328,7 +328,8 @@ def cv_fold_scores(model_name: str, X: pd.DataFrame, y: Any, folds: Any, fold_in
     tr, te = fl[int(fold_index)]
     leaked = set(ids[i] for i in tr) & set(ids[i] for i in te)
     if leaked:
-        raise ValueError(f"fold {fold_index}: subjects on both sides {sorted(map(str, leaked))[:5]}")
+        raise ValueError(f"fold {fold_index}: subjects on both sides "
+                         f"{sorted(map(str, leaked))[:5]}")
     _record(fit_log, f"regression.{model_name}.cv.fold{int(fold_index)}", [ids[i] for i in tr])
     rows = []
     for pid, params in enumerate(param_candidates(model_name, grid)):
@@ -368,12 +369,19 @@ class HyperparameterChoice:
     table: pd.DataFrame = field(repr=False)
 
 
-def select_hyperparameters(fold_results: pd.DataFrame | Sequence[pd.DataFrame]
-                           ) -> HyperparameterChoice:
+def select_hyperparameters(fold_results: pd.DataFrame | Sequence[pd.DataFrame], *,
+                           n_folds: int | None = None) -> HyperparameterChoice:
     """Pick the grid point with the best mean fold score (= lowest mean MAE).
 
     Like GridSearchCV: unweighted mean over folds, the first grid point wins ties.
     Every fold must hold every grid point of one model and grid.
+
+    Parameters
+    ----------
+    fold_results : DataFrame or sequence of DataFrames
+        Outputs of :func:`cv_fold_scores` (one per fold, or concatenated).
+    n_folds : int, optional
+        Expected number of folds: folds ``0..n_folds-1`` must all be present.
     """
     from scipy.stats import rankdata
 
@@ -389,7 +397,9 @@ def select_hyperparameters(fold_results: pd.DataFrame | Sequence[pd.DataFrame]
         raise ValueError(f"'fold_results' mixes models {list(models)} / grids {list(grids)}")
     model_name, grid = str(models[0]), str(grids[0])
     cands = param_candidates(model_name, grid)
-    folds = sorted(df["fold"].unique())
+    folds = sorted(int(f) for f in df["fold"].unique())
+    if n_folds is not None and folds != list(range(int(n_folds))):
+        raise ValueError(f"'fold_results' must hold folds 0..{int(n_folds) - 1}; got {folds}")
     dup = df.duplicated(["params_id", "fold"])
     if dup.any():
         raise ValueError(f"'fold_results' has repeated (params_id, fold) rows: "
@@ -420,7 +430,10 @@ def select_hyperparameters(fold_results: pd.DataFrame | Sequence[pd.DataFrame]
 def fit_final(model_name: str, params: Mapping[str, Any] | None, X: pd.DataFrame, y: Any, *,
               seed: int = 0, subject_ids: Iterable[Any] | None = None, fit_log: Any = None
               ) -> Any:
-    """Fit ``model_name`` with ``params`` on all training rows (records ``"regression.<model>.final"``)."""
+    """Fit ``model_name`` with ``params`` on all training rows.
+
+    The fit is recorded in ``fit_log`` under ``"regression.<model>.final"``.
+    """
     X = _check_frame(X)
     target = _check_target(y, X)
     ids = _subject_ids(X, subject_ids)

@@ -18,6 +18,13 @@ Notebook conventions
   ``fold is not None``, aggregates ``cache.get_all(folds, compute_fold)`` after it and
   finally calls :func:`write_summary`.
 
+Backends: ``local`` (a process pool on this machine) or ``dask``: a ``LocalCluster``
+or any running scheduler, e.g. ``msutils run 02_edss_regression --backend dask
+--scheduler tcp://host:8786`` (start one with ``dask scheduler`` and ``dask worker
+tcp://host:8786 --nthreads 1`` on each machine). Dask workers need the same msutils
+install and the same paths (notebooks, out_dir, manifest) on a shared filesystem;
+the aggregate run always executes in the calling process.
+
 Outputs under ``out_dir``: ``cache/<notebook>/...`` (fold results),
 ``executed/<notebook>/<fold>.ipynb`` and ``executed/<notebook>/aggregate.ipynb``
 (executed notebooks, written as papermill goes, so a failed run leaves the partial
@@ -215,6 +222,7 @@ def notebook_params(
     namespace: Mapping[str, Any],
     notebook: str,
     *,
+    names: Sequence[str] | None = None,
     notebook_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """The current values of every name of the notebook's ``parameters`` cell.
@@ -225,6 +233,9 @@ def notebook_params(
         Usually ``globals()`` of the notebook, after the (injected) parameters ran.
     notebook : str
         The notebook's name, e.g. ``"02_edss_regression"``.
+    names : sequence of str, optional
+        Parameter names to pick; default the names of the source notebook's
+        ``parameters`` cell (what the runner uses, so keys agree).
     notebook_path : str or path-like, optional
         Source notebook; default :func:`msutils.cache.source_notebook` (the notebook in
         the kernel's working directory, else in ``msutils.paths.notebooks_dir()``).
@@ -235,7 +246,7 @@ def notebook_params(
         ``{name: value}`` for the parameters cell's names (what the runner hashes too).
     """
     path = source_notebook(notebook, notebook_path)
-    names = list(read_parameters(path))
+    names = list(read_parameters(path)) if names is None else list(names)
     missing = [n for n in names if n not in namespace]
     if missing:
         raise KeyError(f"parameters {missing} of {path} are not defined; run the parameters cell first")
@@ -470,16 +481,16 @@ def _run_dask(
     else:
         cluster = LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True,
-            dashboard_address=None, silence_logs=logging.WARNING,
+            dashboard_address=":0", silence_logs=logging.WARNING,
         )
         client = Client(cluster)
     results: list[dict[str, Any]] = []
     try:
         logger.info("dask: %s", client)
-        futures = {
-            client.submit(_execute_task, t, pure=False, key=f"msutils-{t['notebook']}-{t['fold']}-{uuid.uuid4().hex[:8]}"): t
-            for t in tasks
-        }
+        futures = {}
+        for t in tasks:
+            key = f"msutils-{t['notebook']}-{t['fold']}-{uuid.uuid4().hex[:8]}"
+            futures[client.submit(_execute_task, t, pure=False, key=key)] = t
         for fut in as_completed(list(futures)):
             task = futures[fut]
             if fut.status == "cancelled":
@@ -502,6 +513,10 @@ def _run_dask(
         if cluster is not None:
             cluster.close()
     return results
+
+
+def _seconds(value: float) -> float | None:
+    return round(value, 3) if math.isfinite(value) else None
 
 
 def _log_progress(notebook: str, res: Mapping[str, Any], done: int, total: int) -> None:
@@ -744,7 +759,7 @@ def run_notebook(
         results = _run_local(tasks, n_workers) if backend == "local" else _run_dask(tasks, scheduler, n_workers)
         failed = [r for r in results if not r["ok"]]
         for r in results:
-            record[r["fold"]] = {"status": "computed" if r["ok"] else "failed", "seconds": round(r["seconds"], 3),
+            record[r["fold"]] = {"status": "computed" if r["ok"] else "failed", "seconds": _seconds(r["seconds"]),
                                  "executed": r["output"]}
         if failed:
             for f in todo:
@@ -768,7 +783,7 @@ def run_notebook(
     t_agg = time.time()
     res = _execute_task(task(None))
     if not res["ok"]:
-        save_record(aggregate={"status": "failed", "seconds": round(res["seconds"], 3), "executed": res["output"]})
+        save_record(aggregate={"status": "failed", "seconds": _seconds(res["seconds"]), "executed": res["output"]})
         _raise_failed(name, res)
     if not summary.is_file() or summary.stat().st_mtime < t_agg - 1.0:
         raise RuntimeError(
@@ -778,7 +793,7 @@ def run_notebook(
     book_copy = _publish(Path(res["output"]), dest_dir / f"{name}.ipynb", plan["nb_path"])
     logger.info("%s: aggregate done in %.1f s; executed notebook %s", name, res["seconds"], book_copy)
     save_record(
-        aggregate={"status": "computed", "seconds": round(res["seconds"], 3), "executed": res["output"],
+        aggregate={"status": "computed", "seconds": _seconds(res["seconds"]), "executed": res["output"],
                    "book": str(book_copy)},
         summary=str(summary),
     )
@@ -800,6 +815,7 @@ def build_book(
     out_dir: str | os.PathLike | None = None,
     notebooks: Sequence[str] | None = None,
     *,
+    overrides: Mapping[str, Any] | None = None,
     backend: str = "local",
     scheduler: str | None = None,
     n_workers: int = 2,
@@ -819,6 +835,10 @@ def build_book(
     notebooks : sequence of str, optional
         Subset to run (still in profiles-file order); default all. The book is built
         from whatever executed notebooks exist.
+    overrides : mapping, optional
+        Parameter values (e.g. ``{"manifest": "/data/cohort.csv"}``) given to every
+        notebook whose parameters cell defines them; a name no notebook defines is an
+        error.
     backend, scheduler, n_workers, notebooks_dir, executed_dir, profiles_file
         Passed to :func:`run_notebook`.
     book_root : str or path-like, optional
@@ -846,13 +866,20 @@ def build_book(
         if bad:
             raise ValueError(f"notebooks {bad} are not in the profiles file; choose from {order}")
         names = [n for n in order if n in set(notebooks)]
+    overrides = dict(overrides or {})
+    nb_dir = Path(notebooks_dir).expanduser() if notebooks_dir is not None else paths.notebooks_dir()
+    declared = {nb: set(read_parameters(nb_dir / f"{nb}.ipynb")) for nb in names}
+    unknown = sorted(k for k in overrides if not any(k in d for d in declared.values()))
+    if unknown:
+        raise ValueError(f"parameters {unknown} are not defined by any of the notebooks {names}")
     root = Path(book_root).expanduser().resolve() if book_root is not None else paths.repo_root()
     if executed_dir is None:
         executed_dir = root / "book" / "executed"
     t0 = time.perf_counter()
     for i, nb in enumerate(names, 1):
         logger.info("book: notebook %d/%d %s (profile %s)", i, len(names), nb, profile)
-        run_notebook(nb, profile=profile, out_dir=out_dir, backend=backend, scheduler=scheduler,
+        own = {k: v for k, v in overrides.items() if k in declared[nb]}
+        run_notebook(nb, profile=profile, overrides=own, out_dir=out_dir, backend=backend, scheduler=scheduler,
                      n_workers=n_workers, notebooks_dir=notebooks_dir, executed_dir=executed_dir,
                      profiles_file=profiles_file)
     logger.info("book: notebooks done in %.1f s; running jupyter-book build %s", time.perf_counter() - t0, root)

@@ -21,9 +21,9 @@ optional ``fit_log`` (any object with a ``record(step, subject_ids)`` method, su
 as :class:`msutils.leakage.FitLog`). The ``fit_log`` object is shared, not copied,
 by :func:`sklearn.base.clone`, so fits inside a cross-validation still report to it.
 
-Choices the paper leaves open are documented on each class and in
-``book/methods``: min-max scaling before the variance test, which feature of a
-collinear pair is dropped, Weka's exact CFS merit and search, and the ICC form.
+Choices the paper leaves open are documented on each class: min-max scaling
+before the variance test, which feature of a collinear pair is dropped, Weka's
+exact CFS merit and search, and the ICC form.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
 
 
 def _check_frame(X: Any, name: str = "X", *, min_rows: int = 1) -> pd.DataFrame:
-    """Return ``X`` if it is a numeric, finite DataFrame with unique string-able columns."""
+    """Return ``X`` if it is a numeric, finite DataFrame with unique columns."""
     if not isinstance(X, pd.DataFrame):
         raise TypeError(f"'{name}' must be a pandas DataFrame; got {type(X).__name__}")
     if X.columns.has_duplicates:
@@ -400,6 +400,8 @@ class LassoSelector(_FrameSelector):
         Length of the penalty path.
     max_iter, tol : int, float
         Coordinate-descent settings.
+    n_jobs : int, optional
+        Parallel folds of LassoCV (``None``: 1).
     fit_log : object, optional
         Records the training subject ids under ``"selection.lasso"``.
 
@@ -416,12 +418,13 @@ class LassoSelector(_FrameSelector):
     _log_step = "selection.lasso"
 
     def __init__(self, cv: int = 10, seed: int = 0, n_alphas: int = 100, max_iter: int = 10000,
-                 tol: float = 1e-4, fit_log: Any = None) -> None:
+                 tol: float = 1e-4, n_jobs: int | None = None, fit_log: Any = None) -> None:
         self.cv = cv
         self.seed = seed
         self.n_alphas = n_alphas
         self.max_iter = max_iter
         self.tol = tol
+        self.n_jobs = n_jobs
         self.fit_log = fit_log
 
     def fit(self, X: pd.DataFrame, y: Any = None, *, subject_ids: Iterable[Any] | None = None
@@ -450,7 +453,7 @@ class LassoSelector(_FrameSelector):
             splitter = KFold(n_splits=int(self.cv), shuffle=True, random_state=self.seed)
             folds = list(splitter.split(z, target))
         model = LassoCV(alphas=int(self.n_alphas), cv=folds, max_iter=int(self.max_iter),
-                        tol=float(self.tol), random_state=self.seed)
+                        tol=float(self.tol), random_state=self.seed, n_jobs=self.n_jobs)
         model.fit(z, target)
         self.estimator_ = model
         self.alpha_ = float(model.alpha_)
@@ -942,7 +945,7 @@ def _rng(rng: Any) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def perturbed_mask(mask: np.ndarray, rng: Any = None, *,
+def perturbed_mask(mask: np.ndarray, rng: Any = None,
                    mode: Literal["erode", "dilate", "random"] = "random") -> np.ndarray:
     """One-voxel erosion or dilation of a binary or label mask (a re-segmentation proxy).
 
@@ -988,7 +991,7 @@ def perturbed_mask(mask: np.ndarray, rng: Any = None, *,
     return out.astype(arr.dtype)
 
 
-def perturbed_image(image: np.ndarray, rng: Any = None, *, noise_sd_fraction: float = 0.02,
+def perturbed_image(image: np.ndarray, rng: Any = None, noise_sd_fraction: float = 0.02, *,
                     mask: np.ndarray | None = None) -> np.ndarray:
     """The image with a fresh Gaussian noise realisation (a re-acquisition proxy).
 
@@ -1051,8 +1054,8 @@ class SelectionPipeline(_FitLogClone, TransformerMixin, BaseEstimator):
         See :class:`VarianceFilter`.
     collinearity_threshold, collinearity_drop
         See :class:`CollinearityFilter`.
-    lasso_cv : int
-        See :class:`LassoSelector`.
+    lasso_cv, lasso_n_jobs : int
+        See :class:`LassoSelector` (``cv``, ``n_jobs``).
     cfs_max_stale, cfs_locally_predictive, cfs_weighting
         See :class:`CfsSelector`.
     seed : int
@@ -1074,8 +1077,9 @@ class SelectionPipeline(_FitLogClone, TransformerMixin, BaseEstimator):
                  stability_scope: Sequence[str] | None = None,
                  variance_threshold: float = 0.01, variance_scaling: str = "minmax",
                  collinearity_threshold: float = 0.8, collinearity_drop: str = "higher_mean_corr",
-                 lasso_cv: int = 10, cfs_max_stale: int = 5, cfs_locally_predictive: bool = True,
-                 cfs_weighting: str = "equal", seed: int = 0, fit_log: Any = None) -> None:
+                 lasso_cv: int = 10, lasso_n_jobs: int | None = None, cfs_max_stale: int = 5,
+                 cfs_locally_predictive: bool = True, cfs_weighting: str = "equal", seed: int = 0,
+                 fit_log: Any = None) -> None:
         self.stable_features = stable_features
         self.stability_scope = stability_scope
         self.variance_threshold = variance_threshold
@@ -1083,6 +1087,7 @@ class SelectionPipeline(_FitLogClone, TransformerMixin, BaseEstimator):
         self.collinearity_threshold = collinearity_threshold
         self.collinearity_drop = collinearity_drop
         self.lasso_cv = lasso_cv
+        self.lasso_n_jobs = lasso_n_jobs
         self.cfs_max_stale = cfs_max_stale
         self.cfs_locally_predictive = cfs_locally_predictive
         self.cfs_weighting = cfs_weighting
@@ -1108,7 +1113,8 @@ class SelectionPipeline(_FitLogClone, TransformerMixin, BaseEstimator):
                                        fit_log=self.fit_log),
             "collinearity": CollinearityFilter(self.collinearity_threshold,
                                                self.collinearity_drop, fit_log=self.fit_log),
-            "lasso": LassoSelector(cv=self.lasso_cv, seed=self.seed, fit_log=self.fit_log),
+            "lasso": LassoSelector(cv=self.lasso_cv, seed=self.seed, n_jobs=self.lasso_n_jobs,
+                                   fit_log=self.fit_log),
             "cfs": CfsSelector(max_stale=self.cfs_max_stale,
                                locally_predictive=self.cfs_locally_predictive,
                                weighting=self.cfs_weighting, fit_log=self.fit_log),

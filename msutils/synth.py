@@ -744,7 +744,8 @@ def _render_lesions(atlas: anatomy.Atlas, params: SynthParams, subj: Mapping[str
         return lesion
     res = atlas.resolution
     sizes = rng.lognormal(0.0, params.lesion_size_log_sd, n)
-    sizes = sizes / sizes.sum() * float(subj["lesion_volume_design_ml"])
+    # design volume is in subject space: undo the head-size scaling applied by the warp
+    sizes = sizes / sizes.sum() * float(subj["lesion_volume_design_ml"]) / float(subj["head_scale"]) ** 3
     p_pv, p_jc = params.periventricular_fraction, params.juxtacortical_fraction
     kinds = rng.choice(3, size=n, p=[p_pv, p_jc, max(0.0, 1.0 - p_pv - p_jc)])
     zones = [atlas.lesion_zones["periventricular"], atlas.lesion_zones["juxtacortical"],
@@ -786,24 +787,28 @@ def _subject_anatomy(atlas: anatomy.Atlas, params: SynthParams, subj: Mapping[st
     gm = atlas.gm.copy()
     wm = atlas.wm.copy()
     csf = atlas.csf.copy()
-    dgm = np.zeros(atlas.shape, np.float32)
-    near = np.zeros(atlas.shape, np.int16)
     keep = 1.0 - d0
     gm[box] *= keep
     wm[box] *= keep
     csf[box] = csf[box] * keep + np.clip(d0 - d1, 0.0, 1.0)
-    dgm[box] = d1
-    near[box] = near0
 
+    # lesions take the place of the tissue where WM dominates (lesion fraction L * min(1, 2 WM))
     lfrac = _render_lesions(atlas, params, subj, rng)
-    lesion = wm * lfrac
-    wm *= 1.0 - lfrac
+    lesion = lfrac * np.minimum(1.0, 2.0 * wm)
+    for t in (gm, wm, csf):
+        t *= 1.0 - lesion
 
     coords = anatomy.random_deformation(atlas, rng, params.deformation_mm, params.deformation_spacing_mm,
                                         float(subj["head_scale"]))
-    w = {name: anatomy.warp(vol, coords, 1) for name, vol in
-         (("gm", gm), ("wm", wm), ("csf", csf), ("dgm", dgm), ("lesion", lesion))}
-    near_s = anatomy.warp(near, coords, 0)
+    w = {name: anatomy.warp(vol, coords, 1) for name, vol in (("gm", gm), ("wm", wm), ("csf", csf))}
+    w["dgm"] = anatomy.warp_box(d1, box, coords, 1)
+    near_s = anatomy.warp_box(near0, box, coords, 0)
+    nz = np.nonzero(lesion > 0.01)
+    if nz[0].size:
+        lbox = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+        w["lesion"] = anatomy.warp_box(np.ascontiguousarray(lesion[lbox]), lbox, coords, 1)
+    else:
+        w["lesion"] = np.zeros(atlas.shape, np.float32)
     parcel_s = anatomy.warp(atlas.parcels, coords, 0)
     total = w["gm"] + w["wm"] + w["csf"] + w["dgm"] + w["lesion"]
     brain = total > 0.5

@@ -18,7 +18,9 @@ import pytest
 import msutils
 from msutils.cache import FoldCache, cache_key, code_hash, manifest_identity, source_notebook
 
-PARAMS = {"profile": "smoke", "fold": None, "manifest": None, "seed": 0, "out_dir": None, "preset": "tiny", "alpha": 0.5}
+PARAMS = {
+    "profile": "smoke", "fold": None, "manifest": None, "seed": 0, "out_dir": None, "preset": "tiny", "alpha": 0.5,
+}
 
 
 def _cell(kind: str, source: str, tags: list[str] | None = None, **extra) -> dict:
