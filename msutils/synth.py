@@ -61,6 +61,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1104,7 +1105,10 @@ def _run_tasks(tasks: list[dict[str, Any]], atlas: anatomy.Atlas, n_jobs: int | 
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            ctx = mp.get_context("spawn")
+            # fork on Linux: no re-import of the caller's __main__ (a script without an
+            # ``if __name__ == "__main__"`` guard would hang a spawn pool) and the atlas is
+            # inherited; workers only use numpy / scipy / nibabel, never torch or OpenMP.
+            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
             with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_init_worker, initargs=(atlas,)) as ex:
                 futures = {ex.submit(_render_subject, t): t["subject"]["index"] for t in tasks}
                 try:

@@ -1,0 +1,1532 @@
+"""EDSS regression study of seed 001: features, stability, selection, models, ground truth.
+
+The seed paper predicts the EDSS of MS patients from routine T1 / FLAIR MRI plus
+clinico-demographic data. This module holds the study-specific steps the
+``02_edss_regression`` notebook chains; the generic pieces live elsewhere
+(:mod:`msutils.radiomics`, :mod:`msutils.selection`, :mod:`msutils.volumes`,
+:mod:`msutils.regression`, :mod:`msutils.stats`, :mod:`msutils.splits`).
+
+Data (:func:`load_study_data`)
+    One row per MS patient (first session), indexed by ``subject_id``:
+
+    - **radiomics** of every grey-matter atlas ROI (deep GM labels 1-8 and the
+      cortical parcels 101+) and of the normal-appearing white matter
+      (``nawm`` = white-matter label minus the lesion mask) on the T1 image
+      (:func:`study_rois`, :func:`extract_radiomics`);
+    - **volumes** (mL) of the same GM ROIs, whole-brain volume (WBV), total
+      intracranial volume (TIV) and T2 lesion volume (:func:`volume_table`);
+    - optional **lesion-disconnection proxy** per GM ROI
+      (:func:`disconnection_proxy`), standing in for the seed's NeMo ChaCo scores;
+    - **clinical** variables: age, sex, disease duration, course.
+
+Stability (:func:`icc_subset`, :func:`retest_radiomics`)
+    The seed re-processed 30 random subjects and kept the radiomic features
+    with ICC >= 0.90. Here 30 (configurable) random *training* subjects are
+    re-processed (``icc_mode="perturbed"``): every ROI boundary is moved by about
+    1 mm (random erosion or dilation, :func:`resegmented_mask`, a re-segmentation
+    proxy) and fresh Gaussian noise is added inside the brain
+    (:func:`msutils.selection.perturbed_image`); or, with ``icc_mode="rescan"``,
+    the training subjects' second visits (``ses-02``) are extracted as the retest.
+
+Selection and models (:func:`select_features`, :func:`fit_models`, :func:`fit_study`)
+    Fitted on the training subjects only, every step recording its subjects in
+    a shared :class:`msutils.leakage.FitLog`: normative z-scores of the volumes
+    (adjusted for age, sex and TIV), the ICC keep list, then
+    :class:`msutils.selection.SelectionPipeline` (variance 0.01 -> |r| > 0.8
+    collinearity -> LASSO -> CFS best first), then the four regressors of
+    :mod:`msutils.regression`. :func:`fit_study` does it all in one call (the
+    leakage canary of the tests calls it twice).
+
+Feature names of the design table
+    ``age``, ``sex_M``, ``disease_duration``, ``course_SP`` ... (clinical, see
+    :func:`msutils.regression.clinical_features`); ``lesion_volume_log`` =
+    ln(1 + T2 lesion volume in mL) (lesion volumes are right-skewed; the log is
+    the usual transform); ``volume__<roi>`` and ``volume__wbv`` (normative
+    z-scores); ``disconnection__<roi>``; radiomics ``<roi>__<class>__<feature>``
+    as :mod:`msutils.radiomics` names them.
+
+Ground truth (:func:`driver_values`, :func:`driver_of_feature`, :func:`drivers_recovered`)
+    A synthetic cohort's sidecar names the true EDSS drivers. A selected
+    feature *recovers* a driver by the rules of :data:`DRIVER_RULES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "MODEL_ORDER",
+    "FEATURE_SETS",
+    "ICC_MODES",
+    "LESION_FEATURE",
+    "VOLUME_PREFIX",
+    "DISCONNECTION_PREFIX",
+    "NAWM_ROI",
+    "DRIVER_RULES",
+    "PAPER_TABLE1",
+    "PAPER_TABLE3",
+    "PAPER_ANOVA",
+    "PAPER_SELECTION",
+    "PAPER_CLINICAL_ONLY",
+    "StudyConfig",
+    "StudyData",
+    "SelectionResult",
+    "StudyFit",
+    "subject_table",
+    "study_rois",
+    "extract_radiomics",
+    "volume_table",
+    "disconnection_proxy",
+    "cohort_disconnection",
+    "load_study_data",
+    "study_split",
+    "cv_folds",
+    "icc_subset",
+    "resegmented_mask",
+    "retest_radiomics",
+    "feature_group",
+    "candidate_features",
+    "select_features",
+    "design_matrix",
+    "feature_matrix",
+    "fit_models",
+    "fit_study",
+    "predictions",
+    "abs_errors",
+    "table3",
+    "paper_table3_long",
+    "driver_values",
+    "driver_of_feature",
+    "drivers_recovered",
+    "driver_correlations",
+    "roi_description",
+    "label_centroids",
+    "table2",
+    "site_table1",
+    "adjusted_site_pvalue",
+    "shared_get_or_compute",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_ORDER: tuple[str, ...] = ("ridge", "gaussian_process", "svr", "random_forest")
+"""The four regressors of :data:`msutils.regression.MODELS`, in the seed's Table 3 order."""
+
+FEATURE_SETS: tuple[str, ...] = ("selected", "clinical")
+"""``selected``: the selection's output (main models); ``clinical``: clinico-demographic
+variables only (the seed's ancillary models)."""
+
+ICC_MODES: tuple[str, ...] = ("perturbed", "rescan")
+
+LESION_FEATURE = "lesion_volume_log"
+VOLUME_PREFIX = "volume__"
+DISCONNECTION_PREFIX = "disconnection__"
+NAWM_ROI = "nawm"
+_WBV = "wbv"
+_DEEP_GM_LABELS = range(1, 9)
+_WM_LABEL = 9
+_PARCEL_MIN_LABEL = 101
+_DEEP_GM_NAMES = ("thalamus", "caudate", "putamen", "pallidum")
+
+DRIVER_RULES: dict[str, str] = {
+    "age": "the clinical feature 'age'",
+    "sp_course": "the clinical feature 'course_SP' (secondary-progressive course)",
+    "lesion_load": (f"'{LESION_FEATURE}' or any '{DISCONNECTION_PREFIX}*' feature "
+                    "(both are computed from the T2 lesion mask)"),
+    "thalamus_volume": f"a thalamus volume z-score ('{VOLUME_PREFIX}thalamus_L' / '_R')",
+    "texture_amplitude": ("any radiomic feature of a deep grey-matter ROI (thalamus, caudate, "
+                          "putamen, pallidum): the generator modulates the T1 texture of all "
+                          "deep-GM nuclei"),
+}
+"""How a selected feature is mapped to a true EDSS driver of the synthetic cohort."""
+
+# ---------------------------------------------------------------------------- paper numbers
+PAPER_TABLE1: dict[str, dict[str, str]] = {
+    "n": {"site 1": "500", "site 2": "104", "P value": ""},
+    "age, mean (SD), y": {"site 1": "37.5 (10.9)", "site 2": "38.3 (9.8)", "P value": ".49"},
+    "female sex, n (%)": {"site 1": "349 (69.8)", "site 2": "80 (76.9)", "P value": ".16"},
+    "secondary-progressive, n (%)": {"site 1": "72 (14.4)", "site 2": "20 (19.2)", "P value": ".23"},
+    "disease duration, mean (SD), y": {"site 1": "9.3 (8.1)", "site 2": "9.2 (8.5)", "P value": ".83"},
+    "EDSS, median (IQR)": {"site 1": "2.5 (2.0-4.0)", "site 2": "2.0 (1.5-4.0)", "P value": ".03"},
+    "T2 lesion volume, mean (SD), mL": {"site 1": "10.6 (13.4)", "site 2": "7.2 (8.6)", "P value": ".05"},
+    "WBV, mean (SD), mL": {"site 1": "1026.1 (116.3)", "site 2": "1042.6 (117.4)", "P value": ".48"},
+}
+"""Seed 001, Table 1 (site 1 = Naples, site 2 = Rome)."""
+
+PAPER_TABLE3: dict[str, dict[str, dict[str, float]]] = {
+    "training": {
+        "ridge": {"r": 0.797, "r2": 0.636, "mae": 0.651},
+        "gaussian_process": {"r": 0.795, "r2": 0.632, "mae": 0.814},
+        "svr": {"r": 0.797, "r2": 0.635, "mae": 0.710},
+        "random_forest": {"r": 0.790, "r2": 0.624, "mae": 0.656},
+    },
+    "internal": {
+        "ridge": {"r": 0.741, "r2": 0.549, "mae": 0.725},
+        "gaussian_process": {"r": 0.733, "r2": 0.537, "mae": 0.874},
+        "svr": {"r": 0.734, "r2": 0.538, "mae": 0.754},
+        "random_forest": {"r": 0.734, "r2": 0.539, "mae": 0.740},
+    },
+    "external": {
+        "ridge": {"r": 0.755, "r2": 0.570, "mae": 1.155},
+        "gaussian_process": {"r": 0.799, "r2": 0.638, "mae": 1.247},
+        "svr": {"r": 0.794, "r2": 0.631, "mae": 1.112},
+        "random_forest": {"r": 0.775, "r2": 0.600, "mae": 1.162},
+    },
+}
+"""Seed 001, Table 3: ``{cohort: {model: {r, r2, mae}}}`` (training = 10-fold CV)."""
+
+PAPER_ANOVA: dict[str, dict[str, float]] = {
+    "internal": {"F": 7.94, "df1": 1.82, "df2": 180.39, "p": 0.001, "np2": 0.07, "eps": 0.61},
+    "external": {"F": 5.25, "df1": 1.70, "df2": 175.52, "p": 0.009, "np2": 0.05, "eps": 0.57},
+}
+"""Seed 001: 1-way RM-ANOVA of absolute errors across the four models (GG corrected)."""
+
+PAPER_SELECTION: dict[str, int] = {
+    "radiomic features": 125_580, "dropped by ICC < 0.90": 43, "low variance": 4_907,
+    "collinear (|r| > 0.8)": 99_312, "after LASSO": 21, "after CFS": 9,
+}
+"""Seed 001: feature counts of the selection chain."""
+
+PAPER_CLINICAL_ONLY: dict[str, dict[str, float]] = {
+    "ridge": {"r": 0.813, "mae": 1.005},
+    "svr": {"r": 0.814, "mae": 0.945},
+}
+"""Seed 001, ancillary clinical-only models: best results on the external test set."""
+
+
+# ---------------------------------------------------------------------------- validation
+def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"'{name}' must be one of {list(allowed)}; got {value!r}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"'{name}' must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Every setting of the study's feature extraction and selection.
+
+    Parameters
+    ----------
+    radiomics_params : str or mapping
+        :mod:`msutils.radiomics` params (preset name, e.g. ``"seed001"``: first
+        order + GLCM/GLRLM/GLSZM/GLDM/NGTDM on the original T1, z-scored x 100,
+        bin width 5).
+    n_gm_parcels : int, optional
+        Use only the first ``n`` cortical parcels (small test profiles); ``None`` = all.
+    nawm : bool
+        Include the NAWM ROI.
+    disconnection : bool
+        Include the lesion-disconnection proxy per GM ROI.
+    disconnection_radius_mm : float
+        WM territory radius of the proxy (see :func:`disconnection_proxy`).
+    icc_mode : {"perturbed", "rescan"}
+        How the stability re-extraction is made (module docstring).
+    icc_subjects : int
+        Number of training subjects re-processed (seed: 30).
+    icc_threshold : float
+        Keep radiomic features with ICC >= this (seed: 0.90).
+    icc_type : str
+        ICC form (:data:`msutils.selection.ICC_TYPES`).
+    icc_noise : float
+        Noise SD of the perturbed re-processing, as a fraction of the brain's
+        intensity SD (0: mask perturbation only).
+    icc_shift_mm : float
+        Mean ROI boundary displacement of the perturbed re-processing
+        (:func:`resegmented_mask`).
+    variance_threshold, collinearity_threshold : float
+        Seed: 0.01 and 0.8.
+    lasso_cv : int
+        Folds of the LASSO's penalty search.
+    cfs_max_stale : int
+        Weka BestFirst stale limit.
+    seed : int
+        Seeds the ICC subset, the perturbations and the LASSO folds.
+    n_jobs : int
+        Worker processes of the radiomics extraction.
+    """
+
+    radiomics_params: str | Mapping[str, Any] = "seed001"
+    n_gm_parcels: int | None = None
+    nawm: bool = True
+    disconnection: bool = True
+    disconnection_radius_mm: float = 10.0
+    icc_mode: str = "perturbed"
+    icc_subjects: int = 30
+    icc_threshold: float = 0.90
+    icc_type: str = "ICC(A,1)"
+    icc_noise: float = 0.02
+    icc_shift_mm: float = 1.0
+    variance_threshold: float = 0.01
+    collinearity_threshold: float = 0.8
+    lasso_cv: int = 10
+    cfs_max_stale: int = 5
+    seed: int = 0
+    n_jobs: int = 2
+
+    def __post_init__(self) -> None:
+        _check_choice("icc_mode", self.icc_mode, ICC_MODES)
+        if self.n_gm_parcels is not None:
+            _check_int("n_gm_parcels", self.n_gm_parcels, 0)
+        _check_int("icc_subjects", self.icc_subjects, 3)
+        _check_int("lasso_cv", self.lasso_cv, 2)
+        _check_int("cfs_max_stale", self.cfs_max_stale, 1)
+        _check_int("n_jobs", self.n_jobs, 1)
+        _check_int("seed", self.seed, 0)
+        if not 0.0 <= float(self.icc_threshold) <= 1.0:
+            raise ValueError(f"'icc_threshold' must be in [0, 1]; got {self.icc_threshold!r}")
+        if not float(self.icc_shift_mm) > 0.0:
+            raise ValueError(f"'icc_shift_mm' must be > 0; got {self.icc_shift_mm!r}")
+        if not float(self.icc_noise) >= 0.0:
+            raise ValueError(f"'icc_noise' must be >= 0; got {self.icc_noise!r}")
+        if not float(self.disconnection_radius_mm) > 0.0:
+            raise ValueError(f"'disconnection_radius_mm' must be > 0; got {self.disconnection_radius_mm!r}")
+
+
+# ---------------------------------------------------------------------------- cohort -> data
+_CLINICAL_COLUMNS = ("age", "sex", "course", "disease_duration", "edss")
+
+
+def subject_table(cohort: Any) -> pd.DataFrame:
+    """One row per MS patient: the first session, indexed by ``subject_id``.
+
+    Patients lacking any of age, sex, course, disease duration or EDSS are left
+    out (logged). Keeps every column of the cohort table plus ``scan_id``.
+
+    Parameters
+    ----------
+    cohort : msutils.cohort.Cohort
+
+    Returns
+    -------
+    pandas.DataFrame
+        Sorted by ``subject_id``.
+    """
+    from msutils.report import first_session
+
+    table = cohort.table
+    missing = [c for c in ("subject_id", "session", "group", "center", *_CLINICAL_COLUMNS)
+               if c not in table.columns]
+    if missing:
+        raise ValueError(f"cohort table of {cohort.manifest_path} lacks columns {missing}")
+    ms = table[table["group"].astype(str) == "MS"]
+    if ms.empty:
+        raise ValueError(f"cohort {cohort.manifest_path} has no MS patient (group == 'MS')")
+    first = first_session(ms).copy()
+    first.insert(0, "scan_id", first.index.astype(str))
+    incomplete = first[["age", "disease_duration", "edss"]].isna().any(axis=1)
+    incomplete |= ~first["course"].astype(str).isin(["RR", "SP", "PP", "CIS"])
+    if incomplete.any():
+        logger.warning("subject_table: %d patient(s) without complete clinical data left out: %s",
+                       int(incomplete.sum()), first.loc[incomplete, "subject_id"].tolist()[:10])
+        first = first[~incomplete]
+    out = first.set_index("subject_id").sort_index()
+    out.index = out.index.astype(str)
+    out.index.name = "subject_id"
+    return out
+
+
+def study_rois(cohort: Any, n_gm_parcels: int | None = None) -> dict[str, list[int]]:
+    """The grey-matter ROIs of the study: deep GM (labels 1-8) and cortical parcels (101+).
+
+    Uses the project's label convention (see ``data_manifests/README.md``) and the
+    cohort's label names. The NAWM ROI is extracted separately (lesions subtracted).
+
+    Parameters
+    ----------
+    cohort : msutils.cohort.Cohort
+    n_gm_parcels : int, optional
+        Keep only the first ``n`` parcels (by label value).
+
+    Returns
+    -------
+    dict
+        ROI name -> ``[label]``, deep GM first.
+    """
+    labels = cohort.labels
+    deep = {name: [v] for v, name in sorted(labels.items()) if v in _DEEP_GM_LABELS}
+    parcels = [(v, name) for v, name in sorted(labels.items()) if v >= _PARCEL_MIN_LABEL]
+    if n_gm_parcels is not None:
+        parcels = parcels[: int(n_gm_parcels)]
+    if not deep and not parcels:
+        raise ValueError(f"cohort {cohort.manifest_path} has no GM ROI labels (1-8 or >= 101) in "
+                         "its sidecar 'roi_labels'")
+    return {**deep, **{name: [v] for v, name in parcels}}
+
+
+def _by_subject(frame: pd.DataFrame, subjects: pd.DataFrame) -> pd.DataFrame:
+    """Re-index a per-scan frame by the subject of each scan (subjects' order)."""
+    scan_to_subject = pd.Series(subjects.index, index=subjects["scan_id"].astype(str))
+    out = frame.loc[subjects["scan_id"].astype(str)].copy()
+    out.index = pd.Index(scan_to_subject.loc[out.index].to_numpy(), name="subject_id")
+    return out
+
+
+def extract_radiomics(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Sequence[int]],
+                      config: StudyConfig, *, scan_ids: Sequence[str] | None = None,
+                      cache_dir: str | os.PathLike | None = None, progress: bool = True
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """T1 radiomics of the GM ROIs and the NAWM for each subject.
+
+    Parameters
+    ----------
+    cohort : msutils.cohort.Cohort
+    subjects : DataFrame
+        :func:`subject_table` rows (index subject_id, column ``scan_id``).
+    rois : mapping
+        GM ROIs (:func:`study_rois`).
+    config : StudyConfig
+    scan_ids : sequence of str, optional
+        One scan per subject row (default: ``subjects["scan_id"]``), e.g. the
+        second visits for a rescan ICC.
+    cache_dir : path-like, optional
+        :func:`msutils.radiomics.extract`'s per (scan, ROI) cache.
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    features : DataFrame
+        Index subject_id, columns ``roi__class__feature`` (GM ROIs, then ``nawm``).
+    reasons : DataFrame
+        ``subject_id, scan_id, roi, reason`` of NaN ROIs.
+    """
+    from msutils import radiomics as rad
+
+    sids = list(subjects["scan_id"].astype(str)) if scan_ids is None else [str(s) for s in scan_ids]
+    if len(sids) != len(subjects):
+        raise ValueError(f"'scan_ids' has {len(sids)} entries; expected one per subject ({len(subjects)})")
+    common = dict(params=config.radiomics_params, scan_ids=sids, n_jobs=config.n_jobs,
+                  cache_dir=cache_dir, progress=progress)
+    parts = [rad.extract(cohort, dict(rois), **common)]
+    if config.nawm:
+        parts.append(rad.extract(cohort, {NAWM_ROI: [_WM_LABEL]}, subtract="lesion_mask", **common))
+    reasons = pd.concat([rad.reasons(p) for p in parts], ignore_index=True)
+    feats = pd.concat(parts, axis=1)
+    feats.index = pd.Index(subjects.index, name="subject_id")
+    scan_to_subject = dict(zip(sids, subjects.index))
+    reasons.insert(0, "subject_id", reasons["scan_id"].map(scan_to_subject))
+    return feats, reasons
+
+
+def volume_table(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Sequence[int]]) -> pd.DataFrame:
+    """Volumes (mL) of the GM ROIs, ``wbv_ml``, ``tiv_ml`` and ``lesion_volume_ml`` per subject.
+
+    Measured from each scan's label map, lesion mask and brain mask
+    (:func:`msutils.volumes.cohort_volumes`).
+    """
+    from msutils.volumes import cohort_volumes
+
+    vols = cohort_volumes(cohort, scan_ids=list(subjects["scan_id"].astype(str)), roi_sets=dict(rois))
+    cols = list(rois) + ["wbv_ml", "tiv_ml", "lesion_volume_ml"]
+    out = _by_subject(vols[cols], subjects)
+    bad = out.columns[out.isna().all()].tolist()
+    if bad:
+        raise ValueError(f"volumes {bad} could not be measured: the cohort lacks the masks they need "
+                         f"(masks: {cohort.mask_columns})")
+    return out
+
+
+def disconnection_proxy(labels: np.ndarray, lesion: np.ndarray, spacing: Sequence[float],
+                        rois: Mapping[str, Sequence[int]], *, wm_labels: Sequence[int] = (_WM_LABEL,),
+                        radius_mm: float = 10.0) -> dict[str, float]:
+    """Lesion-disconnection proxy of each GM ROI: lesion fraction of its nearby WM.
+
+    A simple, local stand-in for NeMo's change-in-connectivity (ChaCo) score,
+    which needs a tractography atlas this project does not have. Every white
+    matter voxel (``wm_labels`` or lesion) within ``radius_mm`` of grey matter is
+    assigned to the GM ROI whose voxel is nearest (Euclidean distance transform,
+    in mm); the proxy of an ROI is the fraction of its WM territory that is
+    lesioned. It ignores long-range tracts: a lesion far from an ROI never
+    counts, unlike ChaCo.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        ROI label map.
+    lesion : ndarray
+        Lesion mask (non-zero = lesion), same shape.
+    spacing : sequence of float
+        Voxel size (mm) per axis.
+    rois : mapping
+        GM ROI name -> label values (every label of every ROI counts as GM).
+    wm_labels : sequence of int
+        White-matter label values.
+    radius_mm : float
+        Territory radius.
+
+    Returns
+    -------
+    dict
+        ROI name -> fraction in [0, 1] (0 when the ROI has no WM territory).
+    """
+    from scipy import ndimage
+
+    lab = np.asarray(labels)
+    les = np.asarray(lesion) != 0
+    if lab.shape != les.shape:
+        raise ValueError(f"'lesion' shape {les.shape} differs from 'labels' shape {lab.shape}")
+    if len(spacing) != lab.ndim:
+        raise ValueError(f"'spacing' has {len(spacing)} values for a {lab.ndim}-D label map")
+    if not float(radius_mm) > 0:
+        raise ValueError(f"'radius_mm' must be > 0; got {radius_mm!r}")
+    gm_values = sorted({int(v) for vals in rois.values() for v in vals})
+    gm = np.isin(lab, gm_values)
+    out = {name: 0.0 for name in rois}
+    if not gm.any():
+        return out
+    dist, idx = ndimage.distance_transform_edt(~gm, sampling=[float(s) for s in spacing],
+                                               return_indices=True)
+    nearest = lab[tuple(idx)]
+    territory = (np.isin(lab, list(wm_labels)) | les) & (dist <= float(radius_mm)) & ~gm
+    near_t = nearest[territory]
+    les_t = les[territory]
+    for name, vals in rois.items():
+        sel = np.isin(near_t, list(vals))
+        n = int(sel.sum())
+        out[name] = float(les_t[sel].sum()) / n if n else 0.0
+    return out
+
+
+def cohort_disconnection(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Sequence[int]],
+                         *, radius_mm: float = 10.0) -> pd.DataFrame:
+    """:func:`disconnection_proxy` of every subject's scan; columns ``disconnection__<roi>``."""
+    rows = {}
+    for subject, sid in subjects["scan_id"].astype(str).items():
+        img = cohort.image(sid, "roi_labels")
+        lab = np.asarray(np.rint(np.asanyarray(img.dataobj)), dtype=np.int32)
+        les = cohort.array(sid, "lesion_mask", dtype=None) != 0
+        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+        rows[subject] = disconnection_proxy(lab, les, spacing, rois, radius_mm=radius_mm)
+    out = pd.DataFrame.from_dict(rows, orient="index")[list(rois)]
+    out.columns = [f"{DISCONNECTION_PREFIX}{c}" for c in out.columns]
+    out.index.name = "subject_id"
+    return out
+
+
+@dataclass
+class StudyData:
+    """Everything measured per subject, before any fitting.
+
+    Attributes
+    ----------
+    subjects : DataFrame
+        :func:`subject_table` (index subject_id; clinical columns, ``center``,
+        ``scan_id``, ground-truth ``gt_*`` columns of a synthetic cohort).
+    radiomics : DataFrame
+        Index subject_id; ``roi__class__feature`` columns.
+    volumes : DataFrame
+        Index subject_id; raw mL (:func:`volume_table`).
+    disconnection : DataFrame or None
+        Index subject_id; ``disconnection__<roi>`` columns.
+    rois : dict
+        GM ROIs (name -> labels).
+    reasons : DataFrame
+        NaN radiomics ROIs and why.
+    ground_truth : dict
+        The sidecar's ``synthetic.ground_truth.edss`` ({} for a real cohort).
+    """
+
+    subjects: pd.DataFrame
+    radiomics: pd.DataFrame
+    volumes: pd.DataFrame
+    disconnection: pd.DataFrame | None
+    rois: dict[str, list[int]]
+    reasons: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ground_truth: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        idx = self.subjects.index
+        for name in ("radiomics", "volumes", "disconnection"):
+            frame = getattr(self, name)
+            if frame is not None and not frame.index.equals(idx):
+                raise ValueError(f"StudyData.{name} must be indexed like 'subjects' (same subject_id order)")
+
+    @property
+    def edss(self) -> pd.Series:
+        """EDSS per subject."""
+        return self.subjects["edss"].astype(float)
+
+    @property
+    def deep_gm_rois(self) -> list[str]:
+        """Names of the deep-GM ROIs (labels 1-8)."""
+        return [n for n, v in self.rois.items() if any(x in _DEEP_GM_LABELS for x in v)]
+
+    def with_edss(self, edss: pd.Series) -> "StudyData":
+        """A copy whose subjects carry other EDSS values (for permutation checks)."""
+        subjects = self.subjects.copy()
+        subjects["edss"] = pd.Series(edss, dtype=float).reindex(subjects.index).to_numpy()
+        return replace(self, subjects=subjects)
+
+
+def load_study_data(cohort: Any, config: StudyConfig, *, cache_dir: str | os.PathLike | None = None,
+                    progress: bool = True) -> StudyData:
+    """Subjects, radiomics, volumes and disconnection proxy of a cohort (nothing fitted).
+
+    Parameters
+    ----------
+    cohort : msutils.cohort.Cohort
+    config : StudyConfig
+    cache_dir : path-like, optional
+        Radiomics cache folder.
+    progress : bool
+        Progress bars of the extraction.
+    """
+    subjects = subject_table(cohort)
+    rois = study_rois(cohort, config.n_gm_parcels)
+    radiomics, reasons = extract_radiomics(cohort, subjects, rois, config, cache_dir=cache_dir,
+                                           progress=progress)
+    volumes = volume_table(cohort, subjects, rois)
+    disc = (cohort_disconnection(cohort, subjects, rois, radius_mm=config.disconnection_radius_mm)
+            if config.disconnection else None)
+    truth = ((cohort.meta.get("synthetic") or {}).get("ground_truth") or {}).get("edss") or {}
+    logger.info("study data: %d subjects, %d radiomic features, %d ROIs", len(subjects),
+                radiomics.shape[1], len(rois) + int(config.nawm))
+    return StudyData(subjects=subjects, radiomics=radiomics, volumes=volumes, disconnection=disc,
+                     rois=rois, reasons=reasons, ground_truth=dict(truth))
+
+
+# ---------------------------------------------------------------------------- splits
+def study_split(subjects: pd.DataFrame, *, internal_center: str | None = None, test_size: float = 0.2,
+                n_folds: int = 10, seed: int = 0) -> dict[str, Any]:
+    """The seed's design: internal center split 80/20, other centers external, k CV folds.
+
+    Parameters
+    ----------
+    subjects : DataFrame
+        :func:`subject_table` (index subject_id, column ``center``).
+    internal_center : str, optional
+        Default: the center with the most subjects.
+    test_size : float
+        Internal test fraction (seed: 0.2).
+    n_folds : int
+        Cross-validation folds over the training subjects (seed: 10), stored as
+        the split's ``inner`` list (``fold0`` ...).
+    seed : int
+
+    Returns
+    -------
+    dict
+        A split (see :mod:`msutils.splits`) with ``train``, ``test``,
+        ``external``, ``internal_center`` and ``inner``.
+    """
+    from msutils.splits import grouped_kfold, internal_external_split
+
+    table = subjects.reset_index()[["subject_id", "center"]].astype(str)
+    if internal_center is None:
+        counts = table["center"].value_counts()
+        internal_center = str(sorted(counts[counts == counts.max()].index)[0])
+    split = internal_external_split(table, str(internal_center), test_size, seed=seed,
+                                    name=f"internal-{internal_center}")
+    split["inner"] = grouped_kfold(table, _check_int("n_folds", n_folds, 2), stratify=None, seed=seed,
+                                   subjects=split["train"])
+    return split
+
+
+def cv_folds(split: Mapping[str, Any], train_index: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Positional ``(train, validation)`` pairs of the split's inner folds over ``train_index``."""
+    pos = {str(s): i for i, s in enumerate(train_index)}
+    out = []
+    for inner in split["inner"]:
+        missing = [s for s in list(inner["train"]) + list(inner["test"]) if str(s) not in pos]
+        if missing:
+            raise ValueError(f"inner split {inner.get('name')!r} names subjects absent from the "
+                             f"training rows: {missing[:5]}")
+        out.append((np.sort([pos[str(s)] for s in inner["train"]]),
+                    np.sort([pos[str(s)] for s in inner["test"]])))
+    return out
+
+
+# ---------------------------------------------------------------------------- ICC re-extraction
+def icc_subset(cohort: Any, data: StudyData, train_subjects: Iterable[str], config: StudyConfig
+               ) -> dict[str, str]:
+    """Training subjects re-processed for the stability test -> the scan to re-extract.
+
+    ``perturbed``: ``config.icc_subjects`` random training subjects (their study
+    scan, re-processed). ``rescan``: training subjects with another session at
+    the same center (their second scan), at most ``config.icc_subjects``.
+    """
+    train = sorted(str(s) for s in train_subjects)
+    unknown = [s for s in train if s not in data.subjects.index]
+    if unknown:
+        raise ValueError(f"training subjects not in the study data: {unknown[:5]}")
+    rng = np.random.default_rng([int(config.seed), 11])
+    if config.icc_mode == "perturbed":
+        pool = {s: str(data.subjects.at[s, "scan_id"]) for s in train}
+    else:
+        table = cohort.table
+        pool = {}
+        for s in train:
+            first = str(data.subjects.at[s, "scan_id"])
+            others = table[(table["subject_id"].astype(str) == s) & (table.index.astype(str) != first)
+                           & (table["center"].astype(str) == str(data.subjects.at[s, "center"]))]
+            if len(others):
+                pool[s] = str(sorted(others.index.astype(str))[0])
+    ids = sorted(pool)
+    if len(ids) < 3:
+        raise ValueError(f"icc_mode={config.icc_mode!r}: only {len(ids)} training subject(s) available "
+                         "for the stability test; need >= 3")
+    if len(ids) > config.icc_subjects:
+        ids = sorted(rng.choice(ids, size=config.icc_subjects, replace=False).tolist())
+    return {s: pool[s] for s in ids}
+
+
+def resegmented_mask(mask: np.ndarray, rng: Any, spacing: Sequence[float], *, shift_mm: float = 1.0,
+                     mode: str = "random") -> np.ndarray:
+    """A re-segmentation proxy: the ROI boundary moved by about ``shift_mm`` on average.
+
+    :func:`msutils.selection.perturbed_mask` erodes or dilates the mask by one voxel;
+    each voxel that this changes is kept changed with probability
+    ``min(1, shift_mm / mean voxel size)``, so a 1 mm image gets the full
+    one-voxel erosion / dilation and a 3 mm image a third of it (a boundary
+    displacement of about 1 mm in volume terms, whatever the resolution).
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        ROI mask (not modified).
+    rng : numpy.random.Generator or int
+        Draws the operation (``mode="random"``) and the changed voxels.
+    spacing : sequence of float
+        Voxel size (mm).
+    shift_mm : float
+        Mean boundary displacement (> 0).
+    mode : {"erode", "dilate", "random"}
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    from msutils.selection import perturbed_mask
+
+    if not float(shift_mm) > 0:
+        raise ValueError(f"'shift_mm' must be > 0; got {shift_mm!r}")
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    m = np.asarray(mask).astype(bool)
+    full = perturbed_mask(m, gen, mode=mode).astype(bool)
+    p = min(1.0, float(shift_mm) / float(np.mean([float(s) for s in spacing])))
+    changed = full != m
+    if p < 1.0:
+        changed &= gen.random(m.shape) < p
+    return np.where(changed, full, m)
+
+
+def _perturbed_scan(task: Mapping[str, Any]) -> dict[str, list[float]]:
+    """Worker: re-process one scan with perturbed ROI boundaries and image noise."""
+    import nibabel as nib
+
+    from msutils import radiomics as rad
+    from msutils.selection import perturbed_image
+
+    img = nib.load(task["t1"])
+    arr = np.asarray(img.dataobj, dtype=np.float32)
+    lab = np.asarray(np.rint(np.asanyarray(nib.load(task["roi_labels"]).dataobj)), dtype=np.int32)
+    les = np.asanyarray(nib.load(task["lesion_mask"]).dataobj) != 0
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    rng = np.random.default_rng([int(task["seed"]), 12, int(task["key"])])
+    if task["noise"] > 0:
+        brain = arr != 0
+        noisy = perturbed_image(arr, rng, float(task["noise"]), mask=brain)
+        arr = np.where(brain, noisy, 0.0).astype(np.float32)
+    masks = {}
+    for roi, vals in task["rois"].items():
+        m = resegmented_mask(np.isin(lab, vals), rng, spacing, shift_mm=float(task["shift_mm"]))
+        if roi in task["subtract_lesions"]:
+            m &= ~les
+        masks[roi] = m.T  # SimpleITK order, as msutils.radiomics.extract reads NIfTI files
+    df = rad.extract_masks(arr.T, masks, spacing[::-1], task["params"], margin=task["margin"])
+    return {roi: df.loc[roi].tolist() for roi in masks}
+
+
+def retest_radiomics(cohort: Any, data: StudyData, retest_scans: Mapping[str, str], config: StudyConfig,
+                     *, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> pd.DataFrame:
+    """The second extraction of the stability test (same columns as ``data.radiomics``).
+
+    Parameters
+    ----------
+    cohort : msutils.cohort.Cohort
+    data : StudyData
+    retest_scans : mapping
+        :func:`icc_subset` output (subject -> scan).
+    config : StudyConfig
+    cache_dir : path-like, optional
+        Radiomics cache (``rescan`` mode).
+    progress : bool
+
+    Returns
+    -------
+    DataFrame
+        Index subject_id (``retest_scans`` order), columns of ``data.radiomics``.
+    """
+    from msutils import radiomics as rad
+
+    subjects = data.subjects.loc[list(retest_scans)]
+    if config.icc_mode == "rescan":
+        feats, _ = extract_radiomics(cohort, subjects, data.rois, config, scan_ids=list(retest_scans.values()),
+                                     cache_dir=cache_dir, progress=progress)
+        return feats[list(data.radiomics.columns)]
+    rois = {**data.rois, **({NAWM_ROI: [_WM_LABEL]} if config.nawm else {})}
+    names = rad.feature_names(config.radiomics_params)
+    table = cohort.table
+    tasks = []
+    for subject, sid in retest_scans.items():
+        tasks.append({
+            "t1": str(table.at[sid, "t1"]), "roi_labels": str(table.at[sid, "roi_labels"]),
+            "lesion_mask": str(table.at[sid, "lesion_mask"]), "rois": rois,
+            "subtract_lesions": [NAWM_ROI], "params": config.radiomics_params, "margin": 2,
+            "noise": float(config.icc_noise), "shift_mm": float(config.icc_shift_mm),
+            "seed": int(config.seed),
+            "key": zlib.crc32(str(subject).encode()),
+        })
+    results = _map(_perturbed_scan, tasks, config.n_jobs, progress, "icc re-processing")
+    rows = []
+    for res in results:
+        rows.append([v for roi in rois for v in res[roi]])
+    cols = [f"{roi}__{n}" for roi in rois for n in names]
+    out = pd.DataFrame(rows, index=pd.Index(list(retest_scans), name="subject_id"), columns=cols)
+    return out[list(data.radiomics.columns)]
+
+
+def _map(fn: Callable[[Any], Any], tasks: list[Any], n_jobs: int, progress: bool, desc: str) -> list[Any]:
+    """``[fn(t) for t in tasks]``, in worker processes when ``n_jobs > 1``."""
+    from tqdm.auto import tqdm
+
+    if n_jobs <= 1 or len(tasks) <= 1:
+        return [fn(t) for t in tqdm(tasks, desc=desc, disable=not progress)]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from msutils.radiomics import _worker_init
+
+    ctx = mp.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=min(n_jobs, len(tasks)), mp_context=ctx,
+                             initializer=_worker_init) as pool:
+        return list(tqdm(pool.map(fn, tasks), total=len(tasks), desc=desc, disable=not progress))
+
+
+# ---------------------------------------------------------------------------- features
+def feature_group(name: str) -> str:
+    """Group of a design-table column: clinical, lesion, volume, disconnection or radiomics."""
+    from msutils.regression import CLINICAL_FEATURES
+
+    if name in CLINICAL_FEATURES:
+        return "clinical"
+    if name == LESION_FEATURE:
+        return "lesion"
+    if name.startswith(VOLUME_PREFIX):
+        return "volume"
+    if name.startswith(DISCONNECTION_PREFIX):
+        return "disconnection"
+    if name.count("__") == 2:
+        return "radiomics"
+    raise ValueError(f"cannot tell the group of feature {name!r}")
+
+
+def _volume_frame(data: StudyData) -> pd.DataFrame:
+    """Volumes named ``volume__<roi>`` / ``volume__wbv`` plus the covariates age, sex, tiv."""
+    vols = data.volumes
+    frame = pd.DataFrame(index=data.subjects.index)
+    for roi in data.rois:
+        frame[f"{VOLUME_PREFIX}{roi}"] = vols[roi].astype(float)
+    frame[f"{VOLUME_PREFIX}{_WBV}"] = vols["wbv_ml"].astype(float)
+    frame["age"] = data.subjects["age"].astype(float)
+    frame["sex"] = data.subjects["sex"].astype(str)
+    frame["tiv"] = vols["tiv_ml"].astype(float)
+    return frame
+
+
+def candidate_features(data: StudyData, scorer: Any, subjects: Sequence[str] | None = None) -> pd.DataFrame:
+    """The full design table (every candidate feature) of ``subjects``.
+
+    Parameters
+    ----------
+    data : StudyData
+    scorer : msutils.volumes.NormativeZScorer
+        Fitted on the training subjects.
+    subjects : sequence of str, optional
+        Default: all.
+    """
+    from msutils.regression import clinical_features
+
+    ids = list(data.subjects.index) if subjects is None else [str(s) for s in subjects]
+    clin = clinical_features(data.subjects.loc[ids])
+    lesion = np.log1p(data.volumes.loc[ids, "lesion_volume_ml"].astype(float)).rename(LESION_FEATURE)
+    z = scorer.transform(_volume_frame(data).loc[ids])
+    parts = [clin, lesion.to_frame(), z]
+    if data.disconnection is not None:
+        parts.append(data.disconnection.loc[ids])
+    parts.append(data.radiomics.loc[ids])
+    return pd.concat(parts, axis=1)
+
+
+@dataclass
+class SelectionResult:
+    """The fitted feature pipeline of one training set.
+
+    Attributes
+    ----------
+    train_subjects : list of str
+    scorer : msutils.volumes.NormativeZScorer
+        Volume z-scores fitted on the training subjects.
+    icc : msutils.selection.IccResult or None
+        Stability test (``None``: no re-extraction given).
+    pipeline : msutils.selection.SelectionPipeline
+        Variance -> collinearity -> LASSO -> CFS, fitted on the training subjects.
+    candidates : list of str
+        Columns that entered the selection.
+    dropped_missing : list of str
+        Columns dropped because a training subject had no value (e.g. an empty ROI).
+    medians : pandas.Series
+        Training medians of ``candidates`` (fill values for missing test values).
+    clinical : list of str
+        Clinical columns of the ancillary models (non-constant in training).
+    groups : dict
+        Column -> :func:`feature_group` of every candidate.
+    """
+
+    train_subjects: list[str]
+    scorer: Any
+    icc: Any
+    pipeline: Any
+    candidates: list[str]
+    dropped_missing: list[str]
+    medians: pd.Series
+    clinical: list[str]
+    groups: dict[str, str] = field(repr=False)
+
+    @property
+    def selected(self) -> list[str]:
+        """Selected feature names (input order)."""
+        return [str(c) for c in self.pipeline.get_feature_names_out()]
+
+    def stages(self) -> pd.DataFrame:
+        """Features left after each stage, in total and per group (paper counts beside)."""
+        order = ["clinical", "lesion", "volume", "disconnection", "radiomics"]
+        rows = []
+        n_total = len(self.candidates) + len(self.dropped_missing)
+        rows.append({"stage": "extracted", "n_features": n_total,
+                     **{g: sum(1 for c in self.groups if self.groups[c] == g)
+                        + sum(1 for c in self.dropped_missing if feature_group(c) == g) for g in order}})
+        for stage, names in self.pipeline.survivors_.items():
+            label = {"input": "complete in training", "stability": f"ICC >= {self._icc_threshold()}",
+                     "variance": "variance > 0.01", "collinearity": "|r| <= 0.8",
+                     "lasso": "LASSO", "cfs": "CFS best first"}.get(stage, stage)
+            counts = {g: 0 for g in order}
+            for c in names:
+                counts[self.groups[c]] += 1
+            rows.append({"stage": label, "n_features": len(names), **counts})
+        out = pd.DataFrame(rows).set_index("stage")
+        out.insert(1, "removed", (-out["n_features"].diff()).fillna(0).astype(int))
+        return out
+
+    def _icc_threshold(self) -> str:
+        return f"{self.icc.threshold:.2f}" if self.icc is not None else "(not tested)"
+
+
+def _complete_columns(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    values = frame.to_numpy(dtype=float)
+    ok = np.isfinite(values).all(axis=0)
+    cols = list(frame.columns)
+    return [c for c, k in zip(cols, ok) if k], [c for c, k in zip(cols, ok) if not k]
+
+
+def select_features(data: StudyData, train_subjects: Iterable[str], config: StudyConfig, *,
+                    retest: pd.DataFrame | None = None, fit_log: Any = None) -> SelectionResult:
+    """Fit the feature pipeline on the training subjects only.
+
+    1. normative z-scores of the GM ROI volumes and WBV (``volume ~ age + sex + TIV``,
+       :class:`msutils.volumes.NormativeZScorer`);
+    2. columns with a missing value in a training subject are dropped;
+    3. ICC of the radiomic features between ``data.radiomics`` and ``retest``
+       (:func:`msutils.selection.icc_stability`) on the retest subjects, which must
+       be training subjects;
+    4. :class:`msutils.selection.SelectionPipeline` with the ICC keep list (scope:
+       the radiomic columns), EDSS as target.
+
+    Parameters
+    ----------
+    data : StudyData
+    train_subjects : iterable of str
+    config : StudyConfig
+    retest : DataFrame, optional
+        :func:`retest_radiomics` output; ``None`` skips the stability stage.
+    fit_log : msutils.leakage.FitLog, optional
+        Shared by every fitted step.
+    """
+    from msutils.regression import clinical_features
+    from msutils.selection import SelectionPipeline, icc_stability
+    from msutils.volumes import NormativeZScorer
+
+    train = [str(s) for s in train_subjects]
+    unknown = [s for s in train if s not in data.subjects.index]
+    if unknown:
+        raise ValueError(f"training subjects not in the study data: {unknown[:5]}")
+    if len(set(train)) != len(train):
+        raise ValueError("'train_subjects' lists a subject more than once")
+    vol_frame = _volume_frame(data).loc[train]
+    vol_cols = [c for c in vol_frame.columns if c.startswith(VOLUME_PREFIX)]
+    scorer = NormativeZScorer(covariates=("age", "sex", "tiv"), columns=vol_cols, fit_log=fit_log)
+    scorer.fit(vol_frame)
+    X = candidate_features(data, scorer, train)
+    candidates, dropped = _complete_columns(X)
+    if dropped:
+        logger.warning("select_features: %d feature(s) with missing training values dropped, e.g. %s",
+                       len(dropped), dropped[:3])
+    X = X[candidates]
+    medians = X.median()
+    groups = {c: feature_group(c) for c in candidates}
+    radiomic = [c for c in candidates if groups[c] == "radiomics"]
+
+    icc = None
+    stable = None
+    if retest is not None:
+        rt = [str(s) for s in retest.index]
+        outside = sorted(set(rt) - set(train))
+        if outside:
+            raise ValueError(f"'retest' subjects must be training subjects; not in training: {outside[:5]}")
+        cols = [c for c in radiomic if c in retest.columns]
+        icc = icc_stability(data.radiomics.loc[rt, cols], retest.loc[rt, cols], threshold=config.icc_threshold,
+                            icc_type=config.icc_type, fit_log=fit_log)
+        stable = icc.keep
+    y = data.edss.loc[train]
+    pipe = SelectionPipeline(stable_features=stable, stability_scope=radiomic,
+                             variance_threshold=config.variance_threshold,
+                             collinearity_threshold=config.collinearity_threshold,
+                             lasso_cv=config.lasso_cv, cfs_max_stale=config.cfs_max_stale,
+                             seed=config.seed, fit_log=fit_log)
+    pipe.fit(X, y)
+    clin = clinical_features(data.subjects.loc[train])
+    clinical = [c for c in clin.columns if np.ptp(clin[c].to_numpy()) > 0]
+    return SelectionResult(train_subjects=train, scorer=scorer, icc=icc, pipeline=pipe,
+                           candidates=candidates, dropped_missing=dropped, medians=medians,
+                           clinical=clinical, groups=groups)
+
+
+def design_matrix(selection: SelectionResult, data: StudyData, subjects: Sequence[str],
+                  columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Selected features (or ``columns``) of any subjects, with the training-fitted transforms.
+
+    A missing value (e.g. an ROI empty in a test scan) is filled with the training
+    median (logged).
+    """
+    cols = selection.selected if columns is None else list(columns)
+    X = candidate_features(data, selection.scorer, subjects)[cols]
+    missing = ~np.isfinite(X.to_numpy(dtype=float))
+    if missing.any():
+        logger.warning("design_matrix: %d missing value(s) filled with training medians", int(missing.sum()))
+        X = X.where(~missing, selection.medians[cols], axis=1)
+    return X
+
+
+def feature_matrix(selection: SelectionResult, data: StudyData, subjects: Sequence[str],
+                   feature_set: str = "selected") -> pd.DataFrame:
+    """Design matrix of a feature set (:data:`FEATURE_SETS`)."""
+    from msutils.regression import clinical_features
+
+    _check_choice("feature_set", feature_set, FEATURE_SETS)
+    ids = [str(s) for s in subjects]
+    if feature_set == "selected":
+        return design_matrix(selection, data, ids)
+    return clinical_features(data.subjects.loc[ids])[selection.clinical]
+
+
+def fit_models(selection: SelectionResult, data: StudyData,
+               hyperparameters: Mapping[str, Mapping[str, Any] | None] | None = None, *,
+               feature_set: str = "selected", models: Sequence[str] = MODEL_ORDER, seed: int = 0,
+               fit_log: Any = None) -> dict[str, Any]:
+    """Fit the regressors on the training subjects of ``selection``.
+
+    Parameters
+    ----------
+    selection : SelectionResult
+    data : StudyData
+    hyperparameters : mapping, optional
+        Model -> ``model__...`` parameters (e.g. the tuned ones); missing -> defaults.
+    feature_set : {"selected", "clinical"}
+    models : sequence of str
+        Keys of :data:`msutils.regression.MODELS`.
+    seed : int
+    fit_log : msutils.leakage.FitLog, optional
+
+    Returns
+    -------
+    dict
+        Model name -> fitted pipeline.
+    """
+    from msutils.regression import fit_final
+
+    train = selection.train_subjects
+    X = feature_matrix(selection, data, train, feature_set)
+    y = data.edss.loc[train]
+    hp = dict(hyperparameters or {})
+    return {m: fit_final(m, hp.get(m), X, y, seed=seed, fit_log=fit_log) for m in models}
+
+
+@dataclass
+class StudyFit:
+    """:func:`fit_study` output: the selection and the fitted models per feature set."""
+
+    selection: SelectionResult
+    models: dict[str, dict[str, Any]]
+
+    def predict(self, data: StudyData, subjects: Sequence[str], feature_set: str = "selected") -> pd.DataFrame:
+        """Predicted EDSS of ``subjects``: one column per model."""
+        X = feature_matrix(self.selection, data, subjects, feature_set)
+        return predictions(self.models[feature_set], X)
+
+
+def fit_study(data: StudyData, train_subjects: Iterable[str], config: StudyConfig, *,
+              retest: pd.DataFrame | None = None,
+              hyperparameters: Mapping[str, Mapping[str, Mapping[str, Any] | None]] | None = None,
+              feature_sets: Sequence[str] = FEATURE_SETS, models: Sequence[str] = MODEL_ORDER,
+              fit_log: Any = None) -> StudyFit:
+    """Everything fitted in the study, in one call: selection, then the models.
+
+    Only the training subjects' EDSS and features are used; test subjects' values
+    can change without changing anything returned (the leakage canary).
+
+    Parameters
+    ----------
+    data, train_subjects, config, retest, fit_log
+        See :func:`select_features`.
+    hyperparameters : mapping, optional
+        ``{feature_set: {model: params}}``; default hyper-parameters otherwise.
+    feature_sets : sequence of str
+        Among :data:`FEATURE_SETS`.
+    models : sequence of str
+    """
+    selection = select_features(data, train_subjects, config, retest=retest, fit_log=fit_log)
+    hp = dict(hyperparameters or {})
+    fitted = {fs: fit_models(selection, data, hp.get(fs), feature_set=fs, models=models, seed=config.seed,
+                             fit_log=fit_log) for fs in feature_sets}
+    return StudyFit(selection=selection, models=fitted)
+
+
+def predictions(models: Mapping[str, Any], X: pd.DataFrame) -> pd.DataFrame:
+    """Predictions of fitted models on ``X``: index of ``X``, one column per model."""
+    return pd.DataFrame({m: np.asarray(model.predict(X), dtype=float) for m, model in models.items()},
+                        index=X.index)
+
+
+def abs_errors(y_true: pd.Series, preds: pd.DataFrame) -> pd.DataFrame:
+    """Long table ``subject, model, abs_error`` (input of :func:`msutils.stats.rm_anova_errors`)."""
+    y = pd.Series(y_true, dtype=float).reindex(preds.index)
+    if y.isna().any():
+        raise ValueError(f"'y_true' lacks subjects {preds.index[y.isna()].tolist()[:5]}")
+    err = preds.sub(y, axis=0).abs()
+    err.index.name = "subject"
+    return err.reset_index().melt(id_vars="subject", var_name="model", value_name="abs_error")
+
+
+# ---------------------------------------------------------------------------- tables
+_COHORT_LABELS = {"training": "Training (10-fold CV)", "internal": "Internal test",
+                  "external": "External test"}
+
+
+def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
+           pvalues: Mapping[str, float] | None = None, *, models: Sequence[str] = MODEL_ORDER,
+           labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The seed's Table 3 layout: one row per cohort, (model, r / R2 / MAE) columns, P value.
+
+    Parameters
+    ----------
+    scores : mapping
+        ``{cohort: {model: {"r", "r2", "mae"}}}`` (cohorts ``training``,
+        ``internal``, ``external``).
+    pvalues : mapping, optional
+        ``{cohort: RM-ANOVA p}`` (shown formatted; missing -> "-").
+    models : sequence of str
+    labels : mapping, optional
+        Cohort -> row label.
+    """
+    from msutils.regression import MODELS
+    from msutils.stats import format_p
+
+    labels = {**_COHORT_LABELS, **dict(labels or {})}
+    cols = pd.MultiIndex.from_tuples([(MODELS[m].label, k) for m in models for k in ("r", "R2", "MAE")])
+    rows, index = [], []
+    for cohort, per_model in scores.items():
+        rows.append([per_model.get(m, {}).get(k, np.nan) for m in models for k in ("r", "r2", "mae")])
+        index.append(labels.get(cohort, cohort))
+    out = pd.DataFrame(rows, index=pd.Index(index, name="cohort"), columns=cols).astype(float).round(3)
+    p = dict(pvalues or {})
+    out[("", "P value")] = [format_p(p[c]) if c in p and p[c] is not None else "-" for c in scores]
+    return out
+
+
+def paper_table3_long(scores: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None
+                      ) -> dict[str, dict[str, float]]:
+    """``{"<cohort> / <model>": {"r", "r2", "mae"}}`` rows (the paper's by default) for
+    :func:`msutils.report.paper_vs_ours`."""
+    from msutils.regression import MODELS
+
+    src = PAPER_TABLE3 if scores is None else scores
+    return {f"{_COHORT_LABELS.get(c, c)} / {MODELS[m].label}": {k: float(v[k]) for k in ("r", "r2", "mae")}
+            for c, per in src.items() for m, v in per.items()}
+
+
+# ---------------------------------------------------------------------------- ground truth
+def driver_values(subjects: pd.DataFrame, ground_truth: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """True EDSS driver values per subject (synthetic cohorts).
+
+    Definitions (:data:`msutils.synth.EDSS_DRIVERS`, sidecar ``driver_definitions``):
+    ``lesion_load = ln(gt_lesion_volume_design_ml + 0.1)``,
+    ``thalamus_volume = gt_thalamus_volume_factor``,
+    ``texture_amplitude = gt_texture_amplitude``, ``age``,
+    ``sp_course = course == "SP"``.
+
+    Raises
+    ------
+    ValueError
+        The table lacks the ground-truth columns (not a synthetic cohort).
+    """
+    need = ["gt_lesion_volume_design_ml", "gt_thalamus_volume_factor", "gt_texture_amplitude", "age", "course"]
+    missing = [c for c in need if c not in subjects.columns]
+    if missing:
+        raise ValueError(f"no ground truth: the subject table lacks columns {missing}")
+    out = pd.DataFrame({
+        "lesion_load": np.log(subjects["gt_lesion_volume_design_ml"].astype(float) + 0.1),
+        "thalamus_volume": subjects["gt_thalamus_volume_factor"].astype(float),
+        "texture_amplitude": subjects["gt_texture_amplitude"].astype(float),
+        "age": subjects["age"].astype(float),
+        "sp_course": (subjects["course"].astype(str) == "SP").astype(float),
+    }, index=subjects.index)
+    drivers = list((ground_truth or {}).get("drivers") or out.columns)
+    unknown = [d for d in drivers if d not in out.columns]
+    if unknown:
+        raise ValueError(f"ground truth names drivers this module cannot compute: {unknown}")
+    return out[drivers]
+
+
+def driver_of_feature(name: str, deep_gm_rois: Sequence[str] | None = None) -> str | None:
+    """The true driver a feature stands for, by the rules of :data:`DRIVER_RULES` (or None).
+
+    Parameters
+    ----------
+    name : str
+        Design-table column.
+    deep_gm_rois : sequence of str, optional
+        Deep-GM ROI names (default: names starting with thalamus, caudate, putamen, pallidum).
+    """
+    group = feature_group(name)
+    if group == "clinical":
+        return {"age": "age", "course_SP": "sp_course"}.get(name)
+    if group in ("lesion", "disconnection"):
+        return "lesion_load"
+    if group == "volume":
+        return "thalamus_volume" if name[len(VOLUME_PREFIX):].startswith("thalamus") else None
+    roi = name.split("__")[0]
+    deep = (roi in deep_gm_rois) if deep_gm_rois is not None else roi.startswith(_DEEP_GM_NAMES)
+    return "texture_amplitude" if deep else None
+
+
+def drivers_recovered(selected: Iterable[str], drivers: Sequence[str],
+                      deep_gm_rois: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Driver -> the selected features that stand for it (empty list: not recovered)."""
+    out: dict[str, list[str]] = {d: [] for d in drivers}
+    for f in selected:
+        d = driver_of_feature(f, deep_gm_rois)
+        if d in out:
+            out[d].append(f)
+    return out
+
+
+def driver_correlations(X: pd.DataFrame, drivers: pd.DataFrame) -> pd.DataFrame:
+    """Pearson r of every feature (rows) with every true driver (columns), on shared rows."""
+    common = X.index.intersection(drivers.index)
+    a = X.loc[common].astype(float)
+    b = drivers.loc[common].astype(float)
+    za = (a - a.mean()) / a.std(ddof=0).replace(0, np.nan)
+    zb = (b - b.mean()) / b.std(ddof=0).replace(0, np.nan)
+    return (za.T @ zb / len(common)).astype(float)
+
+
+# ---------------------------------------------------------------------------- Table 2
+_CLASS_INFO: dict[str, tuple[str, str]] = {
+    "firstorder": ("First order", "Describes the distribution of voxel intensities"),
+    "glcm": ("Gray level co-occurrence matrix",
+             "Quantifies how often pairs of voxels with specific values occur in a specified spatial range"),
+    "glrlm": ("Gray level run length matrix",
+              "Quantifies gray level runs (consecutive voxels with the same gray level)"),
+    "glszm": ("Gray level size-zone matrix",
+              "Quantifies gray level zones (connected voxels sharing the same gray level)"),
+    "gldm": ("Gray level dependence matrix",
+             "Quantifies gray level dependencies (connected voxels within a distance that are "
+             "dependent on the center voxel)"),
+    "ngtdm": ("Neighbouring gray tone difference matrix",
+              "Quantifies the difference between a gray value and the average gray value of its neighbours"),
+}
+
+_FEATURE_MEANING: dict[str, str] = {
+    # first order
+    "10Percentile": "10th percentile of the intensities", "90Percentile": "90th percentile of the intensities",
+    "Energy": "Magnitude of voxel values (sum of squares; grows with ROI size)",
+    "Entropy": "Uncertainty / randomness of the intensity histogram",
+    "InterquartileRange": "Spread of the middle 50 % of intensities",
+    "Kurtosis": "Peakedness of the intensity distribution", "Maximum": "Maximum intensity",
+    "MeanAbsoluteDeviation": "Mean distance of intensities from their mean", "Mean": "Mean intensity",
+    "Median": "The median gray level intensity", "Minimum": "Minimum intensity",
+    "Range": "Range of intensities",
+    "RobustMeanAbsoluteDeviation": "Mean absolute deviation of the intensities within the 10-90th percentiles",
+    "RootMeanSquared": "Square root of the mean squared intensity", "Skewness": "Asymmetry of the intensity distribution",
+    "TotalEnergy": "Energy scaled by the voxel volume", "Uniformity": "Homogeneity of the intensity histogram",
+    "Variance": "Spread of the intensities around the mean",
+    # GLCM
+    "Autocorrelation": "Magnitude of the fineness and coarseness of texture",
+    "ClusterProminence": "Skewness and asymmetry of the GLCM",
+    "ClusterShade": "Skewness and uniformity of the GLCM",
+    "ClusterTendency": "Groupings of voxels with similar gray levels",
+    "Contrast": "Local intensity variation", "Correlation":
+        "Linear dependency of gray level values to their respective voxels in the GLCM",
+    "DifferenceAverage": "Mean gray level difference of neighbouring voxels",
+    "DifferenceEntropy": "Randomness of neighbourhood intensity differences",
+    "DifferenceVariance": "Heterogeneity of neighbourhood intensity differences",
+    "Id": "Inverse difference: local homogeneity", "Idm": "Inverse difference moment: local homogeneity",
+    "Idmn": "Normalized inverse difference moment", "Idn": "Normalized inverse difference",
+    "Imc1": "Informational measure of correlation 1: complexity of the texture",
+    "Imc2": "Informational measure of correlation 2: complexity of the texture",
+    "InverseVariance": "Inverse variance of neighbourhood differences",
+    "JointAverage": "Mean gray level of the GLCM", "JointEnergy": "Homogeneous patterns in the image",
+    "JointEntropy": "Randomness of the neighbourhood intensity values",
+    "MCC": "Maximal correlation coefficient: complexity of the texture",
+    "MaximumProbability": "Occurrence of the most predominant pair of neighbouring intensities",
+    "SumAverage": "Relation between pairs of lower and higher intensity values",
+    "SumEntropy": "Sum of neighbourhood intensity value differences",
+    "SumSquares": "Distribution of neighbouring intensity pairs about the mean",
+    # GLRLM
+    "GrayLevelNonUniformity": "Variability of gray level intensities (size dependent)",
+    "GrayLevelNonUniformityNormalized": "Variability of gray level intensities (normalized)",
+    "GrayLevelVariance": "Variance of gray levels",
+    "HighGrayLevelRunEmphasis": "Concentration of high gray-level values",
+    "LongRunEmphasis": "Distribution of long run lengths (coarse texture)",
+    "LongRunHighGrayLevelEmphasis": "Joint distribution of long runs with high gray levels",
+    "LongRunLowGrayLevelEmphasis": "Joint distribution of long runs with low gray levels",
+    "LowGrayLevelRunEmphasis": "Concentration of low gray-level values",
+    "RunEntropy": "Uncertainty of run lengths and gray levels",
+    "RunLengthNonUniformity": "Similarity of run lengths (size dependent)",
+    "RunLengthNonUniformityNormalized": "Similarity of run lengths (normalized)",
+    "RunPercentage": "Coarseness of the texture (runs per voxel)", "RunVariance": "Variance of run lengths",
+    "ShortRunEmphasis": "Distribution of short run lengths (fine texture)",
+    "ShortRunHighGrayLevelEmphasis": "Joint distribution of short runs with high gray levels",
+    "ShortRunLowGrayLevelEmphasis": "Joint distribution of short runs with low gray levels",
+    # GLSZM
+    "HighGrayLevelZoneEmphasis": "Distribution of higher gray-level zones",
+    "LargeAreaEmphasis": "Distribution of large zones (coarse texture)",
+    "LargeAreaHighGrayLevelEmphasis": "Joint distribution of large zones with high gray levels",
+    "LargeAreaLowGrayLevelEmphasis": "Joint distribution of large zones with low gray levels",
+    "LowGrayLevelZoneEmphasis": "Distribution of lower gray-level zones",
+    "SizeZoneNonUniformity": "Variability of size-zone volumes",
+    "SizeZoneNonUniformityNormalized": "Variability of size-zone volumes (normalized)",
+    "SmallAreaEmphasis": "Distribution of small zones (fine texture)",
+    "SmallAreaHighGrayLevelEmphasis": "Joint distribution of small zones with high gray levels",
+    "SmallAreaLowGrayLevelEmphasis": "Joint distribution of small zones with low gray levels",
+    "ZoneEntropy": "Uncertainty of zone sizes and gray levels", "ZonePercentage": "Coarseness (zones per voxel)",
+    "ZoneVariance": "Variance of zone sizes",
+    # GLDM
+    "DependenceEntropy": "Uncertainty of dependence sizes and gray levels",
+    "DependenceNonUniformity": "Similarity of dependence sizes (size dependent)",
+    "DependenceNonUniformityNormalized": "Similarity of dependence sizes (normalized)",
+    "DependenceVariance": "Variance of dependence sizes",
+    "HighGrayLevelEmphasis": "Distribution of higher gray-level values",
+    "LargeDependenceEmphasis": "Distribution of large dependencies (homogeneous texture)",
+    "LargeDependenceHighGrayLevelEmphasis": "Joint distribution of large dependence with higher gray levels",
+    "LargeDependenceLowGrayLevelEmphasis": "Joint distribution of large dependence with lower gray levels",
+    "LowGrayLevelEmphasis": "Distribution of lower gray-level values",
+    "SmallDependenceEmphasis": "Distribution of small dependencies (heterogeneous texture)",
+    "SmallDependenceHighGrayLevelEmphasis": "Joint distribution of small dependence with higher gray levels",
+    "SmallDependenceLowGrayLevelEmphasis": "Joint distribution of small dependence with lower gray levels",
+    # NGTDM
+    "Busyness": "Rapid changes of intensity between neighbouring voxels",
+    "Coarseness": "Spatial rate of change of intensity (coarse texture)",
+    "Complexity": "Non-uniformity and rapid changes of gray levels",
+    "Strength": "Primitives that are easily defined and visible",
+}
+# class-specific meanings where the same feature name means something else
+_FEATURE_MEANING_BY_CLASS: dict[tuple[str, str], str] = {
+    ("ngtdm", "Contrast"): "Spatial intensity change and overall gray-level range",
+    ("glszm", "GrayLevelNonUniformity"): "Variability of gray levels across zones (size dependent)",
+    ("glszm", "GrayLevelNonUniformityNormalized"): "Variability of gray levels across zones (normalized)",
+    ("glszm", "GrayLevelVariance"): "Variance of gray levels across zones",
+}
+
+_DEEP_GM_TEXT = {"thalamus": "thalamus", "caudate": "caudate nucleus", "putamen": "putamen",
+                 "pallidum": "pallidum"}
+
+
+def roi_description(roi: str, centroid: Sequence[float] | None = None, n_parcels: int | None = None) -> str:
+    """Anatomical label of an ROI name, e.g. ``thalamus_L`` -> "Left thalamus".
+
+    Cortical parcels of the synthetic atlas (``gm_001`` ...) are k-means
+    clusters, the first half in the left hemisphere; ``centroid`` (MNI mm)
+    locates them.
+    """
+    side = {"L": "Left", "R": "Right"}
+    if roi == NAWM_ROI:
+        return "Normal-appearing white matter"
+    if roi == _WBV:
+        return "Whole brain"
+    base, _, s = roi.rpartition("_")
+    if base in _DEEP_GM_TEXT and s in side:
+        text = f"{side[s]} {_DEEP_GM_TEXT[base]}"
+    elif roi.startswith("gm_") and roi[3:].isdigit():
+        k = int(roi[3:])
+        hemi = ""
+        if centroid is not None:
+            hemi = "left " if centroid[0] < 0 else "right "
+        elif n_parcels:
+            hemi = "left " if k <= n_parcels // 2 else "right "
+        text = f"Cortical GM parcel {k} ({hemi}hemisphere)" if hemi else f"Cortical GM parcel {k}"
+    else:
+        text = roi.replace("_", " ")
+    if centroid is not None:
+        text += f", centroid ({centroid[0]:.0f}, {centroid[1]:.0f}, {centroid[2]:.0f}) mm"
+    return text
+
+
+def label_centroids(label_image: Any, labels: Mapping[int, str]) -> dict[str, tuple[float, float, float]]:
+    """World (scanner / MNI) coordinates in mm of each label's centre of mass in one label map."""
+    from scipy import ndimage
+
+    arr = np.asarray(np.rint(np.asanyarray(label_image.dataobj)), dtype=np.int64)
+    values = [int(v) for v in labels if (arr == int(v)).any()]
+    coms = ndimage.center_of_mass(np.ones(arr.shape), arr, values)
+    out = {}
+    for v, c in zip(values, coms):
+        xyz = label_image.affine @ np.r_[np.asarray(c, float), 1.0]
+        out[str(labels[v])] = (float(xyz[0]), float(xyz[1]), float(xyz[2]))
+    return out
+
+
+def table2(selected: Sequence[str], *, centroids: Mapping[str, Sequence[float]] | None = None,
+           n_parcels: int | None = None) -> pd.DataFrame:
+    """The seed's Table 2 for the selected features (all groups, not only radiomics).
+
+    Columns: ``feature`` (design name), ``anatomic label``, ``feature class``,
+    ``class characteristics``, ``feature`` name, ``feature characteristics`` (one
+    line, after the pyradiomics documentation).
+    """
+    rows = []
+    centroids = dict(centroids or {})
+    for name in selected:
+        group = feature_group(name)
+        if group == "clinical":
+            text = {"age": "Age at MRI (years)", "sex_M": "Male sex",
+                    "disease_duration": "Disease duration (years)",
+                    "course_SP": "Secondary-progressive course", "course_PP": "Primary-progressive course",
+                    "course_CIS": "Clinically isolated syndrome"}[name]
+            row = ("-", "Clinical", "Clinico-demographic variable", name, text)
+        elif group == "lesion":
+            row = ("White matter", "Lesion load", "T2 lesion volume from the lesion mask",
+                   "ln(1 + lesion volume, mL)", "Total T2 lesion burden")
+        elif group == "volume":
+            roi = name[len(VOLUME_PREFIX):]
+            row = (roi_description(roi, centroids.get(roi), n_parcels), "Volume",
+                   "Normative z-score adjusted for age, sex and TIV (training fit)", "Volume z-score",
+                   "Atrophy (negative) or hypertrophy (positive) relative to the training cohort")
+        elif group == "disconnection":
+            roi = name[len(DISCONNECTION_PREFIX):]
+            row = (roi_description(roi, centroids.get(roi), n_parcels), "Disconnection proxy",
+                   "Lesion fraction of the WM territory of the region (ChaCo stand-in)",
+                   "Lesion fraction", "Local WM damage next to the region")
+        else:
+            roi, family, feat = name.split("__")
+            cls = family.split("_")[-1]
+            title, info = _CLASS_INFO.get(cls, (family, ""))
+            meaning = _FEATURE_MEANING_BY_CLASS.get((cls, feat), _FEATURE_MEANING.get(feat, ""))
+            row = (roi_description(roi, centroids.get(roi), n_parcels), title, info, feat, meaning)
+        rows.append((name, *row))
+    return pd.DataFrame(rows, columns=["design column", "anatomic label", "feature class",
+                                       "class characteristics", "feature", "feature characteristics"])
+
+
+# ---------------------------------------------------------------------------- Table 1
+def adjusted_site_pvalue(df: pd.DataFrame, variable: str, *, by: str = "center",
+                         covariates: Sequence[str] = ("age", "sex", "tiv_ml")) -> float:
+    """p-value of the site term of ``variable ~ site + covariates`` (OLS), as the seed's
+    "adjusted for age, sex and TIV" comparison of MRI measures between sites."""
+    import statsmodels.api as sm
+
+    from msutils.volumes import encode_sex
+
+    need = [variable, by, *covariates]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"'df' lacks columns {missing}")
+    d = df[need].dropna()
+    levels = sorted(d[by].astype(str).unique())
+    if len(levels) != 2:
+        raise ValueError(f"'{by}' must have exactly 2 levels; got {levels}")
+    X = pd.DataFrame({"site": (d[by].astype(str) == levels[1]).astype(float)}, index=d.index)
+    for c in covariates:
+        X[c] = encode_sex(d[c]) if c == "sex" else d[c].astype(float)
+    fit = sm.OLS(d[variable].astype(float), sm.add_constant(X)).fit()
+    return float(fit.pvalues["site"])
+
+
+def site_table1(data: StudyData, *, order: Sequence[str] | None = None, seed: int = 0) -> pd.DataFrame:
+    """The seed's Table 1: the two sites compared.
+
+    Student t-test for age and disease duration, Fisher exact test for sex and
+    secondary-progressive course, Mood's median test for EDSS
+    (:func:`msutils.stats.table1`); T2 lesion volume and WBV as mean (SD) with the
+    site p-value adjusted for age, sex and TIV (:func:`adjusted_site_pvalue`).
+    """
+    from msutils.stats import format_p, format_table1, table1
+
+    df = data.subjects.copy()
+    df["secondary_progressive"] = np.where(df["course"].astype(str) == "SP", "yes", "no")
+    df["lesion_volume_ml"] = data.volumes["lesion_volume_ml"]
+    df["wbv_ml"] = data.volumes["wbv_ml"]
+    df["tiv_ml"] = data.volumes["tiv_ml"]
+    variables = {"age": "continuous", "sex": "categorical", "secondary_progressive": "categorical",
+                 "disease_duration": "continuous", "edss": "ordinal", "lesion_volume_ml": "continuous",
+                 "wbv_ml": "continuous"}
+    t = table1(df, "center", variables, order=order, seed=seed)
+    wide = format_table1(t)
+    for var in ("lesion_volume_ml", "wbv_ml"):
+        row = f"{var}, mean (SD)"
+        if df["center"].nunique() == 2:
+            wide.loc[row, "P value"] = format_p(adjusted_site_pvalue(df, var))
+            wide.loc[row, "test"] = "OLS site term, adjusted for age, sex, TIV"
+    return wide
+
+
+# ---------------------------------------------------------------------------- caching
+def shared_get_or_compute(cache: Any, name: str, compute: Callable[[str], Any]) -> Any:
+    """``cache.get_or_compute(name, compute)`` under an inter-process file lock.
+
+    For work every fold run of a notebook needs (feature extraction, selection on
+    the whole training set): the first fold process computes it, concurrent ones
+    wait and then load the cached entry instead of computing it again.
+
+    Parameters
+    ----------
+    cache : msutils.cache.FoldCache
+    name : str
+        Entry name (a pseudo-fold, e.g. ``"shared"``).
+    compute : callable
+        ``compute(name)`` returning a picklable object.
+    """
+    import fcntl
+
+    root = Path(cache.root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            return cache.get_or_compute(name, compute)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
