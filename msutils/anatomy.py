@@ -8,7 +8,8 @@ The atlas (:func:`load_atlas`) holds, on the template grid cropped to the brain
 bounding box plus a margin:
 
 - tissue probability maps ``gm``, ``wm`` and ``csf`` (CSF = brain mask minus GM
-  minus WM, clipped to [0, 1]);
+  minus WM, clipped to [0, 1]; template GM within 5 mm of a deep-GM ellipsoid is
+  moved to WM so that deep GM is exactly the ellipsoids);
 - an ROI label map following the study-book convention: 1/2 thalamus L/R,
   3/4 caudate, 5/6 putamen, 7/8 pallidum, 9 whole white matter, 101..100+K
   cortical GM parcels (``gm_001``...), 0 background / CSF;
@@ -53,6 +54,7 @@ __all__ = [
     "random_deformation",
     "warp",
     "warp_box",
+    "subject_point",
 ]
 
 logger = logging.getLogger(__name__)
@@ -178,8 +180,8 @@ class Atlas:
         (WM within 8 mm of the ventricles), ``"juxtacortical"`` (WM within 5 mm
         of cortical GM, away from the ventricles) and ``"deep"`` (other WM).
     deep_box : tuple of slice
-        Bounding box of the deep-GM ellipsoids (grown by 50 %), where the
-        generator recomputes deep-GM membership per subject.
+        Bounding box of the deep-GM ellipsoids (grown by 50 % + 10 mm), where
+        the generator computes deep-GM membership per subject.
     center_vox : ndarray, shape (3,)
         Brain centroid in voxel coordinates (centre of the head-size scaling).
     n_parcels : int
@@ -239,6 +241,8 @@ def deep_gm_membership(
     atlas: Atlas,
     volume_factors: Mapping[int, float] | None = None,
     edge_mm: float = 1.0,
+    centers_mm: Mapping[int, np.ndarray] | None = None,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Soft deep-GM membership and nearest-structure label inside ``atlas.deep_box``.
 
@@ -251,6 +255,12 @@ def deep_gm_membership(
         Radii scale with the cube root of the factor.
     edge_mm : float
         Width of the logistic edge of the soft membership, in mm.
+    centers_mm : mapping of int to array, optional
+        Per-structure centre (world mm) replacing the template centre, e.g. the
+        image of the template centre under a subject deformation
+        (:func:`subject_point`).
+    scale : float
+        Isotropic head-size scaling of all radii.
 
     Returns
     -------
@@ -272,8 +282,8 @@ def deep_gm_membership(
         f = float(volume_factors.get(s.label, 1.0))
         if f <= 0:
             raise ValueError(f"volume factor of label {s.label} must be > 0; got {f!r}")
-        radii = np.asarray(s.radii_mm) * f ** (1.0 / 3.0)
-        c = np.asarray(s.center_mm)
+        radii = np.asarray(s.radii_mm) * f ** (1.0 / 3.0) * scale
+        c = np.asarray(s.center_mm if centers_mm is None else centers_mm[s.label], dtype=np.float64)
         d = np.sqrt(sum(((xyz[k] - c[k]) / radii[k]) ** 2 for k in range(3)))
         closer = d < best_d
         best_d = np.where(closer, d, best_d)
@@ -461,6 +471,44 @@ def warp_box(
     return out
 
 
+def subject_point(atlas: Atlas, coords: np.ndarray, point_mm: np.ndarray, n_iter: int = 8) -> np.ndarray:
+    """Subject-space world position (mm) of a template point under a deformation.
+
+    Inverts the pull-back ``coords`` (subject voxel -> template voxel) at one
+    point by fixed-point iteration (the displacement is smooth and small).
+
+    Parameters
+    ----------
+    atlas : Atlas
+        Template atlas (grid and affine).
+    coords : ndarray, shape (3, ...)
+        Coordinates from :func:`random_deformation`.
+    point_mm : array-like, shape (3,)
+        Template world position (mm).
+    n_iter : int
+        Iterations.
+
+    Returns
+    -------
+    ndarray, shape (3,)
+        Subject world position (mm).
+    """
+    inv = np.linalg.inv(atlas.affine)
+    target = inv[:3, :3] @ np.asarray(point_mm, dtype=np.float64) + inv[:3, 3]
+    # local inverse Jacobian estimated from the grid spacing of coords around the start point
+    x = target.copy()
+    for _ in range(n_iter):
+        here = np.array([
+            ndimage.map_coordinates(coords[d], x.reshape(3, 1), order=1, mode="nearest")[0] for d in range(3)
+        ])
+        step = np.array([
+            ndimage.map_coordinates(coords[d], (x + np.eye(3)[d]).reshape(3, 1), order=1, mode="nearest")[0]
+            - here[d] for d in range(3)
+        ])
+        x = x + (target - here) / np.where(np.abs(step) > 1e-6, step, 1.0)
+    return atlas.affine[:3, :3] @ x + atlas.affine[:3, 3]
+
+
 def _kmeans_parcels(
     coords_mm: np.ndarray, k: int, seed: int = 0, n_iter: int = 50
 ) -> np.ndarray:
@@ -528,11 +576,12 @@ def load_atlas(resolution: float = 2, n_parcels: int = N_PARCELS) -> Atlas:
         center_vox=center_vox, n_parcels=n_parcels,
     )
 
-    # deep-GM box: bounding box of all ellipsoids grown by 50 %
+    # deep-GM box: bounding box of all ellipsoids grown by 50 % + 10 mm (room for subject
+    # deformation, head-size scaling and larger nuclei)
     pts = []
     for s in DEEP_GM:
-        for sign in (-1.5, 1.5):
-            pts.append(np.asarray(s.center_mm) + sign * np.asarray(s.radii_mm))
+        for sign in (-1.0, 1.0):
+            pts.append(np.asarray(s.center_mm) + sign * (1.5 * np.asarray(s.radii_mm) + 10.0))
     pts = np.asarray(pts)
     inv = np.linalg.inv(affine)
     vox = (inv[:3, :3] @ pts.T).T + inv[:3, 3]
@@ -544,6 +593,15 @@ def load_atlas(resolution: float = 2, n_parcels: int = N_PARCELS) -> Atlas:
     deep = np.zeros(gm.shape, np.int16)
     deep[deep_box] = np.where(memb_box > 0.5, near_box, 0)
     deep_region = ndimage.binary_dilation(deep > 0, iterations=max(1, int(round(2.0 / res))))
+
+    # Template subcortical GM around the ellipsoids (the parts of the real nuclei the
+    # ellipsoids miss) would otherwise be labelled as cortical parcels: within 5 mm of a
+    # nucleus, GM probability is moved to WM, so deep GM is exactly the ellipsoids.
+    dist_deep = ndimage.distance_transform_edt(deep == 0, sampling=res)
+    rim = (dist_deep <= 5.0) & (deep == 0)
+    wm = np.where(rim, wm + gm, wm).astype(np.float32)
+    gm = np.where(rim, 0.0, gm).astype(np.float32)
+    stub = _replace(stub, gm=gm, wm=wm)
 
     world = stub.world_coords()
 

@@ -741,12 +741,23 @@ def _perturbed_scan(task: Mapping[str, Any]) -> dict[str, list[float]]:
         brain = arr != 0
         noisy = perturbed_image(arr, rng, float(task["noise"]), mask=brain)
         arr = np.where(brain, noisy, 0.0).astype(np.float32)
+    from scipy import ndimage
+
+    objs = ndimage.find_objects(np.maximum(lab, 0))
     masks = {}
     for roi, vals in task["rois"].items():
-        m = resegmented_mask(np.isin(lab, vals), rng, spacing, shift_mm=float(task["shift_mm"]))
+        boxes = [objs[v - 1] for v in vals if 0 < v <= len(objs) and objs[v - 1] is not None]
+        m = np.zeros(lab.shape, dtype=bool)
+        if boxes:  # perturb a crop around the ROI (2 voxels of room), paste it back
+            lo = np.maximum(np.min([[s.start for s in b] for b in boxes], axis=0) - 2, 0)
+            hi = np.minimum(np.max([[s.stop for s in b] for b in boxes], axis=0) + 2, lab.shape)
+            region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            m[region] = resegmented_mask(np.isin(lab[region], vals), rng, spacing,
+                                         shift_mm=float(task["shift_mm"]))
         if roi in task["subtract_lesions"]:
             m &= ~les
         masks[roi] = m.T  # SimpleITK order, as msutils.radiomics.extract reads NIfTI files
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
     df = rad.extract_masks(arr.T, masks, spacing[::-1], task["params"], margin=task["margin"])
     return {roi: df.loc[roi].tolist() for roi in masks}
 
@@ -1132,7 +1143,7 @@ def abs_errors(y_true: pd.Series, preds: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------- tables
-_COHORT_LABELS = {"training": "Training (10-fold CV)", "internal": "Internal test",
+_COHORT_LABELS = {"training": "Training (cross-validation)", "internal": "Internal test",
                   "external": "External test"}
 
 

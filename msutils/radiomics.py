@@ -61,6 +61,9 @@ grey levels collapse into one bin is *not* an error in pyradiomics: it returns i
 conventional values for that case (e.g. ``glcm__Correlation`` = 1,
 ``ngtdm__Coarseness`` = 1e6), and so does the engine.
 
+Images are handed to pyradiomics as float64 (a float32 NIfTI read directly by
+pyradiomics would be processed in float32; values then differ at ~1e-7).
+
 Axis convention
 ---------------
 Arrays given to :func:`extract_arrays` / :func:`extract_masks` are used as given:
@@ -93,12 +96,14 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wai
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .io import atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover - pandas is imported lazily (worker start-up time)
+    import pandas as pd
 
 __all__ = [
     "PARAMS",
@@ -158,8 +163,8 @@ def make_params(
         pyradiomics normalisation: z-score over the whole image times
         ``normalize_scale`` (MRI intensities have arbitrary units).
     normalize_scale : float
-        ``normalizeScale``; 100 makes a bin width of 5 equal 0.05 SD (pyradiomics'
-        MR example settings).
+        ``normalizeScale``; with 100 a bin width of 5 is 0.05 SD of the image
+        intensities (pyradiomics' MR example settings).
     voxel_array_shift : int or None
         ``voxelArrayShift`` added before Energy / TotalEnergy / RMS (pyradiomics
         uses 300 with ``normalizeScale`` 100 so normalised values are positive).
@@ -203,12 +208,15 @@ PARAMS: Mapping[str, dict[str, Any]] = MappingProxyType({
     # Seed 000 (basal-ganglia MS vs HC): the paper's 107 features per ROI = shape (14)
     # + first order (18) + GLCM (24) + GLRLM (16) + GLSZM (16) + GLDM (14) + NGTDM (5)
     # on the original T1. T1 intensities are in arbitrary units, so images are
-    # z-scored over the whole image x 100 and binned with width 5 (= 0.05 SD; 30-130
-    # grey levels in brain ROIs), voxelArrayShift 300 (pyradiomics' MR example).
-    "seed000": make_params(("shape", "firstorder") + _TEXTURE, bin_width=5.0, voxel_array_shift=300),
+    # z-scored over the whole image x 100 (pyradiomics' MR example settings, with
+    # voxelArrayShift 300) and binned with width 2.5 (= 0.025 SD of the image): about
+    # 20-60 grey levels in deep-GM nuclei, 50-90 in a cortical parcel and 80-130 in
+    # the whole WM of the synthetic 1-2 mm cohorts (pyradiomics advises 30-130;
+    # its example's width 5 left 7-27 in the nuclei).
+    "seed000": make_params(("shape", "firstorder") + _TEXTURE, bin_width=2.5, voxel_array_shift=300),
     # Seed 001 (EDSS regression): first order + texture (93 features), no shape, on
     # T1 per atlas GM ROI and NAWM; same discretisation as seed000.
-    "seed001": make_params(("firstorder",) + _TEXTURE, bin_width=5.0, voxel_array_shift=300),
+    "seed001": make_params(("firstorder",) + _TEXTURE, bin_width=2.5, voxel_array_shift=300),
     # Seed 004 (saliency radiomics): first order + texture (93 features) of the
     # saliency map z-scored over the whole map. The paper used binWidth 10 on the
     # z-scores themselves (see "saliency_paper"), which leaves 1-3 grey levels;
@@ -930,6 +938,7 @@ def extract_masks(
         ``attrs["reasons"]``: list of ``{"mask", "reason"}`` for NaN rows (see
         :func:`reasons`).
     """
+    import pandas as pd
     from scipy import ndimage
 
     margin = _check_int("margin", margin, 0)
@@ -997,6 +1006,8 @@ def extract_masks(
 
 def reasons(df: pd.DataFrame) -> pd.DataFrame:
     """Table of why rows / ROIs are NaN, from a result of :func:`extract` / :func:`extract_masks`."""
+    import pandas as pd
+
     cols = ["scan_id", "roi", "reason"] if df.index.name == "scan_id" else ["mask", "reason"]
     return pd.DataFrame(list(df.attrs.get("reasons", [])), columns=cols)
 
@@ -1174,7 +1185,10 @@ def extract(
         ``"lesion_mask"``: NAWM = ``whole_wm`` minus lesions.
     n_jobs : int
         Worker processes (one task per scan: image + label map loaded once, all
-        ROIs); 1 runs in-process; -1 uses every CPU.
+        ROIs); 1 runs in-process; -1 uses every CPU. Workers are forked from a
+        ``forkserver`` (started once per session, ~1 s); a *script* calling this
+        with ``n_jobs > 1`` needs the usual ``if __name__ == "__main__":`` guard
+        (notebooks do not).
     cache_dir : path-like, optional
         Per (scan, ROI) JSON files keyed by the params, the ROI's labels, the
         sha256 of the image / label map / subtract files, margin, min_voxels,
@@ -1194,6 +1208,8 @@ def extract(
         :func:`reasons`), ``params_hash``, ``image``, ``n_computed`` /
         ``n_cached`` (ROI extractions run / read from cache by this call).
     """
+    import pandas as pd
+
     vparams = validate_params(params)
     phash = hashlib.sha256(_canonical(vparams).encode()).hexdigest()
     names = feature_names(vparams)

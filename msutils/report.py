@@ -103,10 +103,10 @@ def plot_scan_overlays(
     for ax, column in zip(axes, ("t1", "flair")):
         display = plotting.plot_anat(
             cohort.image(scan_id, column), display_mode="z", cut_coords=[z_mm],
-            axes=ax, title=column.upper(), annotate=False, draw_cross=False,
+            axes=ax, title=column.upper(), annotate=False, draw_cross=False, colorbar=False,
         )
         if column == "t1" and row.get("roi_labels"):
-            display.add_overlay(cohort.image(scan_id, "roi_labels"), cmap="tab20", alpha=0.35)
+            display.add_overlay(cohort.image(scan_id, "roi_labels"), cmap="tab20", transparency=0.4)
         if lesion is not None and np.asanyarray(lesion.dataobj).any():
             display.add_contours(lesion, levels=[0.5], colors="r", linewidths=0.8)
     fig.suptitle(title or scan_id)

@@ -23,9 +23,16 @@ Disease (MS only; healthy controls get none of it)
       juxtacortical / deep WM zones with the given fractions; smooth rotated
       ellipsoids restricted to WM; FLAIR hyperintense, T1 hypointense; the
       lesion mask is the rendered lesion fraction > 0.5.
+      Overlaps, the WM restriction and partial voluming make the rendered
+      volume (``gt_lesion_volume_ml``) smaller than the designed one
+      (``gt_lesion_volume_design_ml``, about 0.65x at 3 mm, 0.8x at 2 mm) but
+      the two agree closely on a log scale (r > 0.99).
     - deep-GM atrophy: thalamic volume loss ``a = mean + loading * s + sd * e``
       (other nuclei lose ``other_dgm_atrophy_ratio * a``); the ellipsoids
-      shrink and the lost tissue becomes CSF.
+      shrink and the lost tissue becomes CSF. The nuclei are drawn in subject
+      space (at the deformed template centres, radii scaled by head size and
+      volume factors), so rendered volumes follow the ground truth rather
+      than the local Jacobian of the random warp.
     - deep-GM texture: intensities inside the deep-GM nuclei are multiplied by
       ``1 + A * n(x)`` with ``n`` spatially correlated unit-SD noise
       (``texture_corr_mm``) and a subject-level amplitude ``A`` (healthy
@@ -46,10 +53,19 @@ Scans
     ``ses-02``: same anatomy, lesions and clinical data, fresh scanner
     realisation (scale jitter, bias, noise) — a test-retest pair.
 
+Healthy controls have no lesions at all (their lesion masks are all zero, no
+non-specific hyperintensities), no atrophy and a small baseline texture.
+
 Files: ``out/manifest.csv``, ``out/manifest.yaml`` and
 ``out/sub-XXX/ses-YY/{t1,flair,brain_mask,lesion_mask,roi_labels}.nii.gz``
 (float32 images, uint8 masks, int16 labels; paths in the CSV are relative to
-the manifest directory).
+the manifest directory). Read the CSV with ``keep_default_na=False,
+na_values=[""]``: the course of healthy controls is the string ``NA``.
+
+Determinism: every subject draws from its own seeded generators
+(``[seed, stream, subject index, session]``), so files are identical byte for
+byte whatever the number of worker processes. Workers are forked on Linux
+(spawned elsewhere: guard scripts with ``if __name__ == "__main__"``).
 """
 
 from __future__ import annotations
@@ -91,7 +107,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 """Bumped whenever the same parameters would produce different files."""
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -106,11 +122,14 @@ deep-GM texture amplitude, age (years), secondary-progressive course (0/1)."""
 
 GT_COLUMNS: dict[str, str] = {
     "gt_lesion_volume_ml": "rendered lesion volume: voxels of lesion_mask x voxel volume (ml)",
-    "gt_lesion_volume_design_ml": "designed total lesion volume (ml) before rendering; EDSS driver lesion_load = ln(x + 0.1)",
+    "gt_lesion_volume_design_ml": (
+        "designed total lesion volume (ml) before rendering; EDSS driver lesion_load = ln(x + 0.1)"),
     "gt_lesion_count": "number of lesions placed (they may touch)",
     "gt_thalamus_atrophy": "MS thalamic volume loss fraction (0 for HC)",
     "gt_dgm_atrophy": "MS volume loss fraction of caudate, putamen, pallidum (0 for HC)",
-    "gt_thalamus_volume_factor": "thalamic volume relative to the template thalamus at the subject's head size (natural x age x (1 - atrophy)); EDSS driver thalamus_volume",
+    "gt_thalamus_volume_factor": (
+        "thalamic volume relative to the template thalamus at the subject's head size "
+        "(natural x age x (1 - atrophy)); EDSS driver thalamus_volume"),
     "gt_thalamus_volume_ml": "rendered thalamus volume (labels 1, 2) in ml",
     "gt_deep_gm_volume_ml": "rendered deep-GM volume (labels 1..8) in ml",
     "gt_texture_amplitude": "deep-GM texture amplitude A (relative intensity SD); EDSS driver texture_amplitude",
@@ -162,16 +181,16 @@ class CenterEffects:
 
 def _loco_centers() -> dict[str, CenterEffects]:
     return {
-        "A": CenterEffects("Siemens", 1000.0, 800.0, 0.00, 1.00, 0.06, 0.020, 0.0),
-        "B": CenterEffects("Philips", 1350.0, 650.0, 0.05, 0.85, 0.12, 0.035, 1.0),
-        "C": CenterEffects("GE", 820.0, 1000.0, 0.02, 1.15, 0.09, 0.025, 0.5),
+        "A": CenterEffects("Siemens", 1000.0, 800.0, 0.00, 1.00, 0.04, 0.020, 0.0),
+        "B": CenterEffects("Philips", 1350.0, 650.0, 0.05, 0.85, 0.08, 0.035, 1.0),
+        "C": CenterEffects("GE", 820.0, 1000.0, 0.02, 1.15, 0.06, 0.025, 0.5),
     }
 
 
 def _edss_centers() -> dict[str, CenterEffects]:
     return {
-        "site1": CenterEffects("3T-site1", 1000.0, 900.0, 0.00, 1.00, 0.07, 0.020, 0.3),
-        "site2": CenterEffects("3T-site2", 1200.0, 750.0, 0.03, 0.90, 0.10, 0.030, 0.8),
+        "site1": CenterEffects("3T-site1", 1000.0, 900.0, 0.00, 1.00, 0.05, 0.020, 0.3),
+        "site2": CenterEffects("3T-site2", 1200.0, 750.0, 0.03, 0.90, 0.07, 0.030, 0.8),
     }
 
 
@@ -331,15 +350,15 @@ class SynthParams:
     lesion_flair_contrast: float = 0.9
     lesion_t1_contrast: float = 0.35
     # deep GM
-    thalamus_atrophy_mean: float = 0.12
+    thalamus_atrophy_mean: float = 0.15
     thalamus_atrophy_loading: float = 0.04
     thalamus_atrophy_sd: float = 0.03
-    other_dgm_atrophy_ratio: float = 0.5
-    texture_hc_mean: float = 0.02
-    texture_hc_sd: float = 0.005
-    texture_ms_mean: float = 0.07
-    texture_ms_loading: float = 0.02
-    texture_ms_sd: float = 0.015
+    other_dgm_atrophy_ratio: float = 0.6
+    texture_hc_mean: float = 0.03
+    texture_hc_sd: float = 0.008
+    texture_ms_mean: float = 0.055
+    texture_ms_loading: float = 0.015
+    texture_ms_sd: float = 0.012
     texture_corr_mm: float = 2.0
     # contrast
     t1_intensity: dict = field(default_factory=lambda: {
@@ -781,29 +800,18 @@ def _subject_anatomy(atlas: anatomy.Atlas, params: SynthParams, subj: Mapping[st
     """Subject-space tissue fractions, labels, masks and the texture field."""
     factors = np.asarray(subj["dgm_factors"], float)
     atro = np.where(np.arange(8) < 2, subj["thalamus_atrophy"], subj["dgm_atrophy"])
-    box = atlas.deep_box
-    d0, near0 = anatomy.deep_gm_membership(atlas, {i + 1: factors[i] for i in range(8)}, params.tissue_edge_mm)
-    d1, _ = anatomy.deep_gm_membership(
-        atlas, {i + 1: factors[i] * (1.0 - atro[i]) for i in range(8)}, params.tissue_edge_mm)
+    scale = float(subj["head_scale"])
+    coords = anatomy.random_deformation(atlas, rng, params.deformation_mm, params.deformation_spacing_mm, scale)
+
+    # lesions (template space) take the place of the tissue where WM dominates: L * min(1, 2 WM)
     gm = atlas.gm.copy()
     wm = atlas.wm.copy()
     csf = atlas.csf.copy()
-    keep = 1.0 - d0
-    gm[box] *= keep
-    wm[box] *= keep
-    csf[box] = csf[box] * keep + np.clip(d0 - d1, 0.0, 1.0)
-
-    # lesions take the place of the tissue where WM dominates (lesion fraction L * min(1, 2 WM))
     lfrac = _render_lesions(atlas, params, subj, rng)
     lesion = lfrac * np.minimum(1.0, 2.0 * wm)
     for t in (gm, wm, csf):
         t *= 1.0 - lesion
-
-    coords = anatomy.random_deformation(atlas, rng, params.deformation_mm, params.deformation_spacing_mm,
-                                        float(subj["head_scale"]))
     w = {name: anatomy.warp(vol, coords, 1) for name, vol in (("gm", gm), ("wm", wm), ("csf", csf))}
-    w["dgm"] = anatomy.warp_box(d1, box, coords, 1)
-    near_s = anatomy.warp_box(near0, box, coords, 0)
     nz = np.nonzero(lesion > 0.01)
     if nz[0].size:
         lbox = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
@@ -811,6 +819,25 @@ def _subject_anatomy(atlas: anatomy.Atlas, params: SynthParams, subj: Mapping[st
     else:
         w["lesion"] = np.zeros(atlas.shape, np.float32)
     parcel_s = anatomy.warp(atlas.parcels, coords, 0)
+
+    # deep GM in subject space: ellipsoids at the deformed template centres, radii scaled by head size
+    # and volume factors (so rendered volumes follow the ground truth, not the local warp Jacobian);
+    # the tissue lost to atrophy (between natural and atrophied ellipsoid) becomes CSF
+    centers = {s.label: anatomy.subject_point(atlas, coords, s.center_mm) for s in anatomy.DEEP_GM}
+    d0, near0 = anatomy.deep_gm_membership(atlas, {i + 1: factors[i] for i in range(8)}, params.tissue_edge_mm,
+                                           centers, scale)
+    d1, _ = anatomy.deep_gm_membership(atlas, {i + 1: factors[i] * (1.0 - atro[i]) for i in range(8)},
+                                       params.tissue_edge_mm, centers, scale)
+    box = atlas.deep_box
+    keep = 1.0 - d0
+    for name in ("gm", "wm", "lesion"):
+        w[name][box] *= keep
+    w["csf"][box] = w["csf"][box] * keep + np.clip(d0 - d1, 0.0, 1.0)
+    w["dgm"] = np.zeros(atlas.shape, np.float32)
+    w["dgm"][box] = d1
+    near_s = np.zeros(atlas.shape, np.int16)
+    near_s[box] = near0
+
     total = w["gm"] + w["wm"] + w["csf"] + w["dgm"] + w["lesion"]
     brain = total > 0.5
     cls = np.argmax(np.stack([w["csf"], w["gm"], w["wm"] + w["lesion"], w["dgm"]]), axis=0)

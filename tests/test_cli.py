@@ -1,0 +1,68 @@
+"""The ``msutils`` command line: synth -> validate, a broken manifest, a notebook run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from msutils.cli import main, parse_overrides
+
+
+@pytest.fixture(scope="module")
+def smoke_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "smoke"
+    assert main(["synth", "--preset", "smoke", "--out", str(out), "--jobs", "2"]) == 0
+    return out
+
+
+def test_synth_then_validate_passes(smoke_cohort: Path, capsys: pytest.CaptureFixture) -> None:
+    manifest = smoke_cohort / "manifest.csv"
+    assert main(["validate", str(manifest)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"{manifest}: OK")
+
+
+def test_validate_names_all_three_problems(smoke_cohort: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(smoke_cohort, broken)
+    table = pd.read_csv(broken / "manifest.csv", dtype=str, keep_default_na=False)
+    ms_rows = table.index[table["group"] == "MS"]
+    # 1. a missing file
+    (broken / table.loc[0, "flair"]).unlink()
+    # 2. a shape mismatch between a scan's T1 and its brain mask
+    mask_path = broken / table.loc[1, "brain_mask"]
+    mask = nib.load(mask_path)
+    nib.save(nib.Nifti1Image(np.asanyarray(mask.dataobj)[:-1], mask.affine), mask_path)
+    # 3. a bad EDSS value
+    table.loc[ms_rows[0], "edss"] = "10.5"
+    table.to_csv(broken / "manifest.csv", index=False)
+
+    assert main(["validate", str(broken / "manifest.csv")]) == 1
+    out = capsys.readouterr().out
+    assert "3 problem(s)" in out
+    assert f"file '{table.loc[0, 'flair']}' (column 'flair') does not exist" in out
+    assert "column 'brain_mask'" in out and "has shape" in out
+    assert "column 'edss': 10.5 is outside 0-10" in out
+
+
+def test_parse_overrides() -> None:
+    assert parse_overrides(["n=3", "name=abc", "x=0.5", "flag=true"]) == {
+        "n": 3, "name": "abc", "x": 0.5, "flag": True}
+    with pytest.raises(SystemExit, match="--set expects key=value; got 'oops'"):
+        parse_overrides(["oops"])
+
+
+@pytest.mark.slow
+def test_run_cohort_notebook_writes_summary(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    assert main(["run", "00_cohort", "--profile", "smoke", "--out", str(out)]) == 0
+    summary = json.loads((out / "00_cohort" / "summary.json").read_text())
+    assert summary["n_subjects"] == sum(summary["subjects_per_center_group"].values())
+    ms, hc = (summary["mean_volume_ml_by_group"]["thalamus_ml"][g] for g in ("MS", "HC"))
+    assert ms < hc  # deep-GM atrophy of the synthetic MS patients
