@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(includes starting the worker processes)", flush=True)
     if args.n_jobs > 1:
         _, t_warm = _engine(cohort, scans, rois, args.params, args.n_jobs)
-        print(f"engine again, cold cache, worker server already running (a notebook's later calls): "
+        print(f"engine again, cold cache, workers already running (a session's later calls): "
               f"{t_warm:.2f} s -> {t_naive / t_warm:.1f}x", flush=True)
 
     max_abs = max_rel = 0.0
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             if not np.allclose(got, want, rtol=1e-6, atol=1e-12, equal_nan=True):
                 bad.append(f"{sid}/{roi}")
 
-    print("per ROI type (engine re-run with that type only, cold cache):")
+    print("per ROI type (engine re-run with that type only, cold cache, workers running):")
     for kind in dict.fromkeys(kinds.values()):
         sub = {r: v for r, v in rois.items() if kinds[r] == kind}
         t_n = sum(t for (s, r), t in naive_t.items() if r in sub)

@@ -317,7 +317,9 @@ def _check_case(kind: str, case: Sequence[Any], with_mask: bool | None) -> tuple
     if len(case) == 3 and case[2] is not None:
         mask = np.asarray(case[2])
         if mask.shape != image.shape:
-            raise ValueError(f"{kind} case {case_id!r}: mask shape {mask.shape} does not match image shape {image.shape}")
+            raise ValueError(
+                f"{kind} case {case_id!r}: mask shape {mask.shape} does not match image shape {image.shape}"
+            )
         values = np.unique(mask)
         if not np.all(np.isin(values, [0, 1])):
             raise ValueError(
@@ -623,7 +625,9 @@ def _shrink_configuration(
     planned_stages = int(arch["n_stages"])
     if n_stages is not None:
         if int(n_stages) != n_stages or not 2 <= n_stages <= planned_stages:
-            raise ValueError(f"'n_stages' must be an integer in 2..{planned_stages} (the planned depth); got {n_stages}")
+            raise ValueError(
+                f"'n_stages' must be an integer in 2..{planned_stages} (the planned depth); got {n_stages}"
+            )
         n = int(n_stages)
         old = {k: arch[k] for k in ("n_stages", "features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage")}
         for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):

@@ -62,7 +62,7 @@ conventional values for that case (e.g. ``glcm__Correlation`` = 1,
 ``ngtdm__Coarseness`` = 1e6), and so does the engine.
 
 Images are handed to pyradiomics as float64 (a float32 NIfTI read directly by
-pyradiomics would be processed in float32; values then differ at ~1e-7).
+pyradiomics is processed in float32, so values may differ in the last digits).
 
 Axis convention
 ---------------
@@ -70,8 +70,9 @@ Arrays given to :func:`extract_arrays` / :func:`extract_masks` are used as given
 ``spacing`` lists the voxel size along ``array.shape`` axes, and pyradiomics'
 "Slice"/"Column"/"Row" 2D diameters refer to planes of constant axis 0/1/2.
 :func:`extract` reads NIfTI files the way pyradiomics (SimpleITK) does, i.e. as the
-transpose of nibabel's ``(i, j, k)`` array, so its values equal
-``RadiomicsFeatureExtractor(params).execute("t1.nii.gz", "roi.nii.gz")``.
+transpose of nibabel's ``(i, j, k)`` array, so its values are those of
+``RadiomicsFeatureExtractor(params).execute("t1.nii.gz", "roi.nii.gz")`` (up to the
+float64 note above).
 
 Examples
 --------
@@ -93,6 +94,7 @@ import math
 import os
 import re
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -130,7 +132,7 @@ _TEXTURE = ("glcm", "glrlm", "glszm", "gldm", "ngtdm")
 _SEP = "__"
 # 3D shape: ROIs with more mesh vertices than this use the vectorised mesh code
 # (pyradiomics' C diameter search is O(n^2) in the number of vertices).
-_C_MESH_MAX_VERTICES = 10_000
+_C_MESH_MAX_VERTICES = 2_000
 # Image types whose features cannot be reproduced on a crop (see module docstring).
 _UNCROPPABLE_IMAGE_TYPES = ("LBP3D",)
 
@@ -983,8 +985,11 @@ def extract_masks(
     for k in keys:
         prep = prep_shared if prep_shared is not None else _Prepared(images[k], sp, vparams)  # type: ignore[index]
         if k in regions:
+            if prep.shape != inst.shape:
+                raise ValueError(f"image for mask {k!r} must have the instance map's shape {inst.shape}; "
+                                 f"got {prep.shape}")
             region = regions[k]
-            m = np.asarray(masks)[region] == k  # type: ignore[index]
+            m = inst[region] == k
             offset = [s.start for s in region]  # type: ignore[union-attr]
         else:
             m = np.asarray(get_mask(k)) != 0
@@ -1135,21 +1140,48 @@ def _cell(table: pd.DataFrame, sid: str, column: str) -> str | None:
     return str(value)
 
 
+_POOL: dict[str, Any] = {}
+
+
+def _shutdown_pool() -> None:
+    """Stop the kept-alive worker processes (also registered with atexit)."""
+    ex = _POOL.pop("executor", None)
+    _POOL.pop("n", None)
+    if ex is not None:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
 def _executor(n_workers: int) -> ProcessPoolExecutor:
+    """A process pool of ``n_workers``, kept alive between calls (like joblib's loky).
+
+    Workers are forked from a ``forkserver`` that preloads the heavy imports, so
+    the first call pays ~1 s once per session; later calls with the same
+    ``n_jobs`` reuse the idle workers.
+    """
+    import atexit
     import multiprocessing as mp
 
+    ex = _POOL.get("executor")
+    if ex is not None and _POOL.get("n") == n_workers and not getattr(ex, "_broken", False):
+        return ex
+    _shutdown_pool()
     try:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["msutils.radiomics", "SimpleITK", "radiomics.featureextractor",
                                     "nibabel", "scipy.ndimage", "scipy.spatial"])
     except ValueError:  # pragma: no cover - platforms without forkserver
         ctx = mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init)
+    ex = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init)
+    if not _POOL.get("atexit"):
+        atexit.register(_shutdown_pool)
+        _POOL["atexit"] = True
+    _POOL.update(executor=ex, n=n_workers)
+    return ex
 
 
 def extract(
     cohort: Any,
-    rois: Mapping[str, Sequence[int]] | None,
+    rois: Mapping[str, Sequence[int]] | Sequence[str] | None,
     params: Mapping[str, Any] | str | os.PathLike,
     *,
     image: str = "t1",
@@ -1169,9 +1201,10 @@ def extract(
     cohort : msutils.cohort.Cohort
         Uses ``cohort.table`` (index ``scan_id``, absolute path columns) and, for
         ``rois=None``, ``cohort.roi_sets``. Workers receive paths only.
-    rois : mapping of str to sequence of int, or None
+    rois : mapping of str to sequence of int, sequence of str, or None
         ROI name -> label values of the ``mask`` label map (a ROI is the union of
-        its labels). ``None``: ``cohort.roi_sets``.
+        its labels). A list of names picks those of ``cohort.roi_sets``; ``None``
+        takes all of them.
     params : mapping, str or path-like
         See :func:`validate_params` (e.g. ``"seed000"``).
     image : str
@@ -1186,9 +1219,10 @@ def extract(
     n_jobs : int
         Worker processes (one task per scan: image + label map loaded once, all
         ROIs); 1 runs in-process; -1 uses every CPU. Workers are forked from a
-        ``forkserver`` (started once per session, ~1 s); a *script* calling this
-        with ``n_jobs > 1`` needs the usual ``if __name__ == "__main__":`` guard
-        (notebooks do not).
+        ``forkserver`` (started once per session, ~1 s) and kept alive for later
+        calls with the same ``n_jobs`` (stopped at interpreter exit); a *script*
+        calling this with ``n_jobs > 1`` needs the usual
+        ``if __name__ == "__main__":`` guard (notebooks do not).
     cache_dir : path-like, optional
         Per (scan, ROI) JSON files keyed by the params, the ROI's labels, the
         sha256 of the image / label map / subtract files, margin, min_voxels,
@@ -1220,7 +1254,15 @@ def extract(
         if col is not None and col not in table.columns:
             raise ValueError(f"'{what}' must be a column of the cohort table; got {col!r} "
                              f"(columns: {list(table.columns)})")
-    roi_map = _check_rois(cohort.roi_sets if rois is None else rois)
+    if rois is None:
+        rois = cohort.roi_sets
+    elif not isinstance(rois, Mapping) and not isinstance(rois, str) and all(isinstance(r, str) for r in rois):
+        known = cohort.roi_sets
+        unknown = [r for r in rois if r not in known]
+        if unknown:
+            raise ValueError(f"'rois' must be among the cohort's roi_sets {sorted(known)[:20]}...; got {unknown[:10]}")
+        rois = {r: known[r] for r in rois}
+    roi_map = _check_rois(rois)
     if scan_ids is None:
         sids = [str(s) for s in table.index]
     else:
@@ -1282,19 +1324,21 @@ def extract(
                     results[out["scan_id"]].update(out["results"])
                     bar.update(1)
         else:
-            with _executor(min(n_jobs, len(tasks))) as pool:
-                futures: set[Future] = {pool.submit(_run_scan, t) for t in tasks}
+            pool = _executor(n_jobs)
+            futures: set[Future] = {pool.submit(_run_scan, t) for t in tasks}
+            try:
                 while futures:
                     done, futures = wait(futures, return_when=FIRST_EXCEPTION)
                     for fut in done:
-                        exc = fut.exception()
-                        if exc is not None:
-                            for other in futures:
-                                other.cancel()
-                            raise exc
-                        out = fut.result()
+                        out = fut.result()  # re-raises a worker's error
                         results[out["scan_id"]].update(out["results"])
                         bar.update(1)
+            except BaseException as exc:
+                for other in futures:
+                    other.cancel()
+                if isinstance(exc, (BrokenProcessPool, KeyboardInterrupt)):
+                    _shutdown_pool()
+                raise
     finally:
         bar.close()
 

@@ -86,7 +86,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import anatomy
-from .io import atomic_write_text
+from .io import atomic_write_text, file_lock
 
 __all__ = [
     "CenterEffects",
@@ -1192,14 +1192,7 @@ def default_cohort(preset: str = "quick", seed: int = 0) -> Path:
     if manifest.exists():
         return manifest
     folder.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = folder.parent / f".{folder.name}.lock"
-    with open(lock_path, "a") as lock:
-        try:
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX
-            pass
+    with file_lock(folder.parent / f".{folder.name}.lock"):
         if not manifest.exists():
             logger.info("generating default synthetic cohort %s (seed %d) in %s", params.name, seed, folder)
             generate(params, folder, seed=int(seed))

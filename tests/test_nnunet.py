@@ -68,7 +68,8 @@ def test_import_pulls_neither_torchvision_nor_timm():
         "assert not bad(), bad()\n"
         "assert 'nnunetv2' not in sys.modules and 'torch' not in sys.modules\n"
         # every nnunetv2 module msutils.nnunet imports inside its functions
-        "from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor\n"
+        "from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (\n"
+        "    DatasetFingerprintExtractor)\n"
         "from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner\n"
         "from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset\n"
         "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n"
@@ -76,6 +77,7 @@ def test_import_pulls_neither_torchvision_nor_timm():
         "from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape\n"
         "from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels\n"
         "from nnunetv2.utilities.plans_handling.plans_handler import PlansManager\n"
+        "from torch._dynamo import OptimizedModule\n"
         "assert not bad(), bad()\n"
         "print('clean')\n"
     )

@@ -244,6 +244,8 @@ def test_extract_cohort_values_names_and_reasons(cohort):
     assert list(df.index) == list(cohort.table.index) and df.index.name == "scan_id"
     assert list(df.columns) == [f"{r}__{n}" for r in rois for n in names]
     assert "thalamus_L__firstorder__Mean" in df.columns and "whole_wm__glcm__Contrast" in df.columns
+    by_name = rad.extract(cohort, ["thalamus_L", "whole_wm"], FO_PARAMS, n_jobs=1, progress=False)
+    pd.testing.assert_frame_equal(by_name, df.filter(regex="^(thalamus_L|whole_wm)__"), check_exact=True)
     sid = "sub-1_ses-01"
     img, sp = _arrays(cohort, sid, "t1")
     lab, _ = _arrays(cohort, sid, "roi_labels")
@@ -302,11 +304,14 @@ def test_extract_cache_reuses_and_recomputes_on_param_change(cohort, tmp_path, m
 
 
 def test_extract_parallel_equals_serial(cohort):
-    rois = {"thalamus_L": [1], "caudate_L": [2], "whole_wm": [9]}
-    serial = rad.extract(cohort, rois, "seed000", n_jobs=1, progress=False)
-    parallel = rad.extract(cohort, rois, "seed000", n_jobs=2, progress=False)
+    rois = {"thalamus_L": [1], "whole_wm": [9]}
+    params = rad.make_params(("shape", "firstorder", "glszm"))
+    serial = rad.extract(cohort, rois, params, n_jobs=1, progress=False)
+    parallel = rad.extract(cohort, rois, params, n_jobs=2, progress=False)
     pd.testing.assert_frame_equal(serial, parallel, check_exact=True)
     assert not serial.isna().any().any()
+    again = rad.extract(cohort, rois, params, n_jobs=2, progress=False)  # reuses the kept-alive workers
+    pd.testing.assert_frame_equal(serial, again, check_exact=True)
 
 
 def test_extract_input_errors(cohort):
@@ -316,6 +321,8 @@ def test_extract_input_errors(cohort):
         rad.extract(cohort, {"a": [1]}, FO_PARAMS, scan_ids=["nobody"], progress=False)
     with pytest.raises(ValueError, match="ROI names must be non-empty strings without '__'"):
         rad.extract(cohort, {"a__b": [1]}, FO_PARAMS, progress=False)
+    with pytest.raises(ValueError, match=r"'rois' must be among the cohort's roi_sets .*; got \['putamen_L'\]"):
+        rad.extract(cohort, ["thalamus_L", "putamen_L"], FO_PARAMS, progress=False)
     with pytest.raises(ValueError, match="'n_jobs' must be an integer >= 1; got 0"):
         rad.extract(cohort, {"a": [1]}, FO_PARAMS, n_jobs=0, progress=False)
 

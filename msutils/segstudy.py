@@ -1,0 +1,1142 @@
+"""Seed 003 study steps: FLAIR slices -> 2D nnU-Net -> slice- and voxel-level evaluation.
+
+The notebook ``03_flair_nnunet`` chains these steps; each is reusable and tested
+on its own. The design follows the paper (Darestani et al., Sci Rep 2025):
+
+Patients and split (:func:`study_scans`, :func:`study_split`)
+    MS patients only (healthy controls have no lesion slices), one scan per
+    patient (the first session: the paper has one FLAIR volume per patient).
+    25 % of the main center's patients form the **internal test** set
+    (:func:`msutils.splits.internal_external_split`, seeded); the remaining
+    patients are split into the cross-validation folds
+    (:func:`msutils.splits.grouped_kfold`, subject-level); the patients of the
+    other center(s) form the **external test** set. With fewer training
+    patients than folds (e.g. a 2-patient real sample: 1 trains, 1 tests) the
+    folds cannot be built from patients; they are then contiguous blocks of
+    axial slices of the training patients (``fold_unit="slab"``): the test
+    patient stays unseen, but the validation Dice becomes a within-patient
+    number (optimistic). The split is written once to a splits file and reused.
+Slices (:func:`scan_slices`)
+    Paper steps 1-5 through :func:`msutils.slices.volume_to_slices`: skull
+    strip (the manifest's ``brain_mask``; without one, an already
+    skull-stripped image's non-zero voxels, else the documented fallback
+    :func:`msutils.slices.estimate_brain_mask`, see :func:`brain_mask_for`),
+    min-max normalisation to [0, 1] inside the brain, resizing to
+    ``image_size`` x ``image_size`` (after zero-padding the two in-plane axes
+    to a square, so the anatomy keeps its aspect ratio), mask binarisation and
+    the entropy exclusion (``H < 0.01`` bits dropped, which also drops every
+    lesion-free slice: the training set is lesion slices, as in the paper).
+Augmentation and nnU-Net dataset (:func:`prepare_workspace`)
+    Paper step 6 runs **offline before export**
+    (:func:`msutils.slices.augment_slices`, MONAI, 5 copies per slice) on the
+    training slices. Every training patient's copies are exported once, but a
+    fold only ever trains on copies of its own training patients: copies of a
+    validation patient are in neither list of that fold
+    (:func:`msutils.nnunet.splits_from_subject_folds`), which is the same as
+    augmenting each fold's training part separately. nnU-Net's own online
+    augmentation (the default ``nnUNetTrainer``: rotation, scaling, noise,
+    blur, brightness/contrast, gamma, mirroring) runs on top, unchanged.
+    ``splits_final.json`` is the study's folds. Export, splits and nnU-Net
+    planning/preprocessing happen once per configuration in a
+    content-addressed folder ``<root>/nnunet-<key>``, guarded by a file lock
+    (fold processes run in parallel; the first prepares, the others wait).
+Training (:func:`train_fold`)
+    One fold of the stock ``nnUNetTrainer`` (2D configuration, SGD with
+    Nesterov momentum 0.99, weight decay 3e-5, initial LR 0.01 with poly
+    decay, Dice + cross-entropy), then the fold's validation Dice (Table 4)
+    by predicting its validation patients' original slices with the fold's
+    network. The trained subjects are recorded for the leakage audit.
+Test sets (:func:`test_slices`, :func:`predict_slices`, :func:`evaluate_test_set`)
+    Positive slices are the test patients' lesion slices that pass the entropy
+    check (as in the paper's dataset); negatives are lesion-free slices with a
+    substantial brain section (brain area >= ``min_brain_fraction`` of the
+    scan's largest section), drawn at random in equal number
+    (``negative_ratio=1``, seeded, drawn before any prediction so every model
+    is scored on the same slices). Slices with a lesion too small for the
+    entropy check are neither. The ensemble of the trained folds (nnU-Net's
+    mean of the logits) segments them. Slice level: TP if a ground-truth
+    lesion is covered >= 10 % (:func:`msutils.lesions.slice_stack_classification`),
+    TN if the prediction is empty; exact Clopper-Pearson CIs. Voxel level:
+    DSC, PPV, IoU, sensitivity and HD95 (mm) per positive slice, averaged
+    over slices, with percentile-bootstrap CIs that resample **patients**.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from msutils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_lock
+
+if TYPE_CHECKING:  # pragma: no cover
+    from msutils.cohort import Cohort
+    from msutils.leakage import FitLog
+    from msutils.lesions import SliceClassification
+    from msutils.nnunet import NnUNetWorkspace
+
+__all__ = [
+    "SEGSTUDY_VERSION",
+    "VARIANTS",
+    "BRAIN_SOURCES",
+    "PAPER_TABLE4",
+    "PAPER_TABLE5_PRINTED",
+    "PAPER_SLICE_COUNTS",
+    "PAPER_VOXEL",
+    "SegConfig",
+    "ScanSlices",
+    "TrainingSlices",
+    "TestSet",
+    "PreparedStudy",
+    "TestEvaluation",
+    "resolve_device",
+    "study_scans",
+    "resolve_centers",
+    "study_split",
+    "brain_mask_for",
+    "pad_to_square",
+    "scan_slices",
+    "training_slices",
+    "fold_groups",
+    "workspace_key",
+    "prepare_workspace",
+    "fold_index",
+    "fold_fit_log",
+    "train_fold",
+    "draw_negatives",
+    "test_slices",
+    "load_predictor",
+    "predict_slices",
+    "evaluate_test_set",
+    "paper_slice_metrics",
+    "paper_vs_ours_rows",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Bump when a change here must invalidate prepared workspaces.
+SEGSTUDY_VERSION = 1
+#: Training-set variants: with the offline augmentation (the paper) or without (Fig. 3, left).
+VARIANTS: tuple[str, ...] = ("aug", "noaug")
+#: Where the skull-stripping mask comes from (see :func:`brain_mask_for`).
+BRAIN_SOURCES: tuple[str, ...] = ("auto", "manifest", "nonzero", "estimate")
+_DATASET_IDS = {"aug": 1, "noaug": 2}
+_DATASET_NAMES = {"aug": "FLAIRslices", "noaug": "FLAIRslicesNoAug"}
+_NORMALIZATIONS = ("minmax", "percentile")
+_DEVICES = ("auto", "cpu", "cuda")
+_MARKER = "prepared.json"
+_CASES = "cases.csv"
+_SLICES = "training_slices.npz"
+
+#: Seed 003 Table 4: validation DSC (%) per fold.
+PAPER_TABLE4: dict[str, float] = {"fold 1": 83.5, "fold 2": 89.4, "fold 3": 88.4, "fold 4": 87.5, "fold 5": 84.5}
+#: Seed 003 Table 5 exactly as printed (%, HD95 in mm); see :data:`PAPER_SLICE_COUNTS` for the label swap.
+PAPER_TABLE5_PRINTED: dict[str, dict[str, str]] = {
+    "center 1 (internal)": {
+        "accuracy": "83.3 (79.5-86.5)", "sensitivity": "99.5 (98.3-99.9)", "PPV": "75.1 (70.8-78.9)",
+        "NPV": "99.3 (98.0-99.8)", "DSC": "70.3 (68.3-72.3)", "voxel PPV": "75.3 (73.2-77.3)",
+        "IoU": "56.0 (53.9-58.1)", "voxel sensitivity": "71.1 (68.4-73.8)", "HD95": "28.3 (23.5-33.1)",
+    },
+    "center 2 (external)": {
+        "accuracy": "76.1 (62.1-86.1)", "sensitivity": "100 (92.3-100)", "PPV": "67.7 (53.2-79.4)",
+        "NPV": "100 (92.3-100)", "DSC": "74.8 (70.6-78.9)", "voxel PPV": "88.9 (83.7-94.2)",
+        "IoU": "60.5 (55.6-65.5)", "voxel sensitivity": "68.1 (60.6-75.5)", "HD95": "31.5 (15.0-48.0)",
+    },
+}
+#: Slice counts given in the seed's text. They reproduce the printed Table 5 only if its
+#: "sensitivity" is the specificity, its "PPV" the NPV and its "NPV" the PPV (labels swapped).
+PAPER_SLICE_COUNTS: dict[str, dict[str, int]] = {
+    "center 1 (internal)": {"tp": 146, "fp": 1, "tn": 217, "fn": 72},
+    "center 2 (external)": {"tp": 12, "fp": 0, "tn": 23, "fn": 11},
+}
+#: Seed 003 Table 5, voxel level (fractions; HD95 in mm).
+PAPER_VOXEL: dict[str, dict[str, float]] = {
+    "center 1 (internal)": {"dice": 0.703, "ppv": 0.753, "iou": 0.560, "sensitivity": 0.711, "hd95": 28.3},
+    "center 2 (external)": {"dice": 0.748, "ppv": 0.889, "iou": 0.605, "sensitivity": 0.681, "hd95": 31.5},
+}
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class SegConfig:
+    """Every setting of the study (preprocessing, network, training, evaluation).
+
+    Attributes
+    ----------
+    image_size : int
+        Slices are resized to ``image_size`` x ``image_size`` (paper: 512).
+    n_aug_copies : int
+        Offline augmented copies per training slice (paper: 5).
+    entropy_threshold : float
+        Mask entropy (bits) below which a slice is excluded (paper: 0.01).
+    normalization : {"minmax", "percentile"}
+        Intensity scaling to [0, 1] inside the brain (paper: min-max).
+    brain_source : {"auto", "manifest", "nonzero", "estimate"}
+        Skull-stripping mask, see :func:`brain_mask_for`.
+    axis : int
+        Slicing axis of the volumes (2 = axial for RAS+ arrays).
+    negative_ratio : float
+        Negative test slices drawn per positive slice (paper: 1, balanced).
+    min_brain_fraction : float
+        A lesion-free slice may be drawn as a negative only if its brain area is
+        at least this fraction of the scan's largest brain section.
+    overlap_threshold : float
+        Ground-truth lesion coverage that makes a positive slice a TP (paper: 0.1).
+    n_stages, base_features, max_features, batch_size, patch_size : int or None
+        Shrink nnU-Net's planned 2D network (None: nnU-Net's own plan, as the paper).
+    num_epochs, iterations_per_epoch, val_iterations : int
+        nnU-Net training length (paper: 250 epochs; nnU-Net: 250 and 50 iterations).
+    device : {"auto", "cpu", "cuda"}
+        ``auto``: CUDA when available.
+    n_proc_da : int
+        nnU-Net augmentation workers (0: in the main process, repeatable).
+    num_threads : int or None
+        torch CPU threads for training and prediction (None: torch's default).
+    use_mirroring : bool
+        nnU-Net's mirroring test-time augmentation at prediction.
+    seed : int
+        Seeds the split, the augmentation, training and the negative draw.
+    """
+
+    image_size: int = 512
+    n_aug_copies: int = 5
+    entropy_threshold: float = 0.01
+    normalization: str = "minmax"
+    brain_source: str = "auto"
+    axis: int = 2
+    negative_ratio: float = 1.0
+    min_brain_fraction: float = 0.25
+    overlap_threshold: float = 0.1
+    n_stages: int | None = None
+    base_features: int | None = None
+    max_features: int | None = None
+    batch_size: int | None = None
+    patch_size: int | None = None
+    num_epochs: int = 250
+    iterations_per_epoch: int = 250
+    val_iterations: int = 50
+    device: str = "auto"
+    n_proc_da: int = 0
+    num_threads: int | None = None
+    use_mirroring: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def pos_int(name: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f"'{name}' must be an integer >= {minimum}{' or None' if optional else ''}; "
+                                 f"got {value!r}")
+
+        pos_int("image_size", self.image_size, 8)
+        pos_int("n_aug_copies", self.n_aug_copies, 0)
+        for name in ("num_epochs", "iterations_per_epoch", "val_iterations"):
+            pos_int(name, getattr(self, name))
+        for name in ("n_stages", "base_features", "max_features", "batch_size", "patch_size"):
+            pos_int(name, getattr(self, name), optional=True)
+        pos_int("num_threads", self.num_threads, optional=True)
+        pos_int("n_proc_da", self.n_proc_da, 0)
+        pos_int("seed", self.seed, 0)
+        if self.normalization not in _NORMALIZATIONS:
+            raise ValueError(f"'normalization' must be one of {list(_NORMALIZATIONS)}; got {self.normalization!r}")
+        if self.brain_source not in BRAIN_SOURCES:
+            raise ValueError(f"'brain_source' must be one of {list(BRAIN_SOURCES)}; got {self.brain_source!r}")
+        if self.device not in _DEVICES:
+            raise ValueError(f"'device' must be one of {list(_DEVICES)}; got {self.device!r}")
+        if self.axis not in (0, 1, 2):
+            raise ValueError(f"'axis' must be one of [0, 1, 2]; got {self.axis!r}")
+        for name in ("entropy_threshold", "min_brain_fraction", "overlap_threshold"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ValueError(f"'{name}' must be a number in [0, 1]; got {v!r}")
+        if not isinstance(self.negative_ratio, (int, float)) or not self.negative_ratio >= 0:
+            raise ValueError(f"'negative_ratio' must be a number >= 0; got {self.negative_ratio!r}")
+
+    #: Fields that decide the exported dataset and the nnU-Net plan (the workspace key).
+    DATA_FIELDS = ("image_size", "n_aug_copies", "entropy_threshold", "normalization", "brain_source", "axis",
+                   "n_stages", "base_features", "max_features", "batch_size", "patch_size", "seed")
+
+    def data_settings(self) -> dict[str, Any]:
+        """The :attr:`DATA_FIELDS` as a dict."""
+        return {k: getattr(self, k) for k in self.DATA_FIELDS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def resolve_device(device: str) -> str:
+    """``"cuda"`` or ``"cpu"``: ``"auto"`` picks CUDA when torch sees a GPU."""
+    if device not in _DEVICES:
+        raise ValueError(f"'device' must be one of {list(_DEVICES)}; got {device!r}")
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- patients and split
+def study_scans(cohort: "Cohort") -> pd.DataFrame:
+    """The scans the study uses: MS patients, first session each (index ``scan_id``).
+
+    Raises
+    ------
+    ValueError
+        If the cohort has no MS patient, or an MS scan lacks a FLAIR or lesion mask.
+    """
+    table = cohort.table
+    ms = table[table["group"] == "MS"]
+    if ms.empty:
+        raise ValueError(f"cohort {cohort.manifest_path} has no MS patient (column 'group'): nothing to segment")
+    missing = [sid for sid, row in ms.iterrows() if not row.get("lesion_mask")]
+    if missing:
+        raise ValueError(
+            f"cohort {cohort.manifest_path}: column 'lesion_mask' is empty for MS scan(s) {missing[:5]}; "
+            "lesion segmentation needs the ground-truth masks"
+        )
+    ordered = ms.sort_values(["subject_id", "session"], kind="stable")
+    return ordered[~ordered["subject_id"].duplicated()]
+
+
+def resolve_centers(
+    scans: pd.DataFrame, main_center: str | None = None, external_center: str | None = None
+) -> tuple[str, list[str]]:
+    """The main (internal) center and the external center(s).
+
+    ``main_center=None``: the center with the most patients (ties: first in
+    sorted order). ``external_center=None``: every other center, pooled (the
+    paper's external patients came from two other centers); a name picks one.
+    """
+    counts = scans.groupby("center")["subject_id"].nunique()
+    centers = sorted(counts.index.astype(str))
+    if main_center is None:
+        main = str(counts.sort_index().idxmax())
+    else:
+        if str(main_center) not in centers:
+            raise ValueError(f"'main_center' must be one of {centers}; got {main_center!r}")
+        main = str(main_center)
+    others = [c for c in centers if c != main]
+    if external_center is None:
+        external = others
+    else:
+        if str(external_center) not in others:
+            raise ValueError(f"'external_center' must be one of {others} (not the main center); got "
+                             f"{external_center!r}")
+        external = [str(external_center)]
+    return main, external
+
+
+def study_split(
+    scans: pd.DataFrame,
+    *,
+    main_center: str,
+    external_centers: Sequence[str] = (),
+    n_folds: int = 5,
+    test_size: float = 0.25,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Internal train/test split of the main center, CV folds, external test patients.
+
+    Parameters
+    ----------
+    scans : DataFrame
+        :func:`study_scans` (one row per patient, columns ``subject_id``, ``center``).
+    main_center : str
+    external_centers : sequence of str
+        Centers whose patients form the external test set (others are unused).
+    n_folds : int
+        Cross-validation folds (>= 2).
+    test_size : float
+        Fraction of the main center's patients in the internal test set.
+    seed : int
+
+    Returns
+    -------
+    dict
+        A split (:mod:`msutils.splits` format): ``train`` (CV pool), ``test``
+        (internal test), ``external``, ``excluded``, ``internal_center``,
+        ``external_centers``, ``fold_unit`` (``"subject"`` or ``"slab"``) and,
+        for subject folds, ``inner``: the :func:`msutils.splits.grouped_kfold`
+        folds (``test`` = the fold's validation patients).
+    """
+    from msutils.splits import grouped_kfold, internal_external_split
+
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ValueError(f"'n_folds' must be an integer >= 2; got {n_folds!r}")
+    n_main = scans.loc[scans["center"].astype(str) == str(main_center), "subject_id"].nunique()
+    if n_main < 2:
+        raise ValueError(f"the main center {main_center!r} has {n_main} MS patient(s); the internal train/test "
+                         "split needs at least 2")
+    split = internal_external_split(scans, str(main_center), test_size, seed=seed, name="seed003")
+    ext_set = set(map(str, external_centers))
+    ext_subjects = set(scans.loc[scans["center"].astype(str).isin(ext_set), "subject_id"].astype(str))
+    split["unused"] = sorted(set(split["external"]) - ext_subjects)
+    split["external"] = sorted(set(split["external"]) & ext_subjects)
+    split["external_centers"] = sorted(ext_set)
+    split["seed"] = int(seed)
+    split["test_size"] = float(test_size)
+    split["n_folds"] = int(n_folds)
+    if len(split["train"]) >= n_folds:
+        split["fold_unit"] = "subject"
+        split["inner"] = grouped_kfold(scans, n_folds, stratify=None, seed=seed, subjects=split["train"])
+    else:
+        split["fold_unit"] = "slab"
+        logger.warning(
+            "%d training patient(s) for %d folds: folds are blocks of axial slices within patients "
+            "(validation Dice is then within-patient and optimistic); the test patients stay unseen",
+            len(split["train"]), n_folds,
+        )
+    return split
+
+
+# --------------------------------------------------------------------------- slices
+@dataclass(frozen=True)
+class ScanSlices:
+    """The preprocessed slices of one scan.
+
+    Attributes
+    ----------
+    scan_id, subject_id, center : str
+    stack : msutils.slices.SliceStack
+        Every slice along the cut axis (images, masks, brain masks, entropy).
+    spacing : tuple of float
+        Pixel size (rows, columns) in mm after padding and resizing.
+    brain_source : str
+        Which skull-stripping mask was used (``manifest``, ``nonzero``, ``estimate``).
+    """
+
+    scan_id: str
+    subject_id: str
+    center: str
+    stack: Any
+    spacing: tuple[float, float]
+    brain_source: str
+
+    def kept(self, threshold: float = 0.01) -> np.ndarray:
+        """Boolean: slices whose mask entropy passes the paper's check (lesion slices kept)."""
+        return np.asarray(self.stack.entropy >= threshold, dtype=bool)
+
+    def negatives(self, min_brain_fraction: float = 0.25) -> np.ndarray:
+        """Boolean: lesion-free slices with a brain section >= ``min_brain_fraction`` of the largest one."""
+        area = self.stack.brain.reshape(len(self.stack), -1).sum(axis=1)
+        lesion = self.stack.masks.reshape(len(self.stack), -1).any(axis=1)
+        top = area.max() if area.size else 0
+        return (~lesion) & (area > 0) & (area >= min_brain_fraction * top)
+
+
+def brain_mask_for(cohort: "Cohort", scan_id: str, flair: np.ndarray, source: str = "auto") -> tuple[
+    np.ndarray | None, str
+]:
+    """Skull-stripping mask of one scan and where it came from.
+
+    ``source``:
+
+    - ``"manifest"``: the cohort's ``brain_mask`` column (error if empty);
+    - ``"nonzero"``: ``flair != 0``, for images that are already skull-stripped
+      (e.g. the MSLUB sample: background set to exactly 0);
+    - ``"estimate"``: None, i.e. :func:`msutils.slices.estimate_brain_mask`, a
+      crude foreground mask (a fallback, **not** FSL BET);
+    - ``"auto"``: ``manifest`` when the scan has a brain mask; else ``nonzero``
+      when at least half of the voxels are exactly 0 (an already
+      skull-stripped image); else ``estimate``.
+
+    Returns
+    -------
+    mask : ndarray of bool or None
+        None means "let :func:`msutils.slices.skull_strip` estimate it".
+    used : str
+        ``"manifest"``, ``"nonzero"`` or ``"estimate"``.
+    """
+    if source not in BRAIN_SOURCES:
+        raise ValueError(f"'source' must be one of {list(BRAIN_SOURCES)}; got {source!r}")
+    has_mask = bool(cohort.table.loc[scan_id].get("brain_mask"))
+    if source == "manifest" or (source == "auto" and has_mask):
+        if not has_mask:
+            raise ValueError(f"scan {scan_id!r} of {cohort.manifest_path} has no 'brain_mask' (brain_source="
+                             "'manifest'); use 'nonzero' or 'estimate'")
+        mask = cohort.array(scan_id, "brain_mask") > 0
+        if mask.shape != flair.shape:
+            raise ValueError(f"scan {scan_id!r}: brain_mask shape {mask.shape} differs from FLAIR {flair.shape}")
+        return mask, "manifest"
+    if source == "nonzero" or (source == "auto" and np.mean(flair == 0) >= 0.5):
+        mask = flair != 0
+        if not mask.any():
+            raise ValueError(f"scan {scan_id!r}: the FLAIR image is all zero")
+        return mask, "nonzero"
+    return None, "estimate"
+
+
+def pad_to_square(volume: np.ndarray, axis: int = 2) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """Zero-pad the two axes other than ``axis`` to the larger of them (centred).
+
+    Returns the padded array (same dtype) and the ``numpy.pad`` widths.
+    """
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"'volume' must be a 3D array; got shape {vol.shape}")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"'axis' must be one of [0, 1, 2]; got {axis!r}")
+    inplane = [a for a in range(3) if a != axis]
+    side = max(vol.shape[a] for a in inplane)
+    widths = [(0, 0)] * 3
+    for a in inplane:
+        extra = side - vol.shape[a]
+        widths[a] = (extra // 2, extra - extra // 2)
+    widths_t = tuple(widths)
+    if all(w == (0, 0) for w in widths_t):
+        return vol, widths_t
+    return np.pad(vol, widths_t), widths_t
+
+
+def scan_slices(cohort: "Cohort", scan_id: str, config: SegConfig) -> ScanSlices:
+    """Paper preprocessing steps 1-5 for one scan (see the module docstring).
+
+    The FLAIR, the lesion mask and the brain mask are padded to a square in
+    plane, then cut and resized by :func:`msutils.slices.volume_to_slices`.
+    """
+    from msutils.slices import volume_to_slices
+
+    row = cohort.table.loc[scan_id]
+    flair = cohort.array(scan_id, "flair")
+    lesion = cohort.array(scan_id, "lesion_mask")
+    if lesion.shape != flair.shape:
+        raise ValueError(f"scan {scan_id!r}: lesion_mask shape {lesion.shape} differs from FLAIR {flair.shape}")
+    brain, used = brain_mask_for(cohort, scan_id, flair, config.brain_source)
+    if used == "estimate":
+        logger.warning("scan %s: no brain mask and not skull-stripped: using the fallback estimate_brain_mask "
+                       "(a foreground mask, not BET)", scan_id)
+    flair_sq, widths = pad_to_square(flair, config.axis)
+    lesion_sq, _ = pad_to_square(lesion, config.axis)
+    brain_sq = pad_to_square(brain, config.axis)[0] if brain is not None else None
+    if brain_sq is None:
+        from msutils.slices import estimate_brain_mask
+
+        brain_sq = pad_to_square(estimate_brain_mask(flair), config.axis)[0]
+    stack = volume_to_slices(flair_sq, lesion_sq, brain_sq, size=(config.image_size, config.image_size),
+                             axis=config.axis, normalization=config.normalization)
+    zooms = [float(z) for z in cohort.image(scan_id, "flair").header.get_zooms()[:3]]
+    inplane = [a for a in range(3) if a != config.axis]
+    spacing = tuple(zooms[a] * flair_sq.shape[a] / config.image_size for a in inplane)
+    return ScanSlices(scan_id=str(scan_id), subject_id=str(row["subject_id"]), center=str(row["center"]),
+                      stack=stack, spacing=(float(spacing[0]), float(spacing[1])), brain_source=used)
+
+
+def _scan_seed(seed: int, scan_id: str) -> int:
+    """Per-scan augmentation seed: independent of which other scans are augmented."""
+    return int((int(seed) * 1_000_003 + zlib.crc32(scan_id.encode())) % 2**31)
+
+
+@dataclass(frozen=True)
+class TrainingSlices:
+    """The training pool's slices (originals kept by the entropy check, plus augmented copies).
+
+    Attributes
+    ----------
+    cases : DataFrame
+        One row per exported case: ``case_id, subject_id, scan_id, center,
+        slice, copy`` (0 = original), ``augmented`` (bool), ``lesion_pixels``.
+    images, masks : ndarray
+        ``(n_cases, H, W)`` in the order of ``cases``.
+    spacing : tuple of float
+        Pixel spacing written into the exported files (median over scans).
+    counts : DataFrame
+        Per scan: ``slices``, ``lesion_slices`` (any lesion pixel),
+        ``kept`` (entropy >= threshold), ``excluded_small`` (lesion slices
+        dropped by the entropy check), ``copies``, ``brain_source``.
+    """
+
+    cases: pd.DataFrame
+    images: np.ndarray
+    masks: np.ndarray
+    spacing: tuple[float, float]
+    counts: pd.DataFrame
+
+    def originals(self) -> np.ndarray:
+        """Boolean over ``cases``: not an augmented copy."""
+        return ~self.cases["augmented"].to_numpy(bool)
+
+
+def training_slices(
+    cohort: "Cohort", scan_ids: Sequence[str], config: SegConfig, *, augment: bool = True
+) -> TrainingSlices:
+    """Slices of the training pool, entropy-filtered, with their offline augmented copies.
+
+    Each scan's copies are drawn with a seed derived from ``config.seed`` and
+    the scan id, so they do not depend on the other scans of the pool.
+    """
+    from msutils.nnunet import make_case_id
+    from msutils.slices import augment_slices
+
+    if not len(scan_ids):
+        raise ValueError("'scan_ids' is empty: no training scan")
+    rows, images, masks, counts, spacings = [], [], [], [], []
+    for sid in scan_ids:
+        s = scan_slices(cohort, sid, config)
+        keep = s.kept(config.entropy_threshold)
+        lesion = s.stack.masks.reshape(len(s.stack), -1).any(axis=1)
+        kept = s.stack.select(keep)
+        n_copies = int(config.n_aug_copies) if augment and len(kept) else 0
+        counts.append({"scan_id": s.scan_id, "subject_id": s.subject_id, "center": s.center,
+                       "slices": len(s.stack), "lesion_slices": int(lesion.sum()), "kept": int(keep.sum()),
+                       "excluded_small": int((lesion & ~keep).sum()), "copies": int(n_copies * len(kept)),
+                       "brain_source": s.brain_source})
+        spacings.append(s.spacing)
+        for j in range(len(kept)):
+            rows.append({"case_id": make_case_id(s.scan_id, int(kept.index[j])), "subject_id": s.subject_id,
+                         "scan_id": s.scan_id, "center": s.center, "slice": int(kept.index[j]), "copy": 0,
+                         "augmented": False, "lesion_pixels": int(kept.masks[j].sum())})
+        images.append(kept.images)
+        masks.append(kept.masks)
+        if n_copies:
+            aug = augment_slices(kept.images, kept.masks, n_copies=n_copies, seed=_scan_seed(config.seed, s.scan_id))
+            for j in range(len(aug)):
+                src = int(kept.index[int(aug.source[j])])
+                rows.append({"case_id": make_case_id(s.scan_id, src, int(aug.copy[j])), "subject_id": s.subject_id,
+                             "scan_id": s.scan_id, "center": s.center, "slice": src, "copy": int(aug.copy[j]),
+                             "augmented": True, "lesion_pixels": int(aug.masks[j].sum())})
+            images.append(aug.images)
+            masks.append(aug.masks)
+    cases = pd.DataFrame(rows, columns=["case_id", "subject_id", "scan_id", "center", "slice", "copy",
+                                        "augmented", "lesion_pixels"])
+    if cases.empty:
+        raise ValueError(f"no training slice passed the entropy check (threshold {config.entropy_threshold}) in "
+                         f"{len(scan_ids)} scan(s)")
+    sp = np.median(np.asarray(spacings), axis=0)
+    size = (0, config.image_size, config.image_size)
+    return TrainingSlices(
+        cases=cases,
+        images=np.concatenate([a for a in images if len(a)] or [np.zeros(size, np.float32)]).astype(np.float32),
+        masks=np.concatenate([a for a in masks if len(a)] or [np.zeros(size, np.uint8)]).astype(np.uint8),
+        spacing=(float(sp[0]), float(sp[1])),
+        counts=pd.DataFrame(counts).set_index("scan_id"),
+    )
+
+
+def fold_groups(cases: pd.DataFrame, split: Mapping[str, Any]) -> tuple[dict[str, str], list[list[str]]]:
+    """Group of every training case and the validation groups of each fold.
+
+    Subject folds (``split["fold_unit"] == "subject"``): the group is the
+    patient and fold ``k`` validates on the patients in ``split["inner"][k]["test"]``.
+    Slab folds: every training patient's kept slices are cut into
+    ``n_folds`` contiguous blocks along the slicing axis (by slice position);
+    the group is ``"<subject>#slab<k>"`` and fold ``k`` validates on block
+    ``k`` of every patient. Augmented copies belong to their source slice's group.
+    """
+    n_folds = int(split["n_folds"])
+    if split.get("fold_unit") == "subject":
+        groups = dict(zip(cases["case_id"], cases["subject_id"].astype(str)))
+        val = [sorted(map(str, f["test"])) for f in split["inner"]]
+        return groups, val
+    if split.get("fold_unit") != "slab":
+        raise ValueError(f"split 'fold_unit' must be 'subject' or 'slab'; got {split.get('fold_unit')!r}")
+    groups: dict[str, str] = {}
+    for subject, sub in cases.groupby("subject_id"):
+        positions = np.sort(sub["slice"].unique())
+        if len(positions) < n_folds:
+            raise ValueError(f"patient {subject!r} has {len(positions)} training slice(s) for {n_folds} slab folds; "
+                             "lower the number of folds or add patients")
+        blocks = np.array_split(positions, n_folds)
+        block_of = {int(p): k for k, b in enumerate(blocks) for p in b}
+        for cid, pos in zip(sub["case_id"], sub["slice"]):
+            groups[cid] = f"{subject}#slab{block_of[int(pos)]}"
+    subjects = sorted(cases["subject_id"].astype(str).unique())
+    val = [[f"{s}#slab{k}" for s in subjects] for k in range(n_folds)]
+    return groups, val
+
+
+# --------------------------------------------------------------------------- workspace
+@dataclass(frozen=True)
+class PreparedStudy:
+    """A prepared nnU-Net workspace for one variant.
+
+    Attributes
+    ----------
+    root : Path
+        ``<root_dir>/nnunet-<key>``.
+    workspace : msutils.nnunet.NnUNetWorkspace
+    dataset_id : int
+    variant : str
+        ``"aug"`` or ``"noaug"``.
+    info : dict
+        What preparation did (counts, spacing, plans edits, seconds), from ``prepared.json``.
+    """
+
+    root: Path
+    workspace: "NnUNetWorkspace"
+    dataset_id: int
+    variant: str
+    info: dict
+
+    @property
+    def cases(self) -> pd.DataFrame:
+        """The exported cases (``cases.csv`` of the variant)."""
+        return pd.read_csv(self.root / self.variant / _CASES, dtype={"subject_id": str, "scan_id": str})
+
+    def training_slices(self) -> TrainingSlices:
+        """The exported slices (arrays) and per-scan counts, read back from the workspace."""
+        with np.load(self.root / self.variant / _SLICES) as data:
+            images, masks = data["images"], data["masks"]
+        counts = pd.read_csv(self.root / self.variant / "counts.csv", index_col="scan_id",
+                             dtype={"subject_id": str, "scan_id": str})
+        return TrainingSlices(cases=self.cases, images=images, masks=masks,
+                              spacing=tuple(self.info["spacing"]), counts=counts)  # type: ignore[arg-type]
+
+    def model_folder(self) -> Path:
+        """nnU-Net's training output folder of this variant (``fold_k/`` inside)."""
+        return self.workspace.model_folder(self.dataset_id)
+
+    def checkpoint(self, fold: int) -> Path:
+        """``fold_k/checkpoint_final.pth``."""
+        return self.model_folder() / f"fold_{int(fold)}" / "checkpoint_final.pth"
+
+
+def workspace_key(cohort: "Cohort", split: Mapping[str, Any], config: SegConfig) -> str:
+    """16 hex digits naming the workspace: cohort content, split, data settings, versions."""
+    import msutils
+
+    payload = {
+        "cohort": cohort.content_hash(),
+        "split": {k: split.get(k) for k in ("train", "inner", "fold_unit", "n_folds")},
+        "config": config.data_settings(),
+        "msutils": msutils.__version__,
+        "segstudy": SEGSTUDY_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_workspace(
+    cohort: "Cohort",
+    split: Mapping[str, Any],
+    config: SegConfig,
+    root_dir: str | os.PathLike,
+    *,
+    variant: str = "aug",
+    num_processes: int = 2,
+) -> PreparedStudy:
+    """Export, write the folds and plan/preprocess once; later calls (any process) reuse it.
+
+    Under an exclusive file lock ``<root_dir>/.nnunet-<key>.lock``: if
+    ``<root_dir>/nnunet-<key>/<variant>/prepared.json`` exists nothing is done;
+    otherwise the training pool's slices are built (:func:`training_slices`,
+    with the offline augmentation for ``variant="aug"``), exported with
+    :func:`msutils.nnunet.export_dataset`, the study's folds written as
+    ``splits_final.json`` and nnU-Net's fingerprint, plan (shrunk by the
+    config's network settings) and preprocessing run; ``prepared.json`` is
+    written last, atomically.
+
+    Parameters
+    ----------
+    cohort : Cohort
+    split : dict
+        From :func:`study_split`.
+    config : SegConfig
+    root_dir : path-like
+        Folder under the run's output folder (nnU-Net writes below it).
+    variant : {"aug", "noaug"}
+    num_processes : int
+        nnU-Net's fingerprint / preprocessing workers.
+    """
+    from msutils import nnunet as N
+
+    if variant not in VARIANTS:
+        raise ValueError(f"'variant' must be one of {list(VARIANTS)}; got {variant!r}")
+    root_dir = Path(root_dir).expanduser().resolve()
+    key = workspace_key(cohort, split, config)
+    root = root_dir / f"nnunet-{key}"
+    ws = N.NnUNetWorkspace(root / "workspace")
+    dataset_id = _DATASET_IDS[variant]
+    marker = root / variant / _MARKER
+    with file_lock(root_dir / f".nnunet-{key}.lock"):
+        if not marker.is_file():
+            t0 = time.perf_counter()
+            scans = study_scans(cohort)
+            train_scans = scans.index[scans["subject_id"].astype(str).isin(set(map(str, split["train"])))].tolist()
+            slices = training_slices(cohort, train_scans, config, augment=variant == "aug")
+            t_slices = time.perf_counter() - t0
+            cases = slices.cases
+            N.export_dataset(
+                ws, dataset_id, _DATASET_NAMES[variant],
+                ((c, slices.images[i], slices.masks[i]) for i, c in enumerate(cases["case_id"])),
+                spacing=slices.spacing,
+            )
+            groups, val_groups = fold_groups(cases, split)
+            aug_ids = cases.loc[cases["augmented"], "case_id"].tolist()
+            nn_splits = N.splits_from_subject_folds(groups, val_groups, exclude_from_val=aug_ids)
+            N.write_splits(ws, dataset_id, nn_splits, case_subjects=groups)
+            t_export = time.perf_counter() - t0 - t_slices
+            patch = (config.patch_size, config.patch_size) if config.patch_size else None
+            plans = N.plan_and_preprocess(
+                ws, dataset_id, patch_size=patch, n_stages=config.n_stages, base_features=config.base_features,
+                max_features=config.max_features, batch_size=config.batch_size, num_processes=num_processes,
+            )
+            folder = root / variant
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / _CASES, cases.assign(group=cases["case_id"].map(groups)).to_csv(index=False))
+            atomic_write_text(folder / "counts.csv", slices.counts.to_csv())
+            import io
+
+            buf = io.BytesIO()
+            np.savez_compressed(buf, images=slices.images, masks=slices.masks)
+            atomic_write_bytes(folder / _SLICES, buf.getvalue())
+            cfg2d = plans["configurations"]["2d"]
+            info = {
+                "key": key, "variant": variant, "dataset_id": dataset_id,
+                "dataset": ws.dataset_name(dataset_id), "spacing": list(slices.spacing),
+                "n_train_scans": len(train_scans), "n_cases": int(len(cases)),
+                "n_original": int((~cases["augmented"]).sum()), "n_augmented": int(cases["augmented"].sum()),
+                "fold_unit": split["fold_unit"], "n_folds": int(split["n_folds"]),
+                "folds": [{"n_train": len(s["train"]), "n_val": len(s["val"])} for s in nn_splits],
+                "plans_2d": {"patch_size": cfg2d["patch_size"], "batch_size": cfg2d["batch_size"],
+                             "features_per_stage": cfg2d["architecture"]["arch_kwargs"]["features_per_stage"],
+                             "n_stages": cfg2d["architecture"]["arch_kwargs"]["n_stages"],
+                             "spacing": cfg2d["spacing"]},
+                "plans_edits": plans.get("msutils_overrides", {}).get("2d", {}),
+                "config": config.data_settings(),
+                "seconds": {"slices_and_augmentation": round(t_slices, 2), "export": round(t_export, 2),
+                            "plan_and_preprocess": round(time.perf_counter() - t0 - t_slices - t_export, 2)},
+            }
+            atomic_write_json(marker, info)
+            logger.info("prepared nnU-Net workspace %s (%s): %d cases in %.1f s", root, variant, len(cases),
+                        time.perf_counter() - t0)
+        else:
+            logger.info("reusing prepared nnU-Net workspace %s (%s)", root, variant)
+    info = json.loads(marker.read_text())
+    return PreparedStudy(root=root, workspace=ws, dataset_id=dataset_id, variant=variant, info=info)
+
+
+# --------------------------------------------------------------------------- training
+def fold_index(fold: str) -> tuple[int, str]:
+    """``"fold3"`` -> ``(3, "aug")``; ``"fold0-noaug"`` -> ``(0, "noaug")``."""
+    import re
+
+    m = re.fullmatch(r"fold(\d+)(?:-(noaug))?", str(fold))
+    if not m:
+        raise ValueError(f"fold names must look like 'fold<k>' or 'fold<k>-noaug'; got {fold!r}")
+    return int(m.group(1)), m.group(2) or "aug"
+
+
+def fold_fit_log(prepared: PreparedStudy, fold: int, log: "FitLog | None" = None) -> "FitLog":
+    """Record the patients whose slices trained fold ``fold`` (read from ``splits_final.json``).
+
+    Also records ``nnunet-plan-<variant>``: nnU-Net's fingerprint and plan saw
+    every exported training case.
+    """
+    from msutils import nnunet as N
+    from msutils.leakage import FitLog
+
+    log = FitLog() if log is None else log
+    cases = prepared.cases
+    subject_of = dict(zip(cases["case_id"], cases["subject_id"].astype(str)))
+    splits = N.read_splits(prepared.workspace, prepared.dataset_id)
+    log.record(f"nnunet-plan-{prepared.variant}", cases["subject_id"].astype(str).unique())
+    log.record(f"nnunet-{prepared.variant}-fold{int(fold)}", {subject_of[c] for c in splits[int(fold)]["train"]})
+    return log
+
+
+def _threads(num_threads: int | None) -> Any:
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def ctx() -> Any:
+        old = torch.get_num_threads()
+        if num_threads is not None:
+            torch.set_num_threads(int(num_threads))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    return ctx()
+
+
+def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[str, Any]:
+    """Train fold ``fold`` and score it on its validation slices (Table 4).
+
+    Returns
+    -------
+    dict
+        ``fold, variant, log`` (nnU-Net's per-epoch losses, DataFrame),
+        ``val`` (per validation slice: ``case_id, subject_id, dice, ...``),
+        ``val_dice`` (mean per-slice Dice), ``val_dice_pooled`` (Dice of all
+        validation pixels together), ``train_subjects``, ``val_subjects``,
+        ``fit_log`` (:meth:`FitLog.to_dict`), ``checkpoint`` (path),
+        ``settings`` (epochs, iterations, device) and ``seconds``.
+    """
+    from msutils import nnunet as N
+    from msutils.metrics import voxel_metrics_table
+
+    device = resolve_device(config.device)
+    t0 = time.perf_counter()
+    log = N.train(
+        prepared.workspace, prepared.dataset_id, int(fold), num_epochs=config.num_epochs,
+        iterations_per_epoch=config.iterations_per_epoch, val_iterations=config.val_iterations, device=device,
+        seed=config.seed + int(fold), n_proc_da=config.n_proc_da, num_threads=config.num_threads,
+    )
+    t_train = time.perf_counter() - t0
+    cases = prepared.cases
+    splits = N.read_splits(prepared.workspace, prepared.dataset_id)
+    val_ids = splits[int(fold)]["val"]
+    slices = prepared.training_slices()
+    pos = pd.Series(np.arange(len(cases)), index=cases["case_id"])
+    idx = pos.loc[val_ids].to_numpy()
+    with _threads(config.num_threads):
+        pred = N.predict(prepared.workspace, prepared.dataset_id, slices.images[idx], folds=(int(fold),),
+                         device=device, use_mirroring=config.use_mirroring)
+    truth = slices.masks[idx]
+    table = voxel_metrics_table(list(zip(pred, truth)), ids=list(val_ids), spacing=slices.spacing)
+    val_cases = cases.set_index("case_id").loc[val_ids]
+    table = table.reset_index().rename(columns={"case": "case_id"})
+    table.insert(1, "subject_id", val_cases["subject_id"].astype(str).to_numpy())
+    tp, fp, fn = (int(table[c].sum()) for c in ("tp", "fp", "fn"))
+    fit_log = fold_fit_log(prepared, int(fold))
+    subject_of = dict(zip(cases["case_id"], cases["subject_id"].astype(str)))
+    return {
+        "fold": int(fold),
+        "variant": prepared.variant,
+        "log": log,
+        "val": table,
+        "val_dice": float(table["dice"].mean()),
+        "val_dice_pooled": float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan"),
+        "n_val_slices": int(len(table)),
+        "train_subjects": sorted({subject_of[c] for c in splits[int(fold)]["train"]}),
+        "val_subjects": sorted(set(table["subject_id"])),
+        "n_train_cases": len(splits[int(fold)]["train"]),
+        "fit_log": fit_log.to_dict(),
+        "checkpoint": str(prepared.checkpoint(int(fold))),
+        "workspace": str(prepared.root),
+        "settings": {"num_epochs": config.num_epochs, "iterations_per_epoch": config.iterations_per_epoch,
+                     "val_iterations": config.val_iterations, "device": device, "seed": config.seed + int(fold)},
+        "seconds": {"train": round(t_train, 2), "validate": round(time.perf_counter() - t0 - t_train, 2)},
+    }
+
+
+# --------------------------------------------------------------------------- test sets
+def draw_negatives(eligible: np.ndarray, n_positive: int, ratio: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Indices of the negative slices to evaluate, drawn like :mod:`msutils.lesions` does.
+
+    ``round(ratio * n_positive)`` indices (all eligible ones if fewer exist, with
+    a warning) drawn by ``numpy.random.default_rng(seed).choice`` without
+    replacement from ``flatnonzero(eligible)``, returned sorted.
+    """
+    elig = np.flatnonzero(np.asarray(eligible, dtype=bool))
+    if not np.isfinite(ratio) or ratio < 0:
+        raise ValueError(f"'ratio' must be a non-negative number; got {ratio!r}")
+    n_want = int(round(ratio * int(n_positive)))
+    if n_want > elig.size:
+        logger.warning("only %d negative slices available for %d requested; using all of them", elig.size, n_want)
+        n_want = elig.size
+    if n_want == 0:
+        return np.array([], dtype=int)
+    return np.sort(np.random.default_rng(seed).choice(elig, size=n_want, replace=False))
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """The evaluated slices of one test set (positives and drawn negatives).
+
+    Attributes
+    ----------
+    name : str
+    slices : DataFrame
+        One row per slice: ``scan_id, subject_id, center, slice, positive,
+        lesion_pixels, entropy, spacing_r, spacing_c``.
+    images, masks : ndarray
+        ``(n, H, W)``, in the order of ``slices``.
+    counts : DataFrame
+        Per scan: ``slices, lesion_slices, positives, excluded_small,
+        eligible_negatives, brain_source``.
+    """
+
+    name: str
+    slices: pd.DataFrame
+    images: np.ndarray
+    masks: np.ndarray
+    counts: pd.DataFrame
+
+    def __len__(self) -> int:
+        return int(len(self.slices))
+
+
+def test_slices(cohort: "Cohort", scan_ids: Sequence[str], config: SegConfig, *, name: str = "test") -> TestSet:
+    """Preprocess the test scans and pick the evaluated slices.
+
+    Positives: lesion slices passing the entropy check. Negatives:
+    :meth:`ScanSlices.negatives` of every scan pooled, then
+    :func:`draw_negatives` (``config.negative_ratio`` per positive, ``config.seed``).
+    """
+    rows, images, masks, counts = [], [], [], []
+    cand_rows, cand_images, cand_masks = [], [], []
+    for sid in scan_ids:
+        s = scan_slices(cohort, sid, config)
+        keep = s.kept(config.entropy_threshold)
+        neg = s.negatives(config.min_brain_fraction)
+        lesion = s.stack.masks.reshape(len(s.stack), -1).any(axis=1)
+        counts.append({"scan_id": s.scan_id, "subject_id": s.subject_id, "center": s.center,
+                       "slices": len(s.stack), "lesion_slices": int(lesion.sum()), "positives": int(keep.sum()),
+                       "excluded_small": int((lesion & ~keep).sum()), "eligible_negatives": int(neg.sum()),
+                       "brain_source": s.brain_source})
+        for flag, sel, r, im, mk in ((True, keep, rows, images, masks), (False, neg, cand_rows, cand_images,
+                                                                          cand_masks)):
+            for k in np.flatnonzero(sel):
+                r.append({"scan_id": s.scan_id, "subject_id": s.subject_id, "center": s.center,
+                          "slice": int(s.stack.index[k]), "positive": flag,
+                          "lesion_pixels": int(s.stack.masks[k].sum()), "entropy": float(s.stack.entropy[k]),
+                          "spacing_r": s.spacing[0], "spacing_c": s.spacing[1]})
+                im.append(s.stack.images[k])
+                mk.append(s.stack.masks[k])
+    chosen = draw_negatives(np.ones(len(cand_rows), bool), len(rows), config.negative_ratio, config.seed)
+    rows += [cand_rows[i] for i in chosen]
+    images += [cand_images[i] for i in chosen]
+    masks += [cand_masks[i] for i in chosen]
+    size = (0, config.image_size, config.image_size)
+    table = pd.DataFrame(rows, columns=["scan_id", "subject_id", "center", "slice", "positive", "lesion_pixels",
+                                        "entropy", "spacing_r", "spacing_c"])
+    return TestSet(
+        name=name, slices=table,
+        images=np.stack(images).astype(np.float32) if images else np.zeros(size, np.float32),
+        masks=np.stack(masks).astype(np.uint8) if masks else np.zeros(size, np.uint8),
+        counts=pd.DataFrame(counts, columns=["scan_id", "subject_id", "center", "slices", "lesion_slices",
+                                             "positives", "excluded_small", "eligible_negatives",
+                                             "brain_source"]).set_index("scan_id"),
+    )
+
+
+def load_predictor(prepared: PreparedStudy, folds: Sequence[int], config: SegConfig) -> Any:
+    """nnU-Net predictor holding the ensemble of ``folds`` (mean of the logits)."""
+    from msutils import nnunet as N
+
+    return N.load_predictor(prepared.workspace, prepared.dataset_id, list(folds),
+                            device=resolve_device(config.device), use_mirroring=config.use_mirroring)
+
+
+def predict_slices(prepared: PreparedStudy, images: np.ndarray, config: SegConfig, *, predictor: Any = None,
+                   folds: Sequence[int] | None = None) -> np.ndarray:
+    """Segment ``(n, H, W)`` slices with the fold ensemble (uint8 masks, same shape)."""
+    from msutils import nnunet as N
+
+    if predictor is None:
+        if folds is None:
+            raise ValueError("give 'predictor' or 'folds'")
+        predictor = load_predictor(prepared, folds, config)
+    if len(images) == 0:
+        return np.zeros(np.shape(images), np.uint8)
+    with _threads(config.num_threads):
+        return N.predict(prepared.workspace, prepared.dataset_id, images, predictor=predictor,
+                         device=resolve_device(config.device), use_mirroring=config.use_mirroring)
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class TestEvaluation:
+    """Slice- and voxel-level results on one test set.
+
+    Attributes
+    ----------
+    name : str
+    classification : msutils.lesions.SliceClassification
+    slice_metrics : dict
+        :func:`msutils.metrics.classification_metrics` (exact CIs) + counts.
+    voxel : DataFrame
+        Per positive slice: voxel metrics plus ``subject_id``.
+    voxel_summary : DataFrame
+        Mean and bootstrap CI (units: patients) per metric.
+    curve : DataFrame
+        Slice-level metrics vs the TP overlap threshold (Figs 4-5).
+    n_patients : int
+    """
+
+    name: str
+    classification: Any
+    slice_metrics: dict
+    voxel: pd.DataFrame
+    voxel_summary: pd.DataFrame
+    curve: pd.DataFrame
+    n_patients: int
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly numbers for ``summary.json``."""
+        vox = {m: {k: (float(v) if k in ("mean", "ci_low", "ci_high") else int(v)) for k, v in row.items()}
+               for m, row in self.voxel_summary.to_dict(orient="index").items()}
+        return {"n_patients": self.n_patients, "slice_level": dict(self.slice_metrics), "voxel_level": vox,
+                "n_positive_slices": int(self.slice_metrics["tp"] + self.slice_metrics["fn"]),
+                "n_negative_slices": int(self.slice_metrics["tn"] + self.slice_metrics["fp"])}
+
+
+def evaluate_test_set(
+    test: TestSet,
+    preds: np.ndarray,
+    config: SegConfig,
+    *,
+    thresholds: Sequence[float] | np.ndarray = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2)),
+    n_boot: int = 2000,
+) -> TestEvaluation:
+    """Slice-level classification (seed-003 rule) and voxel-level metrics of one test set."""
+    from msutils.lesions import slice_stack_classification
+    from msutils.metrics import summarize_metrics, threshold_curve_from_slices, voxel_metrics_table
+
+    preds = np.asarray(preds)
+    if preds.shape != test.masks.shape:
+        raise ValueError(f"'preds' shape {preds.shape} must match the test masks {test.masks.shape}")
+    ids = list(zip(test.slices["scan_id"], test.slices["slice"]))
+    result = slice_stack_classification(list(preds), list(test.masks), ids=ids,
+                                        overlap_threshold=config.overlap_threshold, negative_ratio=None,
+                                        seed=config.seed)
+    metrics = result.metrics()
+    pos = test.slices["positive"].to_numpy(bool)
+    pairs = [(preds[i], test.masks[i], (test.slices["spacing_r"].iat[i], test.slices["spacing_c"].iat[i]))
+             for i in np.flatnonzero(pos)]
+    voxel = voxel_metrics_table(pairs, ids=[ids[i] for i in np.flatnonzero(pos)])
+    voxel.insert(0, "subject_id", test.slices.loc[pos, "subject_id"].astype(str).to_numpy())
+    if len(voxel):
+        vsum = summarize_metrics(voxel, units="subject_id", n_boot=n_boot, seed=config.seed)
+    else:
+        vsum = pd.DataFrame(columns=["mean", "ci_low", "ci_high", "n", "n_units"])
+    curve = threshold_curve_from_slices(result, np.asarray(thresholds, dtype=float))
+    return TestEvaluation(name=test.name, classification=result, slice_metrics=metrics, voxel=voxel,
+                          voxel_summary=vsum, curve=curve, n_patients=int(test.slices["subject_id"].nunique()))
+
+
+# --------------------------------------------------------------------------- paper comparison
+def paper_slice_metrics() -> dict[str, dict[str, float]]:
+    """The paper's slice-level metrics recomputed from the counts in its text (labels as they should be)."""
+    from msutils.metrics import classification_metrics
+
+    return {row: classification_metrics(**c) for row, c in PAPER_SLICE_COUNTS.items()}
+
+
+def paper_vs_ours_rows(evaluations: Mapping[str, TestEvaluation | None]) -> tuple[dict, dict]:
+    """``(paper, ours)`` mappings for :func:`msutils.report.paper_vs_ours`.
+
+    ``evaluations`` maps ``"center 1 (internal)"`` / ``"center 2 (external)"``
+    to a :class:`TestEvaluation` (or None). The paper's slice-level numbers are
+    the ones its counts give (:func:`paper_slice_metrics`).
+    """
+    names = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV",
+             "npv": "NPV"}
+    vnames = {"dice": "DSC", "ppv": "voxel PPV", "iou": "IoU", "sensitivity": "voxel sensitivity",
+              "hd95": "HD95 (mm)"}
+    paper: dict[str, dict[str, float]] = {}
+    for row, m in paper_slice_metrics().items():
+        paper[row] = {names[k]: m[k] for k in names}
+        paper[row].update({vnames[k]: v for k, v in PAPER_VOXEL[row].items()})
+    ours: dict[str, dict[str, float]] = {}
+    for row, ev in evaluations.items():
+        if ev is None:
+            continue
+        ours[row] = {names[k]: ev.slice_metrics[k] for k in names}
+        ours[row].update({vnames[k]: float(ev.voxel_summary.loc[k, "mean"]) if k in ev.voxel_summary.index
+                          else float("nan") for k in vnames})
+    return paper, ours
