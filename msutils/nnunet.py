@@ -906,7 +906,8 @@ def train(
 
     import torch
 
-    (out_dir / _TRAIN_META).unlink(missing_ok=True)  # a run that dies half-way leaves nothing to reuse
+    for stale in (_TRAIN_META, _LOG_CSV):  # a run that dies half-way leaves nothing to reuse
+        (out_dir / stale).unlink(missing_ok=True)
     plans = json.loads(plans_file.read_text())
     if configuration not in plans["configurations"]:
         raise ValueError(f"'configuration' must be one of {sorted(plans['configurations'])}; got {configuration!r}")
@@ -1088,7 +1089,9 @@ def predict(
     return_probabilities : bool
         Also return the lesion probability (softmax) per pixel.
     predictor : nnUNetPredictor, optional
-        Reuse one from :func:`load_predictor` (skips loading the weights).
+        Reuse one from :func:`load_predictor` (skips loading the weights;
+        ``folds``, ``checkpoint``, ``device``, ``use_mirroring`` and
+        ``tile_step_size`` are then those it was built with).
 
     Returns
     -------
