@@ -66,3 +66,9 @@ def test_run_cohort_notebook_writes_summary(tmp_path: Path) -> None:
     assert summary["n_subjects"] == sum(summary["subjects_per_center_group"].values())
     ms, hc = (summary["mean_volume_ml_by_group"]["thalamus_ml"][g] for g in ("MS", "HC"))
     assert ms < hc  # deep-GM atrophy of the synthetic MS patients
+
+
+def test_committed_example_manifest_is_what_synth_writes(smoke_cohort: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "data_manifests" / "synthetic-smoke"
+    for name in ("manifest.csv", "manifest.yaml"):
+        assert (example / name).read_text() == (smoke_cohort / name).read_text(), name
