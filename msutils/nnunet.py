@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Collection, Iterable, Iterator, Mapping, 
 
 import numpy as np
 
+from msutils.environ import temporary_environ
 from msutils.io import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,17 +178,8 @@ class NnUNetWorkspace:
         }
         if n_proc_da is not None:
             values["nnUNet_n_proc_DA"] = str(int(n_proc_da))
-        with _ENV_LOCK:
-            old = {k: os.environ.get(k) for k in values}
-            os.environ.update(values)
-            try:
-                yield self
-            finally:
-                for k, v in old.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+        with _ENV_LOCK, temporary_environ(values):
+            yield self
 
     def dataset_name(self, dataset_id: int) -> str:
         """``DatasetXXX_NAME`` of ``dataset_id`` in this workspace (raises if absent or ambiguous)."""

@@ -740,7 +740,6 @@ def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 def _extract_roi(prep: _Prepared, mask: np.ndarray, offset: Sequence[int], names: Sequence[str],
                  margin: int, min_voxels: int) -> tuple[list[float], str | None]:
     """Features of one ROI. ``mask`` is a boolean region of the image starting at ``offset``."""
-    import SimpleITK as sitk
     from radiomics import imageoperations
 
     n_vox = int(np.count_nonzero(mask))

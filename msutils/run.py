@@ -46,12 +46,12 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from msutils.cache import FOLD_END_TAG, PARAMETER_TAGS, FoldCache, source_notebook
+from msutils.environ import temporary_environ
 from msutils.io import atomic_write_json, atomic_write_text
 from msutils.profiles import RESERVED_PARAMETERS, get_profile, notebook_names
 
@@ -336,20 +336,6 @@ def enable_notebook_logging(level: int | str = "INFO") -> None:
 # --------------------------------------------------------------------------------------
 # execution (runs in pool / Dask workers: top-level and picklable)
 # --------------------------------------------------------------------------------------
-@contextmanager
-def _environ(env: Mapping[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _first_line(source: str | None) -> str | None:
     for line in (source or "").splitlines():
         if line.strip():
@@ -387,7 +373,7 @@ def _execute_task(task: dict[str, Any]) -> dict[str, Any]:
     logger.info("%s: started (pid %d)", label, os.getpid())
     error: dict[str, Any] | None = None
     t0 = time.perf_counter()
-    with _environ(task["env"]):
+    with temporary_environ(task["env"]):
         try:
             pm.execute_notebook(
                 str(output),

@@ -1036,7 +1036,7 @@ def perturbed_image(image: np.ndarray, rng: Any = None, noise_sd_fraction: float
 _STAGES = ("input", "stability", "variance", "collinearity", "lasso", "cfs")
 
 
-class SelectionPipeline(_FitLogClone, TransformerMixin, BaseEstimator):
+class SelectionPipeline(_FrameSelector):
     """Seed-001 selection: stability -> variance -> collinearity -> LASSO -> CFS.
 
     Fitted on training rows only. The stability stage uses a precomputed keep list
@@ -1128,26 +1128,14 @@ class SelectionPipeline(_FitLogClone, TransformerMixin, BaseEstimator):
             survivors[name] = cur
         self.steps_ = steps
         self.survivors_ = survivors
-        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
-        self.n_features_in_ = X.shape[1]
         kept = set(cur)
-        self.support_ = np.array([c in kept for c in X.columns])
+        self._set_support(X, np.array([c in kept for c in X.columns]))
         logger.info("SelectionPipeline: %s", " -> ".join(f"{k} {len(v)}"
                                                           for k, v in survivors.items()))
         return self
 
-    def get_support(self, indices: bool = False) -> np.ndarray:
-        """Mask (or indices) of the input columns kept by all stages."""
-        check_is_fitted(self, "support_")
-        return np.flatnonzero(self.support_) if indices else self.support_.copy()
-
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        """Selected feature names, in input order."""
-        check_is_fitted(self, "support_")
-        return self.feature_names_in_[self.support_].copy()
-
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        """The selected columns of ``X``."""
+        """The selected columns of ``X`` (other columns of ``X`` are allowed)."""
         check_is_fitted(self, "support_")
         if not isinstance(X, pd.DataFrame):
             raise TypeError(f"'X' must be a pandas DataFrame; got {type(X).__name__}")

@@ -32,7 +32,6 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> None:
 
 
 def _write_scan(root: Path, sid: str, ses: str, rng: np.random.Generator) -> dict[str, str]:
-    d = root / sid / ses
     t1 = rng.normal(100, 10, SHAPE).astype(np.float32)
     flair = rng.normal(50, 5, SHAPE).astype(np.float32)
     brain = np.zeros(SHAPE, np.uint8)
