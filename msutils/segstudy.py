@@ -1090,7 +1090,7 @@ def evaluate_test_set(
     preds = np.asarray(preds)
     if preds.shape != test.masks.shape:
         raise ValueError(f"'preds' shape {preds.shape} must match the test masks {test.masks.shape}")
-    ids = list(zip(test.slices["scan_id"], test.slices["slice"]))
+    ids = [f"{sid}:{z}" for sid, z in zip(test.slices["scan_id"], test.slices["slice"])]
     result = slice_stack_classification(list(preds), list(test.masks), ids=ids,
                                         overlap_threshold=config.overlap_threshold, negative_ratio=None,
                                         seed=config.seed)
