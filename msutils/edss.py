@@ -53,12 +53,12 @@ Ground truth (:func:`driver_values`, :func:`driver_of_feature`, :func:`drivers_r
 from __future__ import annotations
 
 import logging
-import math
 import os
 import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -409,8 +409,8 @@ def extract_radiomics(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Se
     sids = list(subjects["scan_id"].astype(str)) if scan_ids is None else [str(s) for s in scan_ids]
     if len(sids) != len(subjects):
         raise ValueError(f"'scan_ids' has {len(sids)} entries; expected one per subject ({len(subjects)})")
-    common = dict(params=config.radiomics_params, scan_ids=sids, n_jobs=config.n_jobs,
-                  cache_dir=cache_dir, progress=progress)
+    common = {"params": config.radiomics_params, "scan_ids": sids, "n_jobs": config.n_jobs,
+              "cache_dir": cache_dir, "progress": progress}
     parts = [rad.extract(cohort, dict(rois), **common)]
     if config.nawm:
         parts.append(rad.extract(cohort, {NAWM_ROI: [_WM_LABEL]}, subtract="lesion_mask", **common))
@@ -565,7 +565,7 @@ class StudyData:
         """Names of the deep-GM ROIs (labels 1-8)."""
         return [n for n, v in self.rois.items() if any(x in _DEEP_GM_LABELS for x in v)]
 
-    def with_edss(self, edss: pd.Series) -> "StudyData":
+    def with_edss(self, edss: pd.Series) -> StudyData:
         """A copy whose subjects carry other EDSS values (for permutation checks)."""
         subjects = self.subjects.copy()
         subjects["edss"] = pd.Series(edss, dtype=float).reindex(subjects.index).to_numpy()
@@ -628,7 +628,7 @@ def study_split(subjects: pd.DataFrame, *, internal_center: str | None = None, t
     table = subjects.reset_index()[["subject_id", "center"]].astype(str)
     if internal_center is None:
         counts = table["center"].value_counts()
-        internal_center = str(sorted(counts[counts == counts.max()].index)[0])
+        internal_center = str(min(counts[counts == counts.max()].index))
     split = internal_external_split(table, str(internal_center), test_size, seed=seed,
                                     name=f"internal-{internal_center}")
     split["inner"] = grouped_kfold(table, _check_int("n_folds", n_folds, 2), stratify=None, seed=seed,
@@ -674,7 +674,7 @@ def icc_subset(cohort: Any, data: StudyData, train_subjects: Iterable[str], conf
             others = table[(table["subject_id"].astype(str) == s) & (table.index.astype(str) != first)
                            & (table["center"].astype(str) == str(data.subjects.at[s, "center"]))]
             if len(others):
-                pool[s] = str(sorted(others.index.astype(str))[0])
+                pool[s] = str(min(others.index.astype(str)))
     ids = sorted(pool)
     if len(ids) < 3:
         raise ValueError(f"icc_mode={config.icc_mode!r}: only {len(ids)} training subject(s) available "
@@ -820,12 +820,24 @@ def _map(fn: Callable[[Any], Any], tasks: list[Any], n_jobs: int, progress: bool
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from msutils.radiomics import _worker_init
-
     ctx = mp.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=min(n_jobs, len(tasks)), mp_context=ctx,
-                             initializer=_worker_init) as pool:
+                             initializer=_worker_setup) as pool:
         return list(tqdm(pool.map(fn, tasks), total=len(tasks), desc=desc, disable=not progress))
+
+
+def _worker_setup() -> None:
+    """Worker initializer: one thread per worker for SimpleITK and every BLAS / OpenMP pool.
+
+    Without the limit, the BLAS threads of several workers (pyradiomics' GLCM MCC
+    calls numpy's eigvals) oversubscribe the cores and spin: measured 3-10x slower.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from msutils import radiomics, selection  # noqa: F401  (load every thread pool first)
+
+    radiomics._worker_init()
+    threadpool_limits(1)
 
 
 # ---------------------------------------------------------------------------- features
@@ -1275,8 +1287,8 @@ _CLASS_INFO: dict[str, tuple[str, str]] = {
     "glszm": ("Gray level size-zone matrix",
               "Quantifies gray level zones (connected voxels sharing the same gray level)"),
     "gldm": ("Gray level dependence matrix",
-             "Quantifies gray level dependencies (connected voxels within a distance that are "
-             "dependent on the center voxel)"),
+             ("Quantifies gray level dependencies (connected voxels within a distance that are "
+              "dependent on the center voxel)")),
     "ngtdm": ("Neighbouring gray tone difference matrix",
               "Quantifies the difference between a gray value and the average gray value of its neighbours"),
 }

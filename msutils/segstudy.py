@@ -46,7 +46,7 @@ Training (:func:`train_fold`)
     decay, Dice + cross-entropy), then the fold's validation Dice (Table 4)
     by predicting its validation patients' original slices with the fold's
     network. The trained subjects are recorded for the leakage audit.
-Test sets (:func:`test_slices`, :func:`predict_slices`, :func:`evaluate_test_set`)
+Test sets (:func:`eval_slices`, :func:`predict_slices`, :func:`evaluate_test_set`)
     Positive slices are the test patients' lesion slices that pass the entropy
     check (as in the paper's dataset); negatives are lesion-free slices with a
     substantial brain section (brain area >= ``min_brain_fraction`` of the
@@ -69,56 +69,62 @@ import logging
 import os
 import time
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from msutils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_lock
+from msutils.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_lock,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from msutils.cohort import Cohort
     from msutils.leakage import FitLog
-    from msutils.lesions import SliceClassification
     from msutils.nnunet import NnUNetWorkspace
 
 __all__ = [
-    "SEGSTUDY_VERSION",
-    "VARIANTS",
     "BRAIN_SOURCES",
+    "PAPER_SLICE_COUNTS",
     "PAPER_TABLE4",
     "PAPER_TABLE5_PRINTED",
-    "PAPER_SLICE_COUNTS",
     "PAPER_VOXEL",
-    "SegConfig",
-    "ScanSlices",
-    "TrainingSlices",
-    "TestSet",
+    "SEGSTUDY_VERSION",
+    "THRESHOLDS",
+    "VARIANTS",
     "PreparedStudy",
-    "TestEvaluation",
-    "resolve_device",
-    "study_scans",
-    "resolve_centers",
-    "study_split",
+    "ScanSlices",
+    "SegConfig",
+    "Evaluation",
+    "EvalSlices",
+    "TrainingSlices",
     "brain_mask_for",
-    "pad_to_square",
-    "scan_slices",
-    "training_slices",
-    "fold_groups",
-    "workspace_key",
-    "prepare_workspace",
-    "fold_index",
-    "fold_fit_log",
-    "train_fold",
     "draw_negatives",
-    "test_slices",
-    "load_predictor",
-    "predict_slices",
     "evaluate_test_set",
+    "fold_fit_log",
+    "fold_groups",
+    "fold_index",
+    "load_predictor",
+    "pad_to_square",
     "paper_slice_metrics",
     "paper_vs_ours_rows",
+    "predict_slices",
+    "prepare_workspace",
+    "resolve_centers",
+    "resolve_device",
+    "scan_slices",
+    "study_scans",
+    "study_split",
+    "eval_slices",
+    "train_fold",
+    "training_slices",
+    "workspace_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,6 +142,8 @@ _DEVICES = ("auto", "cpu", "cuda")
 _MARKER = "prepared.json"
 _CASES = "cases.csv"
 _SLICES = "training_slices.npz"
+#: TP overlap thresholds of Figs 4-5: 0.05, 0.10, ..., 0.95.
+THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 #: Seed 003 Table 4: validation DSC (%) per fold.
 PAPER_TABLE4: dict[str, float] = {"fold 1": 83.5, "fold 2": 89.4, "fold 3": 88.4, "fold 4": 87.5, "fold 5": 84.5}
@@ -287,7 +295,7 @@ def resolve_device(device: str) -> str:
 
 
 # --------------------------------------------------------------------------- patients and split
-def study_scans(cohort: "Cohort") -> pd.DataFrame:
+def study_scans(cohort: Cohort) -> pd.DataFrame:
     """The scans the study uses: MS patients, first session each (index ``scan_id``).
 
     Raises
@@ -435,7 +443,7 @@ class ScanSlices:
         return (~lesion) & (area > 0) & (area >= min_brain_fraction * top)
 
 
-def brain_mask_for(cohort: "Cohort", scan_id: str, flair: np.ndarray, source: str = "auto") -> tuple[
+def brain_mask_for(cohort: Cohort, scan_id: str, flair: np.ndarray, source: str = "auto") -> tuple[
     np.ndarray | None, str
 ]:
     """Skull-stripping mask of one scan and where it came from.
@@ -499,7 +507,7 @@ def pad_to_square(volume: np.ndarray, axis: int = 2) -> tuple[np.ndarray, tuple[
     return np.pad(vol, widths_t), widths_t
 
 
-def scan_slices(cohort: "Cohort", scan_id: str, config: SegConfig) -> ScanSlices:
+def scan_slices(cohort: Cohort, scan_id: str, config: SegConfig) -> ScanSlices:
     """Paper preprocessing steps 1-5 for one scan (see the module docstring).
 
     The FLAIR, the lesion mask and the brain mask are padded to a square in
@@ -516,7 +524,7 @@ def scan_slices(cohort: "Cohort", scan_id: str, config: SegConfig) -> ScanSlices
     if used == "estimate":
         logger.warning("scan %s: no brain mask and not skull-stripped: using the fallback estimate_brain_mask "
                        "(a foreground mask, not BET)", scan_id)
-    flair_sq, widths = pad_to_square(flair, config.axis)
+    flair_sq, _ = pad_to_square(flair, config.axis)
     lesion_sq, _ = pad_to_square(lesion, config.axis)
     brain_sq = pad_to_square(brain, config.axis)[0] if brain is not None else None
     if brain_sq is None:
@@ -568,7 +576,7 @@ class TrainingSlices:
 
 
 def training_slices(
-    cohort: "Cohort", scan_ids: Sequence[str], config: SegConfig, *, augment: bool = True
+    cohort: Cohort, scan_ids: Sequence[str], config: SegConfig, *, augment: bool = True
 ) -> TrainingSlices:
     """Slices of the training pool, entropy-filtered, with their offline augmented copies.
 
@@ -673,7 +681,7 @@ class PreparedStudy:
     """
 
     root: Path
-    workspace: "NnUNetWorkspace"
+    workspace: NnUNetWorkspace
     dataset_id: int
     variant: str
     info: dict
@@ -701,7 +709,7 @@ class PreparedStudy:
         return self.model_folder() / f"fold_{int(fold)}" / "checkpoint_final.pth"
 
 
-def workspace_key(cohort: "Cohort", split: Mapping[str, Any], config: SegConfig) -> str:
+def workspace_key(cohort: Cohort, split: Mapping[str, Any], config: SegConfig) -> str:
     """16 hex digits naming the workspace: cohort content, split, data settings, versions."""
     import msutils
 
@@ -716,7 +724,7 @@ def workspace_key(cohort: "Cohort", split: Mapping[str, Any], config: SegConfig)
 
 
 def prepare_workspace(
-    cohort: "Cohort",
+    cohort: Cohort,
     split: Mapping[str, Any],
     config: SegConfig,
     root_dir: str | os.PathLike,
@@ -726,7 +734,7 @@ def prepare_workspace(
 ) -> PreparedStudy:
     """Export, write the folds and plan/preprocess once; later calls (any process) reuse it.
 
-    Under an exclusive file lock ``<root_dir>/.nnunet-<key>.lock``: if
+    Under an exclusive file lock ``<root_dir>/.nnunet-<key>-<variant>.lock``: if
     ``<root_dir>/nnunet-<key>/<variant>/prepared.json`` exists nothing is done;
     otherwise the training pool's slices are built (:func:`training_slices`,
     with the offline augmentation for ``variant="aug"``), exported with
@@ -757,7 +765,7 @@ def prepare_workspace(
     ws = N.NnUNetWorkspace(root / "workspace")
     dataset_id = _DATASET_IDS[variant]
     marker = root / variant / _MARKER
-    with file_lock(root_dir / f".nnunet-{key}.lock"):
+    with file_lock(root_dir / f".nnunet-{key}-{variant}.lock"):
         if not marker.is_file():
             t0 = time.perf_counter()
             scans = study_scans(cohort)
@@ -793,7 +801,7 @@ def prepare_workspace(
             info = {
                 "key": key, "variant": variant, "dataset_id": dataset_id,
                 "dataset": ws.dataset_name(dataset_id), "spacing": list(slices.spacing),
-                "n_train_scans": len(train_scans), "n_cases": int(len(cases)),
+                "n_train_scans": len(train_scans), "n_cases": len(cases),
                 "n_original": int((~cases["augmented"]).sum()), "n_augmented": int(cases["augmented"].sum()),
                 "fold_unit": split["fold_unit"], "n_folds": int(split["n_folds"]),
                 "folds": [{"n_train": len(s["train"]), "n_val": len(s["val"])} for s in nn_splits],
@@ -826,7 +834,7 @@ def fold_index(fold: str) -> tuple[int, str]:
     return int(m.group(1)), m.group(2) or "aug"
 
 
-def fold_fit_log(prepared: PreparedStudy, fold: int, log: "FitLog | None" = None) -> "FitLog":
+def fold_fit_log(prepared: PreparedStudy, fold: int, log: FitLog | None = None) -> FitLog:
     """Record the patients whose slices trained fold ``fold`` (read from ``splits_final.json``).
 
     Also records ``nnunet-plan-<variant>``: nnU-Net's fingerprint and plan saw
@@ -910,7 +918,7 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
         "val": table,
         "val_dice": float(table["dice"].mean()),
         "val_dice_pooled": float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan"),
-        "n_val_slices": int(len(table)),
+        "n_val_slices": len(table),
         "train_subjects": sorted({subject_of[c] for c in splits[int(fold)]["train"]}),
         "val_subjects": sorted(set(table["subject_id"])),
         "n_train_cases": len(splits[int(fold)]["train"]),
@@ -944,7 +952,7 @@ def draw_negatives(eligible: np.ndarray, n_positive: int, ratio: float = 1.0, se
 
 
 @dataclass(frozen=True)
-class TestSet:
+class EvalSlices:
     """The evaluated slices of one test set (positives and drawn negatives).
 
     Attributes
@@ -967,10 +975,10 @@ class TestSet:
     counts: pd.DataFrame
 
     def __len__(self) -> int:
-        return int(len(self.slices))
+        return len(self.slices)
 
 
-def test_slices(cohort: "Cohort", scan_ids: Sequence[str], config: SegConfig, *, name: str = "test") -> TestSet:
+def eval_slices(cohort: Cohort, scan_ids: Sequence[str], config: SegConfig, *, name: str = "test") -> EvalSlices:
     """Preprocess the test scans and pick the evaluated slices.
 
     Positives: lesion slices passing the entropy check. Negatives:
@@ -1004,7 +1012,7 @@ def test_slices(cohort: "Cohort", scan_ids: Sequence[str], config: SegConfig, *,
     size = (0, config.image_size, config.image_size)
     table = pd.DataFrame(rows, columns=["scan_id", "subject_id", "center", "slice", "positive", "lesion_pixels",
                                         "entropy", "spacing_r", "spacing_c"])
-    return TestSet(
+    return EvalSlices(
         name=name, slices=table,
         images=np.stack(images).astype(np.float32) if images else np.zeros(size, np.float32),
         masks=np.stack(masks).astype(np.uint8) if masks else np.zeros(size, np.uint8),
@@ -1040,7 +1048,7 @@ def predict_slices(prepared: PreparedStudy, images: np.ndarray, config: SegConfi
 
 # --------------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
-class TestEvaluation:
+class Evaluation:
     """Slice- and voxel-level results on one test set.
 
     Attributes
@@ -1076,16 +1084,20 @@ class TestEvaluation:
 
 
 def evaluate_test_set(
-    test: TestSet,
+    test: EvalSlices,
     preds: np.ndarray,
     config: SegConfig,
     *,
-    thresholds: Sequence[float] | np.ndarray = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2)),
+    thresholds: Sequence[float] | np.ndarray = THRESHOLDS,
     n_boot: int = 2000,
-) -> TestEvaluation:
+) -> Evaluation:
     """Slice-level classification (seed-003 rule) and voxel-level metrics of one test set."""
     from msutils.lesions import slice_stack_classification
-    from msutils.metrics import summarize_metrics, threshold_curve_from_slices, voxel_metrics_table
+    from msutils.metrics import (
+        summarize_metrics,
+        threshold_curve_from_slices,
+        voxel_metrics_table,
+    )
 
     preds = np.asarray(preds)
     if preds.shape != test.masks.shape:
@@ -1105,7 +1117,7 @@ def evaluate_test_set(
     else:
         vsum = pd.DataFrame(columns=["mean", "ci_low", "ci_high", "n", "n_units"])
     curve = threshold_curve_from_slices(result, np.asarray(thresholds, dtype=float))
-    return TestEvaluation(name=test.name, classification=result, slice_metrics=metrics, voxel=voxel,
+    return Evaluation(name=test.name, classification=result, slice_metrics=metrics, voxel=voxel,
                           voxel_summary=vsum, curve=curve, n_patients=int(test.slices["subject_id"].nunique()))
 
 
@@ -1117,11 +1129,11 @@ def paper_slice_metrics() -> dict[str, dict[str, float]]:
     return {row: classification_metrics(**c) for row, c in PAPER_SLICE_COUNTS.items()}
 
 
-def paper_vs_ours_rows(evaluations: Mapping[str, TestEvaluation | None]) -> tuple[dict, dict]:
+def paper_vs_ours_rows(evaluations: Mapping[str, Evaluation | None]) -> tuple[dict, dict]:
     """``(paper, ours)`` mappings for :func:`msutils.report.paper_vs_ours`.
 
     ``evaluations`` maps ``"center 1 (internal)"`` / ``"center 2 (external)"``
-    to a :class:`TestEvaluation` (or None). The paper's slice-level numbers are
+    to a :class:`Evaluation` (or None). The paper's slice-level numbers are
     the ones its counts give (:func:`paper_slice_metrics`).
     """
     names = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV",

@@ -402,3 +402,21 @@ def test_shared_get_or_compute_computes_once(tmp_path):
     assert out == [{"value": 42}, {"value": 42}]
     meta = json.loads(next((tmp_path / "cache" / "t_folds").glob("shared-*/meta.json")).read_text())
     assert meta["fold"] == "shared"
+
+
+def test_icc_subset_modes():
+    data, train, test, _ = _study()
+    table = pd.DataFrame({"subject_id": [train[0], train[0], train[1], train[1], train[2], train[2], test[0], test[0]],
+                          "center": ["site1"] * 8},
+                         index=[f"{s}_ses-0{k}" for s in (train[0], train[1], train[2], test[0]) for k in (1, 2)])
+    cohort = SimpleNamespace(table=table)
+    got = edss.icc_subset(cohort, data, train, edss.StudyConfig(icc_mode="rescan", icc_subjects=30))
+    assert got == {s: f"{s}_ses-02" for s in sorted(train[:3])}  # test[0]'s rescan is never used
+    picked = edss.icc_subset(cohort, data, train, edss.StudyConfig(icc_subjects=10, seed=3))
+    assert len(picked) == 10 and set(picked) <= set(train)
+    assert all(picked[s] == data.subjects.at[s, "scan_id"] for s in picked)
+    assert picked == edss.icc_subset(cohort, data, train, edss.StudyConfig(icc_subjects=10, seed=3))
+    assert picked != edss.icc_subset(cohort, data, train, edss.StudyConfig(icc_subjects=10, seed=4))
+    with pytest.raises(ValueError, match="only 2 training subject"):
+        edss.icc_subset(SimpleNamespace(table=table.iloc[:4]), data, train,
+                        edss.StudyConfig(icc_mode="rescan"))

@@ -1,0 +1,139 @@
+"""End-to-end tests of notebooks/03_flair_nnunet.ipynb (seed 003, 2D nnU-Net FLAIR segmentation).
+
+* smoke profile through the runner (2 folds fanned out in parallel + aggregate) on the
+  synthetic smoke cohort: summary.json holds every headline number, in range and
+  consistent (slice counts, balanced negatives, Dice / CIs), the exported NIfTI cases
+  and the trained checkpoints exist, the fold results are cached;
+* the same on the real MSLUB sample beside the repository (2 patients, one center:
+  1 trains with slab folds, 1 is the internal test; skipped when the data are absent):
+  real NIfTI volumes flow through preprocessing, export, nnU-Net training, prediction
+  and the metrics.
+
+Both run in one xdist group (each uses 2 processes); together about 3-4 minutes on 2 cores.
+The synthetic cohort goes to the session's MSUTILS_HOME (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from msutils import run
+
+NOTEBOOK = "03_flair_nnunet"
+REPO = Path(__file__).resolve().parent.parent
+MSLUB = REPO / "data_manifests" / "mslub" / "manifest.csv"
+MSLUB_DATA = REPO.parent / "shared" / "data" / "open_ms_data"
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("notebook_03")]
+
+SLICE_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
+VOXEL_METRICS = ("dice", "iou", "ppv", "sensitivity", "hd95")
+
+
+def _run(root: Path, overrides: dict | None = None) -> tuple[Path, dict]:
+    out = root / "out"
+    path = run.run_notebook(NOTEBOOK, profile="smoke", out_dir=out, executed_dir=root / "book", overrides=overrides)
+    return out, json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("nb03_smoke"))
+
+
+@pytest.fixture(scope="module")
+def mslub_run(tmp_path_factory):
+    if not MSLUB_DATA.is_dir():
+        pytest.skip(f"the MSLUB sample is not available at {MSLUB_DATA}")
+    return _run(tmp_path_factory.mktemp("nb03_mslub"), {"manifest": str(MSLUB)})
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_test_set(res: dict, n_patients: int, size: int) -> None:
+    """Slice counts consistent, ratios in [0, 1] inside their CIs, voxel means inside their CIs."""
+    sl = res["slice_level"]
+    n_pos, n_neg = res["n_positive_slices"], res["n_negative_slices"]
+    assert res["n_patients"] == n_patients
+    assert n_pos > 0 and sl["tp"] + sl["fn"] == n_pos and sl["tn"] + sl["fp"] == n_neg
+    assert sl["n"] == n_pos + n_neg
+    assert n_neg <= n_pos  # balanced: as many negatives as positives (fewer only if not enough exist)
+    for m in SLICE_METRICS:
+        v, lo, hi = sl[m], sl[f"{m}_ci_low"], sl[f"{m}_ci_high"]
+        if v is None:  # zero denominator (e.g. PPV without any predicted-positive slice)
+            assert lo is None and hi is None
+            continue
+        assert 0 <= lo <= v <= hi <= 1, (m, lo, v, hi)
+    assert sl["accuracy"] == pytest.approx((sl["tp"] + sl["tn"]) / sl["n"])
+    assert sl["sensitivity"] == pytest.approx(sl["tp"] / n_pos)
+    vox = res["voxel_level"]
+    for m in VOXEL_METRICS:
+        if vox[m]["n"] == 0:  # HD95 is undefined when every prediction of a lesion slice is empty
+            assert m == "hd95"
+            continue
+        v = vox[m]  # percentile bootstrap over patients: ordered, not necessarily around the mean
+        assert _finite(v["mean"]) and v["ci_low"] <= v["ci_high"] and v["n"] <= n_pos
+        assert 1 <= v["n_units"] <= n_patients
+        if m != "hd95":
+            assert 0 <= v["ci_low"] and v["ci_high"] <= 1 and 0 <= v["mean"] <= 1
+    assert vox["dice"]["n"] == n_pos and vox["dice"]["n_units"] == n_patients
+
+
+def test_smoke_summary(smoke_run):
+    out, s = smoke_run
+    for key in ("validation_dice", "validation_dice_mean", "internal", "external", "profile", "image_size",
+                "num_epochs", "iterations_per_epoch", "network", "preprocessing", "n_patients", "leakage_audit",
+                "wall_time_s", "fold_unit", "predicted_slices"):
+        assert key in s, key
+    assert s["profile"] == "smoke" and s["leakage_audit"] == "passed" and s["fold_unit"] == "subject"
+    assert (s["image_size"], s["num_epochs"], s["iterations_per_epoch"]) == (64, 2, 5)
+    assert s["folds"] == ["fold0", "fold1"] and set(s["validation_dice"]) == {"fold0", "fold1"}
+    assert all(0 <= d <= 1 for d in s["validation_dice"].values())
+    assert s["validation_dice_mean"] == pytest.approx(sum(s["validation_dice"].values()) / 2)
+    assert s["ablation_no_augmentation"] is None  # the smoke profile runs no fold0-noaug
+    n = s["n_patients"]
+    assert n["internal_test"] >= 1 and n["external_test"] >= 1 and n["train"] >= 2
+    _check_test_set(s["internal"], n["internal_test"], 64)
+    _check_test_set(s["external"], n["external_test"], 64)
+    for name, key in (("center 1 (internal)", "internal"), ("center 2 (external)", "external")):
+        p = s["predicted_slices"][name]
+        assert p["shape"] == [64, 64] and p["n"] == s[key]["n_positive_slices"] + s[key]["n_negative_slices"]
+    pre = s["preprocessing"]
+    assert pre["train_scans"] == n["train"]
+    assert pre["kept"] + pre["excluded_by_entropy"] == pre["lesion_slices"] <= pre["slices"]
+    assert pre["augmented_copies"] == 2 * pre["kept"] and pre["exported_cases"] == 3 * pre["kept"]
+    # the folds ran in their own processes and were cached; the nnU-Net artefacts exist
+    cache_root = out / "cache" / NOTEBOOK
+    assert {p.name.split("-")[0] for p in cache_root.iterdir() if not p.name.startswith(".")} == {"fold0", "fold1"}
+    ws = next((out / NOTEBOOK).glob("nnunet-*"))
+    assert len(list(ws.glob("workspace/nnUNet_raw/Dataset001_*/imagesTr/*_0000.nii.gz"))) == pre["exported_cases"]
+    splits = json.loads(next(ws.glob("workspace/nnUNet_preprocessed/Dataset001_*/splits_final.json")).read_text())
+    assert len(splits) == 2 and not any("_aug" in c for f in splits for c in f["val"])
+    for k in (0, 1):
+        assert next(ws.glob(f"workspace/nnUNet_results/*/*/fold_{k}/checkpoint_final.pth")).is_file()
+    assert (out.parent / "book" / f"{NOTEBOOK}.ipynb").is_file()
+
+
+def test_mslub_real_data(mslub_run):
+    out, s = mslub_run
+    assert s["cohort"] == "mslub" and s["leakage_audit"] == "passed"
+    assert s["n_patients"] == {"train": 1, "internal_test": 1, "external_test": 0}
+    assert s["fold_unit"] == "slab" and s["external"] is None and s["centers"]["external"] == []
+    pre = s["preprocessing"]
+    assert pre["brain_source"] == {"nonzero": 1}  # skull-stripped images without a brain mask
+    assert pre["slices"] == 182 and pre["kept"] > 0 and pre["exported_cases"] == 3 * pre["kept"]
+    assert pre["pixel_spacing_mm"] == pytest.approx([218 / 64, 218 / 64])  # 218 mm FOV on 64 pixels
+    ws = next((out / NOTEBOOK).glob("nnunet-*"))
+    assert len(list(ws.glob("workspace/nnUNet_raw/Dataset001_*/imagesTr/*_0000.nii.gz"))) == pre["exported_cases"]
+    assert all(0 <= d <= 1 for d in s["validation_dice"].values()) and len(s["validation_dice"]) == 2
+    _check_test_set(s["internal"], 1, 64)
+    pred = s["predicted_slices"]["center 1 (internal)"]
+    assert pred["shape"] == [64, 64]
+    assert pred["n"] == s["internal"]["n_positive_slices"] + s["internal"]["n_negative_slices"]
+    for m in ("dice", "iou", "ppv", "sensitivity"):
+        assert _finite(s["internal"]["voxel_level"][m]["mean"])

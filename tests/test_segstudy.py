@@ -1,0 +1,389 @@
+"""Unit tests of msutils.segstudy (seed 003 study steps) and msutils.io.file_lock.
+
+A tiny on-disk cohort (8 MS patients in centers A/B, one healthy control, 1 of
+them with two sessions; 20 x 24 x 12 voxels) exercises the split, the slice
+preprocessing, the training pool with its augmented copies, the evaluated
+test slices and the evaluation with hand-made predictions. nnU-Net itself
+(export, planning, training, prediction) runs in tests/test_notebook_03.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from msutils import segstudy as S
+from msutils.cohort import load_cohort, write_manifest
+from msutils.io import file_lock
+from msutils.metrics import classification_metrics
+
+SHAPE = (20, 24, 12)  # x, y, z (z = axial)
+ZOOMS = (2.0, 2.0, 3.0)
+
+
+def _volume(rng: np.random.Generator, lesions: list[tuple[int, int, int, int]]) -> tuple[np.ndarray, ...]:
+    """FLAIR (brain ellipsoid + bright lesions + noise outside), brain mask, lesion mask."""
+    x, y, z = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    brain = ((x - 9.5) / 8) ** 2 + ((y - 11.5) / 10) ** 2 + ((z - 5.5) / 5) ** 2 < 1
+    lesion = np.zeros(SHAPE, bool)
+    for cx, cy, cz, r in lesions:
+        lesion |= ((x - cx) ** 2 + (y - cy) ** 2 < r * r) & (z == cz) & brain
+    flair = np.where(brain, 100 + rng.normal(0, 2, SHAPE), rng.uniform(1, 5, SHAPE))
+    flair = np.where(lesion, 200.0, flair).astype(np.float32)
+    return flair, brain.astype(np.uint8), lesion.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segcohort")
+    rng = np.random.default_rng(0)
+    affine = np.diag([*ZOOMS, 1.0])
+    rows = []
+    # (subject, center, group, session, lesions (x, y, z, radius), brain mask in the manifest)
+    subjects = [(f"ms{i:02d}", "A", "MS", [(9, 11, 4, 3), (9, 11, 6, 3), (12, 8, 5, 2)], True) for i in range(6)]
+    subjects += [(f"ms{i:02d}", "B", "MS", [(9, 11, 5, 3)], False) for i in (6, 7)]
+    subjects += [("hc00", "A", "HC", [], True)]
+    for subject, center, group, lesions, with_brain in subjects:
+        sessions = ["ses-01", "ses-02"] if subject == "ms00" else ["ses-01"]
+        for ses in sessions:
+            flair, brain, lesion = _volume(rng, lesions)
+            if not with_brain:  # an already skull-stripped image without a brain mask
+                flair = np.where(brain > 0, flair, 0.0).astype(np.float32)
+            folder = root / subject / ses
+            folder.mkdir(parents=True)
+            for name, arr in (("flair", flair), ("t1", flair), ("brain_mask", brain), ("lesion_mask", lesion)):
+                nib.save(nib.Nifti1Image(arr, affine), folder / f"{name}.nii.gz")
+            rows.append({
+                "subject_id": subject, "session": ses, "center": center, "scanner": f"scanner-{center}",
+                "group": group, "course": "RR" if group == "MS" else "NA", "age": 40, "sex": "F",
+                "disease_duration": 5 if group == "MS" else None, "edss": 2.0 if group == "MS" else None,
+                "t1": f"{subject}/{ses}/t1.nii.gz", "flair": f"{subject}/{ses}/flair.nii.gz",
+                "brain_mask": f"{subject}/{ses}/brain_mask.nii.gz",
+                "lesion_mask": f"{subject}/{ses}/lesion_mask.nii.gz", "roi_labels": "",
+            })
+    meta = {"name": "seg-toy", "description": "test cohort", "images": ["t1", "flair"],
+            "masks": ["brain_mask", "lesion_mask"], "roi_labels": {}, "roi_sets": {}}
+    path = write_manifest(pd.DataFrame(rows), meta, root / "manifest.csv")
+    return load_cohort(path)
+
+
+CFG = S.SegConfig(image_size=12, n_aug_copies=2, seed=0)
+
+
+# --------------------------------------------------------------------------- io.file_lock
+def _hold_lock(path: str, log: str) -> None:
+    with file_lock(path):
+        Path(log).write_text("child in\n")
+        time.sleep(0.6)
+        with open(log, "a") as fh:
+            fh.write("child out\n")
+
+
+def test_file_lock_excludes_other_processes(tmp_path):
+    lock = tmp_path / "sub" / ".x.lock"  # parent folder created on demand
+    log = tmp_path / "log.txt"
+    proc = multiprocessing.get_context("fork").Process(target=_hold_lock, args=(str(lock), str(log)))
+    proc.start()
+    deadline = time.time() + 20
+    while not log.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    with file_lock(lock) as got:
+        text = log.read_text()  # the child released the lock only after writing "child out"
+    proc.join(10)
+    assert got == lock and lock.is_file()
+    assert text == "child in\nchild out\n"
+    with file_lock(lock):  # reusable once released, also after an error inside the block
+        pass
+    with pytest.raises(RuntimeError, match="boom"), file_lock(lock):
+        raise RuntimeError("boom")
+    with file_lock(lock):
+        pass
+
+
+# --------------------------------------------------------------------------- config
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match=r"'image_size' must be an integer >= 8; got 4"):
+        S.SegConfig(image_size=4)
+    with pytest.raises(ValueError, match=r"'brain_source' must be one of \['auto', 'manifest', 'nonzero', "
+                                         r"'estimate'\]; got 'bet'"):
+        S.SegConfig(brain_source="bet")
+    with pytest.raises(ValueError, match=r"'device' must be one of \['auto', 'cpu', 'cuda'\]; got 'gpu'"):
+        S.SegConfig(device="gpu")
+    with pytest.raises(ValueError, match=r"'n_stages' must be an integer >= 1 or None; got 0"):
+        S.SegConfig(n_stages=0)
+    with pytest.raises(ValueError, match=r"'overlap_threshold' must be a number in \[0, 1\]; got 1.5"):
+        S.SegConfig(overlap_threshold=1.5)
+    assert S.resolve_device("cpu") == "cpu"
+
+
+def test_fold_index():
+    assert S.fold_index("fold3") == (3, "aug")
+    assert S.fold_index("fold0-noaug") == (0, "noaug")
+    with pytest.raises(ValueError, match="fold names must look like 'fold<k>' or 'fold<k>-noaug'; got 'cv1'"):
+        S.fold_index("cv1")
+
+
+def test_workspace_key_depends_on_data_settings_only(cohort):
+    scans = S.study_scans(cohort)
+    split = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, seed=0)
+    key = S.workspace_key(cohort, split, CFG)
+    assert len(key) == 16
+    from dataclasses import replace
+
+    assert S.workspace_key(cohort, split, replace(CFG, num_epochs=3, device="cpu", use_mirroring=False)) == key
+    assert S.workspace_key(cohort, split, replace(CFG, image_size=16)) != key
+    assert S.workspace_key(cohort, split, replace(CFG, n_aug_copies=5)) != key
+    other = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, seed=1)
+    assert other["train"] != split["train"] and S.workspace_key(cohort, other, CFG) != key
+
+
+# --------------------------------------------------------------------------- patients and split
+def test_study_scans_ms_first_session(cohort):
+    scans = S.study_scans(cohort)
+    assert list(scans.index) == [f"ms{i:02d}_ses-01" for i in range(8)]
+    assert "hc00_ses-01" not in scans.index
+
+
+def test_study_scans_requires_lesion_masks(cohort):
+    bad = cohort.table.copy()
+    bad.loc["ms03_ses-01", "lesion_mask"] = None
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"column 'lesion_mask' is empty for MS scan\(s\) \['ms03_ses-01'\]"):
+        S.study_scans(replace(cohort, table=bad))
+
+
+def test_resolve_centers(cohort):
+    scans = S.study_scans(cohort)
+    assert S.resolve_centers(scans) == ("A", ["B"])
+    assert S.resolve_centers(scans, "B") == ("B", ["A"])
+    with pytest.raises(ValueError, match=r"'main_center' must be one of \['A', 'B'\]; got 'Z'"):
+        S.resolve_centers(scans, "Z")
+    with pytest.raises(ValueError, match=r"'external_center' must be one of \['B'\] \(not the main center\); "
+                                         r"got 'A'"):
+        S.resolve_centers(scans, "A", "A")
+
+
+def test_study_split_subject_folds(cohort):
+    scans = S.study_scans(cohort)
+    split = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, test_size=0.25, seed=0)
+    a = {f"ms{i:02d}" for i in range(6)}
+    assert len(split["test"]) == 2 and len(split["train"]) == 4  # ceil(0.25 * 6) = 2 internal test patients
+    assert set(split["train"]) | set(split["test"]) == a and not set(split["train"]) & set(split["test"])
+    assert split["external"] == ["ms06", "ms07"] and split["unused"] == []
+    assert split["fold_unit"] == "subject" and split["internal_center"] == "A"
+    vals = [set(f["test"]) for f in split["inner"]]
+    assert len(vals) == 2 and vals[0] | vals[1] == set(split["train"]) and not vals[0] & vals[1]
+    assert [len(v) for v in vals] == [2, 2]
+    # same seed, same split; another seed, another one
+    again = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, seed=0)
+    assert again == split
+
+
+def test_study_split_slab_fallback_and_single_center(cohort):
+    scans = S.study_scans(cohort)
+    split = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=5, seed=0)
+    assert split["fold_unit"] == "slab" and "inner" not in split and len(split["train"]) == 4
+    two = scans.loc[["ms06_ses-01", "ms07_ses-01"]]
+    one_center = S.study_split(two, main_center="B", external_centers=[], n_folds=2, seed=0)
+    assert len(one_center["train"]) == 1 and len(one_center["test"]) == 1
+    assert one_center["external"] == [] and one_center["fold_unit"] == "slab"
+    with pytest.raises(ValueError, match="the main center 'B' has 1 MS patient"):
+        S.study_split(two.iloc[:1], main_center="B", n_folds=2)
+
+
+def test_fold_groups_subject_and_slab():
+    cases = pd.DataFrame({
+        "case_id": ["a_s001", "a_s001_aug1", "a_s002", "a_s003", "a_s004", "b_s002", "b_s005", "b_s005_aug1"],
+        "subject_id": ["a", "a", "a", "a", "a", "b", "b", "b"],
+        "slice": [1, 1, 2, 3, 4, 2, 5, 5],
+    })
+    groups, val = S.fold_groups(cases, {"fold_unit": "subject", "n_folds": 2,
+                                        "inner": [{"test": ["b"]}, {"test": ["a"]}]})
+    assert val == [["b"], ["a"]] and groups["a_s001_aug1"] == "a" and groups["b_s005"] == "b"
+    groups, val = S.fold_groups(cases, {"fold_unit": "slab", "n_folds": 2})
+    # a: positions [1, 2, 3, 4] -> blocks [1, 2] | [3, 4]; b: [2, 5] -> [2] | [5]
+    assert groups == {"a_s001": "a#slab0", "a_s001_aug1": "a#slab0", "a_s002": "a#slab0", "a_s003": "a#slab1",
+                      "a_s004": "a#slab1", "b_s002": "b#slab0", "b_s005": "b#slab1", "b_s005_aug1": "b#slab1"}
+    assert val == [["a#slab0", "b#slab0"], ["a#slab1", "b#slab1"]]
+    with pytest.raises(ValueError, match="patient 'b' has 2 training slice"):
+        S.fold_groups(cases, {"fold_unit": "slab", "n_folds": 3})
+
+
+# --------------------------------------------------------------------------- slices
+def test_pad_to_square():
+    vol = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    out, widths = S.pad_to_square(vol, axis=2)
+    assert out.shape == (3, 3, 4) and widths == ((0, 1), (0, 0), (0, 0))
+    np.testing.assert_array_equal(out[:2], vol)
+    assert not out[2].any()
+    out, widths = S.pad_to_square(np.ones((5, 2, 7)), axis=0)  # in-plane axes 1 and 2 -> 7 x 7
+    assert out.shape == (5, 7, 7) and widths == ((0, 0), (2, 3), (0, 0)) and out.sum() == 70
+    same, widths = S.pad_to_square(np.ones((4, 4, 2)))
+    assert same.shape == (4, 4, 2) and widths == ((0, 0),) * 3
+
+
+def _without_brain_masks(cohort, scan_ids):
+    from dataclasses import replace
+
+    table = cohort.table.copy()
+    table.loc[list(scan_ids), "brain_mask"] = None
+    return replace(cohort, table=table)
+
+
+def test_brain_mask_sources(cohort):
+    flair = cohort.array("ms00_ses-01", "flair")
+    mask, used = S.brain_mask_for(cohort, "ms00_ses-01", flair, "auto")
+    assert used == "manifest" and mask.sum() == (cohort.array("ms00_ses-01", "brain_mask") > 0).sum()
+    cohort = _without_brain_masks(cohort, ["ms06_ses-01"])
+    stripped = cohort.array("ms06_ses-01", "flair")  # no brain mask, background exactly 0
+    mask, used = S.brain_mask_for(cohort, "ms06_ses-01", stripped, "auto")
+    assert used == "nonzero" and mask.sum() == np.count_nonzero(stripped)
+    assert S.brain_mask_for(cohort, "ms00_ses-01", flair, "estimate") == (None, "estimate")
+    noisy = stripped + 1.0  # no zero background, no mask -> the fallback
+    assert S.brain_mask_for(cohort, "ms06_ses-01", noisy, "auto") == (None, "estimate")
+    with pytest.raises(ValueError, match="scan 'ms06_ses-01' of .* has no 'brain_mask'"):
+        S.brain_mask_for(cohort, "ms06_ses-01", stripped, "manifest")
+
+
+def test_scan_slices_geometry_and_entropy(cohort):
+    s = S.scan_slices(cohort, "ms00_ses-01", CFG)
+    assert s.subject_id == "ms00" and s.center == "A" and s.brain_source == "manifest"
+    assert s.stack.images.shape == (12, 12, 12) and len(s.stack) == SHAPE[2]
+    # in-plane 20 x 24 padded to 24 x 24 at 2 mm, resized to 12 x 12 -> 4 mm pixels
+    assert s.spacing == (4.0, 4.0)
+    assert float(s.stack.images.max()) <= 1.0 and float(s.stack.images.min()) >= 0.0
+    kept = s.kept(0.01)
+    assert list(np.flatnonzero(kept)) == [4, 5, 6]  # the three lesion slices
+    p = s.stack.masks[kept].reshape(3, -1).mean(axis=1)
+    h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    np.testing.assert_allclose(s.stack.entropy[kept], h)
+    neg = s.negatives(0.25)
+    area = s.stack.brain.reshape(12, -1).sum(axis=1)
+    expected = (area > 0) & (area >= 0.25 * area.max()) & ~s.stack.masks.reshape(12, -1).any(axis=1)
+    np.testing.assert_array_equal(neg, expected)
+    assert neg.sum() > 0 and not (neg & kept).any()
+
+
+def test_training_slices_counts_ids_and_seeding(cohort):
+    scans = ["ms01_ses-01", "ms02_ses-01"]
+    pool = S.training_slices(cohort, scans, CFG)
+    cases = pool.cases
+    assert len(cases) == len(pool.images) == len(pool.masks)
+    assert list(pool.counts["kept"]) == [3, 3]
+    assert list(pool.counts["copies"]) == [6, 6]  # 2 copies x 3 kept slices
+    assert (pool.counts["kept"] + pool.counts["excluded_small"] == pool.counts["lesion_slices"]).all()
+    assert int((~cases["augmented"]).sum()) == 6 and int(cases["augmented"].sum()) == 12
+    assert cases["case_id"].is_unique
+    assert "ms01_ses-01_s004" in set(cases["case_id"]) and "ms01_ses-01_s004_aug2" in set(cases["case_id"])
+    assert set(cases.loc[cases["augmented"], "copy"]) == {1, 2}
+    assert pool.spacing == (4.0, 4.0) and set(np.unique(pool.masks)) <= {0, 1}
+    # a scan's copies do not depend on the other scans of the pool (per-scan seeds)
+    alone = S.training_slices(cohort, ["ms02_ses-01"], CFG)
+    sel = (cases["scan_id"] == "ms02_ses-01").to_numpy()
+    np.testing.assert_array_equal(alone.images, pool.images[sel])
+    np.testing.assert_array_equal(alone.masks, pool.masks[sel])
+    plain = S.training_slices(cohort, scans, CFG, augment=False)
+    assert len(plain.cases) == 6 and not plain.cases["augmented"].any()
+    np.testing.assert_array_equal(plain.images, pool.images[pool.originals()])
+
+
+def test_draw_negatives_rule():
+    eligible = np.array([1, 0, 1, 1, 0, 1, 1, 1], bool)
+    idx = np.flatnonzero(eligible)
+    expected = np.sort(np.random.default_rng(3).choice(idx, size=4, replace=False))
+    np.testing.assert_array_equal(S.draw_negatives(eligible, 4, 1.0, seed=3), expected)
+    assert len(S.draw_negatives(eligible, 2, 1.5, seed=0)) == 3
+    np.testing.assert_array_equal(S.draw_negatives(eligible, 10, 1.0), idx)  # fewer than wanted: all
+    assert S.draw_negatives(eligible, 0).size == 0
+
+
+def test_eval_slices_balanced(cohort):
+    cohort = _without_brain_masks(cohort, ["ms06_ses-01"])  # skull-stripped, no mask: brain = non-zero voxels
+    ev = S.eval_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG, name="toy")
+    t = ev.slices
+    assert len(ev) == len(ev.images) == len(ev.masks)
+    assert list(ev.counts["positives"]) == [3, 1]
+    assert int(t["positive"].sum()) == 4 and int((~t["positive"]).sum()) == 4  # negative_ratio 1
+    assert (t.loc[t["positive"], "lesion_pixels"] > 0).all() and (t.loc[~t["positive"], "lesion_pixels"] == 0).all()
+    assert not t.duplicated(["scan_id", "slice"]).any()
+    assert (t.loc[t["positive"], "entropy"] >= 0.01).all()
+    assert set(t["spacing_r"]) == {4.0}
+    assert ev.counts["brain_source"].to_dict() == {"ms00_ses-01": "manifest", "ms06_ses-01": "nonzero"}
+    again = S.eval_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG)
+    pd.testing.assert_frame_equal(again.slices, t)
+
+
+def test_evaluate_known_counts(cohort):
+    ev = S.eval_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG)
+    truth = ev.masks
+    pos = np.flatnonzero(ev.slices["positive"].to_numpy())
+    neg = np.flatnonzero(~ev.slices["positive"].to_numpy())
+    pred = truth.copy()
+    pred[pos[0]] = 0  # a missed lesion slice: FN, dice 0, HD95 undefined
+    pred[neg[0], 0, 0] = 1  # a false alarm on a negative slice: FP
+    res = S.evaluate_test_set(ev, pred, CFG, n_boot=200)
+    assert res.slice_metrics == pytest.approx(classification_metrics(tp=3, fp=1, tn=3, fn=1))
+    assert res.n_patients == 2 and len(res.voxel) == 4
+    np.testing.assert_allclose(sorted(res.voxel["dice"]), [0.0, 1.0, 1.0, 1.0])
+    assert res.voxel_summary.loc["dice", "mean"] == pytest.approx(0.75)
+    assert res.voxel_summary.loc["dice", "n_units"] == 2
+    assert res.voxel_summary.loc["hd95", "n"] == 3 and res.voxel_summary.loc["hd95", "mean"] == 0.0
+    s = res.summary()
+    assert s["n_positive_slices"] == 4 and s["n_negative_slices"] == 4
+    assert s["voxel_level"]["dice"]["mean"] == pytest.approx(0.75)
+    # Figs 4-5: only positives change with the threshold; a perfect hit stays TP up to 0.95
+    assert list(res.curve["threshold"]) == list(S.THRESHOLDS)
+    assert (res.curve["tp"] == 3).all() and (res.curve["fp"] == 1).all()
+    with pytest.raises(ValueError, match="'preds' shape"):
+        S.evaluate_test_set(ev, pred[:-1], CFG)
+
+
+def test_paper_counts_reproduce_printed_table5_with_swapped_labels():
+    m = S.paper_slice_metrics()
+    c1, c2 = m["center 1 (internal)"], m["center 2 (external)"]
+    # printed: accuracy 83.3, "sensitivity" 99.5, "PPV" 75.1, "NPV" 99.3
+    assert round(100 * c1["accuracy"], 1) == 83.3
+    assert round(100 * c1["specificity"], 1) == 99.5
+    assert round(100 * c1["npv"], 1) == 75.1
+    assert round(100 * c1["ppv"], 1) == 99.3
+    assert round(c1["sensitivity"], 3) == 0.670
+    # center 2: accuracy 76.1, "sensitivity" 100, "PPV" 67.7, "NPV" 100
+    assert round(100 * c2["accuracy"], 1) == 76.1
+    assert c2["specificity"] == 1.0 and c2["ppv"] == 1.0
+    assert 100 * c2["npv"] == pytest.approx(67.7, abs=0.06)  # 23/34 = 67.65 %, printed 67.7
+    assert round(c2["sensitivity"], 3) == 0.522
+    paper, ours = S.paper_vs_ours_rows({"center 1 (internal)": None})
+    assert ours == {} and paper["center 1 (internal)"]["DSC"] == 0.703
+    assert paper["center 2 (external)"]["sensitivity"] == pytest.approx(12 / 23)
+
+
+def test_prepare_workspace_reuses_marker_without_recomputing(cohort, tmp_path, monkeypatch):
+    """A prepared workspace (marker present) is reused: nothing is exported or planned again."""
+    import json
+
+    from msutils import nnunet as N
+
+    scans = S.study_scans(cohort)
+    split = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, seed=0)
+    key = S.workspace_key(cohort, split, CFG)
+    marker = tmp_path / f"nnunet-{key}" / "aug" / "prepared.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"key": key, "n_cases": 7}))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("must not export again")
+
+    monkeypatch.setattr(N, "export_dataset", boom)
+    prepared = S.prepare_workspace(cohort, split, CFG, tmp_path)
+    assert prepared.info == {"key": key, "n_cases": 7} and prepared.dataset_id == 1
+    assert prepared.root == (tmp_path / f"nnunet-{key}").resolve()
+    assert (tmp_path / f".nnunet-{key}-aug.lock").is_file()
+    with pytest.raises(ValueError, match=r"'variant' must be one of \['aug', 'noaug'\]; got 'x'"):
+        S.prepare_workspace(cohort, split, CFG, tmp_path, variant="x")
