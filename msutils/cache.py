@@ -41,6 +41,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from msutils.io import file_lock
+
 __all__ = [
     "FOLD_END_TAG",
     "PARAMETER_TAGS",
@@ -159,12 +161,18 @@ def manifest_identity(manifest: str | os.PathLike | None, params: Mapping[str, A
     -------
     str
         ``"sha256:<hex of CSV bytes + sidecar bytes>"`` or
-        ``"synthetic:preset=<preset>:seed=<seed>"``.
+        ``"synthetic:preset=<preset>:seed=<seed>:params=<generator parameter hash>"``.
     """
     params = params or {}
     if manifest is None:
+        from msutils import synth
+
         preset = params.get("preset", params.get("profile"))
-        return f"synthetic:preset={preset}:seed={params.get('seed')}"
+        try:
+            version = synth.params_hash(synth.get_params(preset))[:16]
+        except ValueError:  # not a synthetic preset name: the notebook will say so
+            version = "unknown"
+        return f"synthetic:preset={preset}:seed={params.get('seed')}:params={version}"
     path = Path(manifest).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
@@ -349,6 +357,9 @@ class FoldCache:
     ) -> Any:
         """Return ``fold``'s cached result, computing and storing it if missing.
 
+        Concurrent callers (threads or processes) asking for the same entry
+        compute it once: the others wait on a file lock and load it.
+
         Parameters
         ----------
         fold : str
@@ -368,6 +379,13 @@ class FoldCache:
         """
         name = self._fold_name(fold)
         key = self.key(name)
+        # Processes asking for the same entry at once (e.g. every fold run needing a
+        # shared stage) wait here: the first computes it, the others load it.
+        with file_lock(self.out_dir / "cache" / ".locks" / self.notebook / f"{name}-{key[:16]}.lock"):
+            return self._get_or_compute_locked(name, key, compute_fn, pass_dir)
+
+    def _get_or_compute_locked(self, name: str, key: str, compute_fn: Callable[..., Any],
+                               pass_dir: bool) -> Any:
         final = self.root / f"{name}-{key[:16]}"
         if self._meta(final, key) is not None:
             logger.info("%s fold %s: cached", self.notebook, name)

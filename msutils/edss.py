@@ -57,7 +57,6 @@ import os
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,7 +112,6 @@ __all__ = [
     "table2",
     "site_table1",
     "adjusted_site_pvalue",
-    "shared_get_or_compute",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1528,28 +1526,3 @@ def site_table1(data: StudyData, *, order: Sequence[str] | None = None, seed: in
 
 
 # ---------------------------------------------------------------------------- caching
-def shared_get_or_compute(cache: Any, name: str, compute: Callable[[str], Any]) -> Any:
-    """``cache.get_or_compute(name, compute)`` under an inter-process file lock.
-
-    For work every fold run of a notebook needs (feature extraction, selection on
-    the whole training set): the first fold process computes it, concurrent ones
-    wait and then load the cached entry instead of computing it again.
-
-    Parameters
-    ----------
-    cache : msutils.cache.FoldCache
-    name : str
-        Entry name (a pseudo-fold, e.g. ``"shared"``).
-    compute : callable
-        ``compute(name)`` returning a picklable object.
-    """
-    import fcntl
-
-    root = Path(cache.root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            return cache.get_or_compute(name, compute)
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

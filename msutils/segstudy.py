@@ -98,14 +98,15 @@ __all__ = [
     "SEGSTUDY_VERSION",
     "THRESHOLDS",
     "VARIANTS",
+    "EvalSlices",
+    "Evaluation",
     "PreparedStudy",
     "ScanSlices",
     "SegConfig",
-    "Evaluation",
-    "EvalSlices",
     "TrainingSlices",
     "brain_mask_for",
     "draw_negatives",
+    "eval_slices",
     "evaluate_test_set",
     "fold_fit_log",
     "fold_groups",
@@ -121,7 +122,6 @@ __all__ = [
     "scan_slices",
     "study_scans",
     "study_split",
-    "eval_slices",
     "train_fold",
     "training_slices",
     "workspace_key",
@@ -301,7 +301,7 @@ def study_scans(cohort: Cohort) -> pd.DataFrame:
     Raises
     ------
     ValueError
-        If the cohort has no MS patient, or an MS scan lacks a FLAIR or lesion mask.
+        If the cohort has no MS patient, or an MS scan has no lesion mask.
     """
     table = cohort.table
     ms = table[table["group"] == "MS"]
@@ -881,7 +881,9 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
         ``val_dice`` (mean per-slice Dice), ``val_dice_pooled`` (Dice of all
         validation pixels together), ``train_subjects``, ``val_subjects``,
         ``fit_log`` (:meth:`FitLog.to_dict`), ``checkpoint`` (path),
-        ``settings`` (epochs, iterations, device) and ``seconds``.
+        ``settings`` (epochs, iterations, device) and ``seconds`` (``train``: this
+        call, ~0 when a current checkpoint was reused; ``epochs``: nnU-Net's own
+        epoch times, i.e. what training the network took; ``validate``).
     """
     from msutils import nnunet as N
     from msutils.metrics import voxel_metrics_table
@@ -927,7 +929,8 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
         "workspace": str(prepared.root),
         "settings": {"num_epochs": config.num_epochs, "iterations_per_epoch": config.iterations_per_epoch,
                      "val_iterations": config.val_iterations, "device": device, "seed": config.seed + int(fold)},
-        "seconds": {"train": round(t_train, 2), "validate": round(time.perf_counter() - t0 - t_train, 2)},
+        "seconds": {"train": round(t_train, 2), "validate": round(time.perf_counter() - t0 - t_train, 2),
+                    "epochs": round(float(np.nansum(log["epoch_time_s"])), 2)},
     }
 
 

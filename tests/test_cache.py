@@ -156,8 +156,14 @@ def test_manifest_identity_is_content_hash(tmp_path: Path, nb_path: Path) -> Non
     (d2 / "cohort.csv").write_text("subject_id,edss\ns1,2.5\n")
     assert _cache(nb_path, tmp_path / "o", {**PARAMS, "manifest": str(d2 / "cohort.csv")}).key("cv0") != k1
     assert k1 != _cache(nb_path, tmp_path / "o").key("cv0")  # vs the synthetic default
-    assert manifest_identity(None, {"preset": "quick", "seed": 3}) == "synthetic:preset=quick:seed=3"
-    assert manifest_identity(None, {"profile": "smoke", "seed": 0}) == "synthetic:preset=smoke:seed=0"
+    from msutils import synth
+
+    quick_hash = synth.params_hash(synth.get_params("quick"))[:16]
+    assert manifest_identity(None, {"preset": "quick", "seed": 3}) == (
+        f"synthetic:preset=quick:seed=3:params={quick_hash}")
+    smoke_hash = synth.params_hash(synth.get_params("smoke"))[:16]
+    assert manifest_identity(None, {"profile": "smoke", "seed": 0}) == (
+        f"synthetic:preset=smoke:seed=0:params={smoke_hash}")
     with pytest.raises(FileNotFoundError, match=r"manifest .*missing\.csv does not exist"):
         manifest_identity(tmp_path / "missing.csv")
 
@@ -328,3 +334,33 @@ def test_source_notebook_prefers_explicit_then_cwd(tmp_path: Path, monkeypatch: 
     assert source_notebook("demo") == notebooks_dir() / "demo.ipynb"
     _write(tmp_path / "demo.ipynb", _notebook())
     assert source_notebook("demo") == tmp_path / "demo.ipynb"
+
+
+def test_concurrent_callers_compute_an_entry_once(tmp_path: Path) -> None:
+    """Two callers asking for the same entry at once: one computes, the other loads it."""
+    import threading
+    import time
+
+    nb = Path(__file__).resolve().parent / "notebooks" / "t_folds.ipynb"
+    params = {"profile": "smoke", "fold": None, "manifest": None, "seed": 0,
+              "out_dir": str(tmp_path), "preset": "tiny"}
+    calls: list[str] = []
+    out: list[dict] = []
+
+    def compute(name: str) -> dict:
+        calls.append(name)
+        time.sleep(0.3)
+        return {"value": 42}
+
+    def worker() -> None:
+        out.append(FoldCache("t_folds", params, notebook_path=nb).get_or_compute("shared", compute))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["shared"]
+    assert out == [{"value": 42}, {"value": 42}]
+    meta = json.loads(next((tmp_path / "cache" / "t_folds").glob("shared-*/meta.json")).read_text())
+    assert meta["fold"] == "shared"

@@ -3,9 +3,6 @@ canary on in-memory data), ground-truth mapping, tables, splits and the shared-s
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -371,37 +368,6 @@ def test_site_table1_tests():
     assert t.loc["age, mean (SD)", "P value"] == f"{p_age:.3f}"
     assert t.loc["edss, median [IQR]", "test"] == "Mood's median test"
     assert t.loc["wbv_ml, mean (SD)", "test"] == "OLS site term, adjusted for age, sex, TIV"
-
-
-# ----------------------------------------------------------------------------- shared stage lock
-def test_shared_get_or_compute_computes_once(tmp_path):
-    from msutils.cache import FoldCache
-
-    nb = Path(__file__).resolve().parent / "notebooks" / "t_folds.ipynb"
-    params = {"profile": "smoke", "fold": None, "manifest": None, "seed": 0, "out_dir": str(tmp_path),
-              "preset": "tiny"}
-    calls = []
-
-    def compute(name):
-        calls.append(name)
-        time.sleep(0.3)
-        return {"value": 42}
-
-    out = []
-
-    def worker():
-        cache = FoldCache("t_folds", params, notebook_path=nb)
-        out.append(edss.shared_get_or_compute(cache, "shared", compute))
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert calls == ["shared"]
-    assert out == [{"value": 42}, {"value": 42}]
-    meta = json.loads(next((tmp_path / "cache" / "t_folds").glob("shared-*/meta.json")).read_text())
-    assert meta["fold"] == "shared"
 
 
 def test_icc_subset_modes():

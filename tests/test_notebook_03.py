@@ -96,6 +96,7 @@ def test_smoke_summary(smoke_run):
     assert all(0 <= d <= 1 for d in s["validation_dice"].values())
     assert s["validation_dice_mean"] == pytest.approx(sum(s["validation_dice"].values()) / 2)
     assert s["ablation_no_augmentation"] is None  # the smoke profile runs no fold0-noaug
+    assert all(s["seconds"]["folds"][f]["epochs"] > 0 for f in ("fold0", "fold1"))  # nnU-Net really trained
     n = s["n_patients"]
     assert n["internal_test"] >= 1 and n["external_test"] >= 1 and n["train"] >= 2
     _check_test_set(s["internal"], n["internal_test"], 64)
