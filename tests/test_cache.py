@@ -288,8 +288,10 @@ def test_concurrent_writer_keeps_the_first_entry(tmp_path: Path, nb_path: Path) 
     first = _cache(nb_path, tmp_path / "out")
     second = _cache(nb_path, tmp_path / "out")
 
-    def slow(fold: str) -> str:  # another process stores the same fold meanwhile
-        second.get_or_compute(fold, lambda f: "theirs")
+    def slow(fold: str) -> str:
+        # a writer the file lock did not serialise (e.g. another host on a file system
+        # without flock) stores the same fold meanwhile
+        second._get_or_compute_locked(fold, second.key(fold), lambda f: "theirs", False)
         return "ours"
 
     assert first.get_or_compute("cv0", slow) == "ours"

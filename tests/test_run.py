@@ -55,10 +55,10 @@ def test_packaged_profiles() -> None:
     assert profiles.profile_folds("02_edss_regression", "quick") == [f"cv{i}" for i in range(10)]
     assert profiles.profile_folds("02_edss_regression", "paper") == [f"cv{i}" for i in range(10)]
     assert profiles.profile_folds("03_flair_nnunet", "smoke") == ["fold0", "fold1"]
-    assert profiles.profile_folds("03_flair_nnunet", "quick") == [f"fold{i}" for i in range(5)]
+    assert profiles.profile_folds("03_flair_nnunet", "quick") == [f"fold{i}" for i in range(5)] + ["fold0-noaug"]
     assert profiles.get_profile("02_edss_regression", "quick").parameters == {"preset": "edss-quick"}
     assert profiles.get_profile("00_cohort", "paper").parameters == {"preset": "paper"}
-    assert profiles.get_profile("03_flair_nnunet", "smoke").parameters == {"preset": "smoke"}
+    assert profiles.get_profile("03_flair_nnunet", "smoke").parameters["preset"] == "smoke"
 
 
 def test_unknown_profile_and_notebook_messages() -> None:
