@@ -26,6 +26,14 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Notebook parameter overrides from ``--set`` and ``--manifest``."""
+    overrides = parse_overrides(args.set)
+    if args.manifest:
+        overrides["manifest"] = str(Path(args.manifest).resolve())
+    return overrides
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from msutils import synth
 
@@ -50,9 +58,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from msutils.run import run_notebook
 
-    overrides = parse_overrides(args.set)
-    if args.manifest:
-        overrides["manifest"] = str(Path(args.manifest).resolve())
+    overrides = _overrides(args)
     summary = run_notebook(
         args.notebook,
         profile=args.profile,
@@ -70,9 +76,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_book(args: argparse.Namespace) -> int:
     from msutils.run import build_book
 
-    overrides = parse_overrides(args.set)
-    if args.manifest:
-        overrides["manifest"] = str(Path(args.manifest).resolve())
+    overrides = _overrides(args)
     index = build_book(
         profile=args.profile,
         out_dir=Path(args.out) if args.out else None,
