@@ -1,4 +1,4 @@
-"""Benchmark: nnU-Net 2D inference through msutils.nnunet.predict vs nnUNetPredictor directly.
+"""Benchmark: nnU-Net 2D inference through msutils.segmentation.nnunet.predict vs nnUNetPredictor directly.
 
 Makes its own synthetic FLAIR-like slices (ellipse "brain", bright round
 "lesions", noise), exports them, plans a shrunken 2D network (a quick-profile
@@ -7,9 +7,9 @@ like model), trains fold 0 for a few epochs (or reuses the model already in
 
 - ``direct``: ``predictor.predict_single_npy_array`` slice by slice on an
   ``nnUNetPredictor`` built once (what a user of nnU-Net's Python API writes);
-- ``msutils``: ``msutils.nnunet.predict(..., predictor=predictor)`` (same
+- ``msutils``: ``msutils.segmentation.nnunet.predict(..., predictor=predictor)`` (same
   loaded weights, msutils' loop: one preprocessor for all slices);
-- ``msutils+load``: ``msutils.nnunet.predict`` end to end, loading the
+- ``msutils+load``: ``msutils.segmentation.nnunet.predict`` end to end, loading the
   checkpoint itself.
 
 It prints slices/s for each, the msutils / direct time ratio (overhead; < 1
@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from msutils import nnunet as N
+    from msutils.segmentation import nnunet as N
 
     tmp = None
     if args.workspace is None:
@@ -162,8 +162,8 @@ def main() -> None:
           f"rounds; load_predictor: {t_load:.2f} s (first call, incl. imports)")
     rows = [
         ("direct nnUNetPredictor.predict_single_npy_array", t_direct, c_direct),
-        ("msutils.nnunet.predict (given predictor)", t_ours, c_ours),
-        ("msutils.nnunet.predict (loads weights itself)", t_load2, c_load2),
+        ("msutils.segmentation.nnunet.predict (given predictor)", t_ours, c_ours),
+        ("msutils.segmentation.nnunet.predict (loads weights itself)", t_load2, c_load2),
     ]
     for label, wall, cpu in rows:
         print(f"  {label:<48}: {n / wall:7.2f} slices/s wall, {n / cpu:7.2f} slices per CPU-s")

@@ -1,4 +1,4 @@
-"""Benchmark: msutils.radiomics engine vs naive pyradiomics, measured in one run.
+"""Benchmark: msutils.features.radiomics engine vs naive pyradiomics, measured in one run.
 
 Usage::
 
@@ -10,7 +10,7 @@ whole white matter -- and extracts them twice:
 
 (a) naive: serial; per pair, read the image and label map, build the full-size
     SimpleITK image and ROI mask, run ``RadiomicsFeatureExtractor.execute``;
-(b) the engine: ``msutils.radiomics.extract`` (cropped, full-volume filters /
+(b) the engine: ``msutils.features.radiomics.extract`` (cropped, full-volume filters /
     normalisation shared per scan, vectorised shape mesh, process-parallel with
     ``--n-jobs`` workers, cold cache).
 
@@ -64,7 +64,7 @@ def _naive(cohort, scans, rois, params) -> tuple[dict[tuple[str, str], dict[str,
     import SimpleITK as sitk
     from radiomics import featureextractor
 
-    from msutils import radiomics as rad
+    from msutils.features import radiomics as rad
 
     extractor = featureextractor.RadiomicsFeatureExtractor(rad._pyradiomics_params(rad.validate_params(params)))
     out, times = {}, {}
@@ -92,7 +92,7 @@ def _naive(cohort, scans, rois, params) -> tuple[dict[tuple[str, str], dict[str,
 
 
 def _engine(cohort, scans, rois, params, n_jobs):
-    from msutils import radiomics as rad
+    from msutils.features import radiomics as rad
 
     with tempfile.TemporaryDirectory(prefix="radbench-") as cache:
         t0 = time.perf_counter()
@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from msutils import radiomics as rad
-    from msutils.cohort import load_cohort
+    from msutils.features import radiomics as rad
+    from msutils.data.cohort import load_cohort
 
     manifest = args.manifest
     if manifest is None:

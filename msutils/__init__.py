@@ -1,8 +1,25 @@
 """msutils: the thin library behind the MS study book notebooks.
 
-Each submodule covers one concern (cohort manifests, synthetic data, splits,
-radiomics, runner, ...). Import the submodule you need, e.g.
-``from msutils import cohort``; nothing heavy is imported here.
+Subpackages follow the data flow, lower layers first; a module imports only
+from its own layer or below (``tests/test_layout.py`` enforces it)::
+
+    core/          atomic I/O, paths, environment, parameter checks (validation),
+                   the one process pool (parallel), progress lines, serialisation
+    stats          statistics shared by every study (Table 1 tests, ANOVA, CIs)
+    data/          cohort manifests and their validation, the MSLUB sample,
+                   splits, the leakage audit (FitLog)
+    synth/         the synthetic multi-center MS cohort generator
+    features/      radiomics engine, feature selection, reliability (ICC), volumes
+    segmentation/  nnU-Net bridge, FLAIR slices, overlap metrics, lesion instances,
+                   slice-level classification
+    models/        regression models (and classifiers)
+    studies/       one module per reproduced paper (edss_regression, flair_nnunet, ...)
+    pipeline/      notebook kernel helpers, fold cache, profiles, fan-out runner,
+                   book build, report helpers
+    cli            the ``msutils`` command
+
+Import the module you need, e.g. ``from msutils.data.cohort import load_cohort``;
+nothing heavy is imported here.
 """
 
 __version__ = "0.1.0"

@@ -43,7 +43,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from msutils.cohort import validate_manifest
+    from msutils.data.cohort import validate_manifest
 
     problems = validate_manifest(Path(args.manifest))
     if problems:
@@ -56,7 +56,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from msutils.run import run_notebook
+    from msutils.pipeline.runner import run_notebook
 
     overrides = _overrides(args)
     summary = run_notebook(
@@ -74,7 +74,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
-    from msutils.run import build_book
+    from msutils.pipeline.book import build_book
 
     overrides = _overrides(args)
     index = build_book(

@@ -34,7 +34,7 @@ def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     Tests using it carry ``@pytest.mark.xdist_group("book")`` so that one xdist
     worker builds it once.
     """
-    from msutils.run import build_book
+    from msutils.pipeline.book import build_book
 
     root = tmp_path_factory.mktemp("book")
     for name in ("_config.yml", "_toc.yml"):

@@ -1,4 +1,4 @@
-"""Tests of msutils.cache: content-addressed, atomic per-fold result cache."""
+"""Tests of msutils.pipeline.cache: content-addressed, atomic per-fold result cache."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import msutils
-from msutils.cache import FoldCache, cache_key, code_hash, manifest_identity, source_notebook
+from msutils.pipeline.cache import FoldCache, cache_key, code_hash, manifest_identity
+from msutils.pipeline.notebook_file import source_notebook
 
 PARAMS = {
     "profile": "smoke", "fold": None, "manifest": None, "seed": 0, "out_dir": None, "preset": "tiny", "alpha": 0.5,
@@ -329,7 +330,7 @@ def test_manifest_and_out_dir_default_to_params(tmp_path: Path, nb_path: Path) -
 
 
 def test_source_notebook_prefers_explicit_then_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from msutils.paths import notebooks_dir
+    from msutils.core.paths import notebooks_dir
 
     assert source_notebook("demo", tmp_path / "x.ipynb") == tmp_path / "x.ipynb"
     monkeypatch.chdir(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from msutils.cli import main, parse_overrides
 
@@ -68,7 +70,32 @@ def test_run_cohort_notebook_writes_summary(tmp_path: Path) -> None:
     assert ms < hc  # deep-GM atrophy of the synthetic MS patients
 
 
+def _assert_same_numbers(a: object, b: object, where: str = "") -> None:
+    """Equal structures; floats equal to 1e-9 relative (derived floats may differ in the last bits by CPU)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert sorted(a) == sorted(b), where
+        for k in a:
+            _assert_same_numbers(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_numbers(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12), f"{where}: {a} != {b}"
+    else:
+        assert a == b, where
+
+
 def test_committed_example_manifest_is_what_synth_writes(smoke_cohort: Path) -> None:
+    """The CSV (and every image path / integer in it) is exact; the sidecar's derived floats to 1e-9."""
     example = Path(__file__).resolve().parent.parent / "data_manifests" / "synthetic-smoke"
-    for name in ("manifest.csv", "manifest.yaml"):
-        assert (example / name).read_text() == (smoke_cohort / name).read_text(), name
+    assert (example / "manifest.csv").read_text() == (smoke_cohort / "manifest.csv").read_text()
+    committed = yaml.safe_load((example / "manifest.yaml").read_text())
+    written = yaml.safe_load((smoke_cohort / "manifest.yaml").read_text())
+    _assert_same_numbers(committed, written, "manifest.yaml")
+
+
+def test_same_numbers_check_can_fail() -> None:
+    _assert_same_numbers({"r": 0.8873900450295389}, {"r": 0.8873900450295393})
+    with pytest.raises(AssertionError, match="r: 0.8 != 0.81"):
+        _assert_same_numbers({"r": 0.8}, {"r": 0.81})

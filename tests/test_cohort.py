@@ -1,4 +1,4 @@
-"""Tests for msutils.cohort: manifest validation, loading and writing.
+"""Tests for msutils.data.cohort: manifest validation, loading and writing.
 
 Fixtures are tiny (8x8x8) NIfTI files written in tmp_path with a fixed rng.
 """
@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from msutils import cohort as C
-from msutils.cohort import ManifestError, load_cohort, validate_manifest, write_manifest
+from msutils.data import cohort as C
+from msutils.data.cohort import ManifestError, load_cohort, validate_manifest, write_manifest
 
 SHAPE = (8, 8, 8)
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -398,7 +398,7 @@ def test_shared_file_read_once_reported_per_row(tiny: Path, monkeypatch: pytest.
     for r in rows:
         r["roi_labels"] = "sub-001/ses-01/roi_labels.nii.gz"
     _write_csv(tiny, rows, list(rows[0].keys()))
-    from msutils import manifest_checks
+    from msutils.data import manifest_checks
 
     calls: list[Any] = []
     real = manifest_checks._read_voxels

@@ -1,4 +1,4 @@
-"""Tests of msutils.edss: disconnection proxy, re-segmentation, selection / fit (leakage
+"""Tests of msutils.studies.edss_regression: disconnection proxy, re-segmentation, selection / fit (leakage
 canary on in-memory data), ground-truth mapping, tables, splits and the shared-stage lock."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from msutils import edss
-from msutils.leakage import FitLog, assert_no_leak
-from msutils.selection import perturbed_mask
+from msutils.studies import edss_regression as edss
+from msutils.data.leakage import FitLog, assert_no_leak
+from msutils.features.reliability import perturbed_mask
 
 ROIS = {"thalamus_L": [1], "caudate_L": [3], "gm_001": [101], "gm_030": [130]}
 

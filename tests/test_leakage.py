@@ -1,4 +1,4 @@
-"""Tests of msutils.leakage: the fit log catches held-out subjects reaching a fitted step."""
+"""Tests of msutils.data.leakage: the fit log catches held-out subjects reaching a fitted step."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from msutils import splits as sp
-from msutils.leakage import (
+from msutils.data import splits as sp
+from msutils.data.leakage import (
     FitLog,
     LeakageError,
     assert_disjoint,

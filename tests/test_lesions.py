@@ -1,4 +1,4 @@
-"""Tests for msutils.lesions: instances, matching, lesion-wise and slice-level detection."""
+"""Tests for msutils.segmentation.lesions: instances, matching, lesion-wise and slice-level detection."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from msutils import lesions as L
-from msutils.metrics import classification_metrics
+from msutils.segmentation import lesions as L
+from msutils.segmentation import slice_classification as SC
+from msutils.segmentation.metrics import classification_metrics
 
 
 def _blobs(shape: tuple[int, ...], seed: int, sigma: float = 1.5, level: float = 0.25) -> np.ndarray:
@@ -303,7 +304,7 @@ def _hand_volume() -> tuple[np.ndarray, np.ndarray]:
 
 def test_slice_level_hand_volume_all_negatives():
     pred, truth = _hand_volume()
-    res = L.slice_level_classification(pred, truth, axis=2, negative_ratio=None)
+    res = SC.slice_level_classification(pred, truth, axis=2, negative_ratio=None)
     t = res.table
     assert list(t["slice"]) == list(range(10))
     assert list(t["outcome"]) == ["TN", "TP", "FN", "FN", "FN", "FP", "TN", "TN", "TN", "TN"]
@@ -319,9 +320,9 @@ def test_slice_level_hand_volume_all_negatives():
 
 def test_slice_level_axis_and_connectivity_inside_slice():
     pred, truth = _hand_volume()
-    moved = L.slice_level_classification(np.moveaxis(pred, 2, 0), np.moveaxis(truth, 2, 0), axis=0,
+    moved = SC.slice_level_classification(np.moveaxis(pred, 2, 0), np.moveaxis(truth, 2, 0), axis=0,
                                          negative_ratio=None)
-    ref = L.slice_level_classification(pred, truth, axis=-1, negative_ratio=None)
+    ref = SC.slice_level_classification(pred, truth, axis=-1, negative_ratio=None)
     pd.testing.assert_frame_equal(moved.table, ref.table)
     # GT lesions on consecutive slices are separate 2D lesions, one per slice
     assert list(ref.table["n_truth_lesions"]) == [0, 1, 1, 1, 1, 0, 0, 0, 0, 0]
@@ -329,36 +330,36 @@ def test_slice_level_axis_and_connectivity_inside_slice():
 
 def test_negative_subsampling_balanced_and_reproducible():
     pred, truth = _hand_volume()
-    res = L.slice_level_classification(pred, truth, negative_ratio=1.0, seed=3)
+    res = SC.slice_level_classification(pred, truth, negative_ratio=1.0, seed=3)
     t = res.table
     assert t["sampled"].sum() == 8
     assert t.loc[t["truth_positive"], "sampled"].all()
     neg_idx = np.flatnonzero(~t["truth_positive"].to_numpy())
     expected = np.sort(np.random.default_rng(3).choice(neg_idx, size=4, replace=False))
     np.testing.assert_array_equal(np.flatnonzero((~t["truth_positive"] & t["sampled"]).to_numpy()), expected)
-    again = L.slice_level_classification(pred, truth, negative_ratio=1.0, seed=3)
+    again = SC.slice_level_classification(pred, truth, negative_ratio=1.0, seed=3)
     pd.testing.assert_frame_equal(t, again.table)
     draws = {
-        tuple(L.slice_level_classification(pred, truth, seed=s).table["sampled"]) for s in range(6)
+        tuple(SC.slice_level_classification(pred, truth, seed=s).table["sampled"]) for s in range(6)
     }
     assert len(draws) > 1  # the seed matters
     c = res.counts
     assert c["tp"] + c["fn"] == 4 and c["tn"] + c["fp"] == 4
-    half = L.slice_level_classification(pred, truth, negative_ratio=0.5, seed=0)
+    half = SC.slice_level_classification(pred, truth, negative_ratio=0.5, seed=0)
     assert (half.table["sampled"] & ~half.table["truth_positive"]).sum() == 2
 
 
 def test_negative_subsampling_independent_of_prediction():
     pred, truth = _hand_volume()
-    a = L.slice_level_classification(pred, truth, seed=1)
-    b = L.slice_level_classification(np.zeros_like(pred), truth, seed=1)
+    a = SC.slice_level_classification(pred, truth, seed=1)
+    b = SC.slice_level_classification(np.zeros_like(pred), truth, seed=1)
     assert a.table["sampled"].tolist() == b.table["sampled"].tolist()
 
 
 def test_too_few_negatives_warns_and_uses_all(caplog):
     pred, truth = _hand_volume()
-    with caplog.at_level(logging.WARNING, logger="msutils.lesions"):
-        res = L.slice_level_classification(pred, truth, negative_ratio=3.0)
+    with caplog.at_level(logging.WARNING, logger="msutils.segmentation.lesions"):
+        res = SC.slice_level_classification(pred, truth, negative_ratio=3.0)
     assert "only 6 negative slices available for 12 requested" in caplog.text
     assert res.table["sampled"].all()
 
@@ -367,24 +368,24 @@ def test_brain_mask_restricts_negative_pool():
     pred, truth = _hand_volume()
     brain = np.zeros(truth.shape, bool)
     brain[:, :, 1:8] = True  # slices 0, 8, 9 outside the brain
-    res = L.slice_level_classification(pred, truth, brain_mask=brain, negative_ratio=None)
+    res = SC.slice_level_classification(pred, truth, brain_mask=brain, negative_ratio=None)
     assert list(res.table["eligible"]) == [False] + [True] * 7 + [False, False]
     assert list(np.flatnonzero(res.table["sampled"])) == [1, 2, 3, 4, 5, 6, 7]
     assert res.counts == {"tp": 1, "fp": 1, "tn": 2, "fn": 3}
     with pytest.raises(ValueError, match=r"'brain_mask' must have the shape of 'truth_vol' \(16, 16, 10\)"):
-        L.slice_level_classification(pred, truth, brain_mask=brain[..., :5])
+        SC.slice_level_classification(pred, truth, brain_mask=brain[..., :5])
 
 
 def test_slice_level_validation():
     pred, truth = _hand_volume()
     with pytest.raises(ValueError, match=r"'pred_vol' must be a 3D array; got shape \(16, 16\)"):
-        L.slice_level_classification(pred[..., 0], truth)
+        SC.slice_level_classification(pred[..., 0], truth)
     with pytest.raises(ValueError, match=r"'axis' must be one of \[0, 1, 2, -1, -2, -3\]; got 3"):
-        L.slice_level_classification(pred, truth, axis=3)
+        SC.slice_level_classification(pred, truth, axis=3)
     with pytest.raises(ValueError, match=r"'negative_ratio' must be a non-negative number or None; got -1"):
-        L.slice_level_classification(pred, truth, negative_ratio=-1)
+        SC.slice_level_classification(pred, truth, negative_ratio=-1)
     with pytest.raises(ValueError, match=r"'connectivity' must be one of \[4, 8\] for 2D masks; got 26"):
-        L.slice_level_classification(pred, truth, connectivity=26)
+        SC.slice_level_classification(pred, truth, connectivity=26)
 
 
 def test_slice_stack_with_ids_and_shapes():
@@ -395,22 +396,22 @@ def test_slice_stack_with_ids_and_shapes():
     b_p = np.zeros((6, 10), bool)
     b_p[0, 0] = True
     c_t = np.zeros((6, 10), bool)
-    res = L.slice_stack_classification(
+    res = SC.slice_stack_classification(
         [a_p, b_p, c_t], [a_t, b_t, c_t], ids=[("s1", 3), ("s1", 4), ("s2", 0)], negative_ratio=None
     )
     assert list(res.table["slice"]) == [("s1", 3), ("s1", 4), ("s2", 0)]
     assert list(res.table["outcome"]) == ["TP", "FP", "TN"]
     with pytest.raises(ValueError, match=r"'preds\[1\]' and 'truths\[1\]' must have the same shape"):
-        L.slice_stack_classification([a_p, b_p[:, :5]], [a_t, b_t])
+        SC.slice_stack_classification([a_p, b_p[:, :5]], [a_t, b_t])
     with pytest.raises(ValueError, match=r"'ids' must have one entry per slice \(3\); got 2"):
-        L.slice_stack_classification([a_p, b_p, c_t], [a_t, b_t, c_t], ids=[1, 2])
+        SC.slice_stack_classification([a_p, b_p, c_t], [a_t, b_t, c_t], ids=[1, 2])
 
 
 def test_slice_min_size_filters_tiny_predictions():
     t = np.zeros((3, 8, 8), bool)
     p = np.zeros_like(t)
     p[0, 0, 0] = True  # one-voxel false alarm on an empty slice
-    res = L.slice_stack_classification(p, t, negative_ratio=None, min_size=2)
+    res = SC.slice_stack_classification(p, t, negative_ratio=None, min_size=2)
     assert res.table["outcome"].tolist() == ["TN", "TN", "TN"]
-    res1 = L.slice_stack_classification(p, t, negative_ratio=None)
+    res1 = SC.slice_stack_classification(p, t, negative_ratio=None)
     assert res1.table["outcome"].tolist() == ["FP", "TN", "TN"]

@@ -1,4 +1,4 @@
-"""Tests for msutils.metrics: voxel overlap, HD95 (against MONAI), CIs, threshold curves."""
+"""Tests for msutils.segmentation.metrics: voxel overlap, HD95 (against MONAI), CIs, threshold curves."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from msutils import metrics as M
+from msutils.segmentation import metrics as M
+from msutils.segmentation import slice_classification as SC
 
 
 def _blobs(shape: tuple[int, ...], seed: int, sigma: float = 2.0) -> np.ndarray:
@@ -246,7 +247,7 @@ def _coverage_stack() -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def test_threshold_curve_counts():
     preds, truths = _coverage_stack()
-    curve = M.threshold_curve(preds, truths, thresholds=[0.1, 0.3, 0.6, 0.9], negative_ratio=None)
+    curve = SC.threshold_curve(preds, truths, thresholds=[0.1, 0.3, 0.6, 0.9], negative_ratio=None)
     assert list(curve["threshold"]) == [0.1, 0.3, 0.6, 0.9]
     assert list(curve["tp"]) == [3, 2, 1, 0]
     assert list(curve["fn"]) == [0, 1, 2, 3]
@@ -261,22 +262,22 @@ def test_threshold_curve_counts():
 
 def test_threshold_curve_default_thresholds_and_sampling():
     preds, truths = _coverage_stack()
-    curve = M.threshold_curve(preds, truths, seed=0)
+    curve = SC.threshold_curve(preds, truths, seed=0)
     assert len(curve) == 19
     assert curve["threshold"].tolist() == pytest.approx(np.linspace(0.05, 0.95, 19).tolist())
     assert (curve["tp"] + curve["fn"] == 3).all() and (curve["tn"] + curve["fp"] == 3).all()
     assert curve["sensitivity"].is_monotonic_decreasing
-    stack = M.threshold_curve(np.stack(preds), np.stack(truths), seed=0)
+    stack = SC.threshold_curve(np.stack(preds), np.stack(truths), seed=0)
     pd.testing.assert_frame_equal(curve, stack)
     with pytest.raises(ValueError, match=r"'thresholds' must be a non-empty sequence of numbers in \[0, 1\]"):
-        M.threshold_curve(preds, truths, thresholds=[0.5, 1.5])
+        SC.threshold_curve(preds, truths, thresholds=[0.5, 1.5])
 
 
 def test_threshold_curve_from_volume_classification():
-    from msutils.lesions import slice_level_classification
+    from msutils.segmentation.slice_classification import slice_level_classification
 
     vol_t = np.stack(_coverage_stack()[1], axis=-1)
     vol_p = np.stack(_coverage_stack()[0], axis=-1)
     res = slice_level_classification(vol_p, vol_t, axis=2, negative_ratio=None)
-    curve = M.threshold_curve_from_slices(res, [0.25, 0.55])
+    curve = SC.threshold_curve_from_slices(res, [0.25, 0.55])
     assert list(curve["tp"]) == [2, 1]

@@ -1,4 +1,4 @@
-"""Tests for msutils.mslub and the committed data_manifests/mslub manifest.
+"""Tests for msutils.data.mslub and the committed data_manifests/mslub manifest.
 
 The real-data tests read the MSLUB sample at ``../shared/data/open_ms_data``
 (beside the repository) and skip when it is absent (a fresh clone).
@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from msutils import mslub
-from msutils.cohort import load_cohort, validate_manifest
+from msutils.data import mslub
+from msutils.data.cohort import load_cohort, validate_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = REPO.parent / "shared" / "data" / "open_ms_data"

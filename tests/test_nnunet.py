@@ -1,4 +1,4 @@
-"""Tests for msutils.nnunet (nnU-Net v2 bridge). One tiny dataset is exported, planned and
+"""Tests for msutils.segmentation.nnunet (nnU-Net v2 bridge). One tiny dataset is exported, planned and
 trained once per module (about a minute on 2 CPU cores)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from msutils import nnunet as N
+from msutils.segmentation import nnunet as N
 
 pytestmark = pytest.mark.xdist_group("nnunet")
 
@@ -63,11 +63,11 @@ def trained(tmp_path_factory):
 def test_import_pulls_neither_torchvision_nor_timm():
     code = (
         "import sys\n"
-        "import msutils.nnunet\n"
+        "import msutils.segmentation.nnunet\n"
         "bad = lambda: sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'timm'))\n"
         "assert not bad(), bad()\n"
         "assert 'nnunetv2' not in sys.modules and 'torch' not in sys.modules\n"
-        # every nnunetv2 module msutils.nnunet imports inside its functions
+        # every nnunetv2 module msutils.segmentation.nnunet imports inside its functions
         "from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (\n"
         "    DatasetFingerprintExtractor)\n"
         "from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner\n"

@@ -4,7 +4,7 @@
   has every headline number, finite;
 * leakage canary on the smoke cohort: permuting the internal / external test EDSS
   leaves the selected features and the fitted models unchanged
-  (:func:`msutils.edss.fit_study` called twice);
+  (:func:`msutils.studies.edss_regression.fit_study` called twice);
 * quick profile (slow, ~6-10 min on 2 cores): the best model reaches 60 % of the
   ceiling correlation on the internal test set and the selection recovers at least
   half of the true EDSS drivers.
@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msutils import edss, run
-from msutils.cohort import load_cohort
-from msutils.leakage import FitLog, assert_no_leak
+from msutils.studies import edss_regression as edss
+from msutils.pipeline import runner as run
+from msutils.data.cohort import load_cohort
+from msutils.data.leakage import FitLog, assert_no_leak
 
 NOTEBOOK = "02_edss_regression"
 pytestmark = pytest.mark.xdist_group("notebook_02")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from msutils import run
+from msutils.pipeline import runner as run
 
 NOTEBOOK = "03_flair_nnunet"
 REPO = Path(__file__).resolve().parent.parent

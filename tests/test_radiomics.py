@@ -1,4 +1,4 @@
-"""Tests of msutils.radiomics: cropped extraction == plain pyradiomics, caching, naming."""
+"""Tests of msutils.features.radiomics: cropped extraction == plain pyradiomics, caching, naming."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy import ndimage
 
-from msutils import radiomics as rad
+from msutils.features import radiomics as rad
 
 SHAPE_FO_TEX = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 
@@ -41,7 +41,7 @@ def _plain_pyradiomics(image, mask, spacing, params):
     mk = sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8))
     im.SetSpacing(tuple(float(s) for s in spacing[::-1]))
     mk.SetSpacing(tuple(float(s) for s in spacing[::-1]))
-    with rad._quiet_radiomics():
+    with rad.quiet_pyradiomics():
         res = ex.execute(im, mk)
     return {rad.rename_pyradiomics_key(k): float(v) for k, v in res.items() if not k.startswith("diagnostics_")}
 

@@ -1,4 +1,4 @@
-"""Tests of msutils.regression: per-fold grid search == GridSearchCV, metrics, clinical design."""
+"""Tests of msutils.models.regression: per-fold grid search == GridSearchCV, metrics, clinical design."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scipy.stats import pearsonr
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
 
-from msutils import regression as reg
+from msutils.models import regression as reg
 
 
 class RecordingLog:

@@ -1,4 +1,4 @@
-"""Tests of msutils.profiles and msutils.run (papermill fan-out, resume, Dask, FoldFailed)."""
+"""Tests of msutils.pipeline.profiles and msutils.pipeline (papermill fan-out, resume, Dask, FoldFailed)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msutils import profiles, run
-from msutils.cache import FoldCache
-from msutils.run import FoldFailed
+from msutils.pipeline import book, kernel, notebook_file, profiles
+from msutils.pipeline import runner as run
+from msutils.pipeline.cache import FoldCache
+from msutils.pipeline.runner import FoldFailed
 
 NB_DIR = Path(__file__).resolve().parent / "notebooks"
 PROFILES = NB_DIR / "profiles.yaml"
@@ -109,14 +110,14 @@ def test_profiles_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ------------------------------------------------------------------- notebook-side helpers
 def test_read_parameters_and_notebook_params(tmp_path: Path) -> None:
-    defaults = run.read_parameters(NB_DIR / "t_folds.ipynb")
+    defaults = notebook_file.read_parameters(NB_DIR / "t_folds.ipynb")
     assert defaults == {"profile": "smoke", "fold": None, "manifest": None, "seed": 0, "out_dir": None,
                         "preset": "tiny", "scale": 1, "fail_fold": None, "work_dir": None}
     ns = {**defaults, "fold": "b", "scale": 3, "np": np, "other": 1}
-    assert run.notebook_params(ns, "t_folds", notebook_path=NB_DIR / "t_folds.ipynb") == {
+    assert kernel.notebook_params(ns, "t_folds", notebook_path=NB_DIR / "t_folds.ipynb") == {
         **defaults, "fold": "b", "scale": 3}
     with pytest.raises(KeyError, match=r"parameters \['work_dir'\] of .* are not defined"):
-        run.notebook_params({k: v for k, v in ns.items() if k != "work_dir"}, "t_folds",
+        kernel.notebook_params({k: v for k, v in ns.items() if k != "work_dir"}, "t_folds",
                             notebook_path=NB_DIR / "t_folds.ipynb")
 
     def nb(*cells: tuple[str, list[str]]) -> Path:
@@ -126,22 +127,22 @@ def test_read_parameters_and_notebook_params(tmp_path: Path) -> None:
             for s, t in cells]}))
         return path
 
-    assert run.read_parameters(nb(("%matplotlib inline\na: int = 1\nb = [1, 'x']\nprint(a)", ["parameters"]))) == {
+    assert notebook_file.read_parameters(nb(("%matplotlib inline\na: int = 1\nb = [1, 'x']\nprint(a)", ["parameters"]))) == {
         "a": 1, "b": [1, "x"]}
     with pytest.raises(ValueError) as exc:
-        run.read_parameters(nb(("a = 1\nb = Path('x')", ["parameters"])))
+        notebook_file.read_parameters(nb(("a = 1\nb = Path('x')", ["parameters"])))
     assert str(exc.value) == (
         f"parameter 'b' in the parameters cell of {tmp_path / 'p.ipynb'} must be a literal "
         "(number, string, None, list, dict); got \"Path('x')\""
     )
     with pytest.raises(ValueError, match=r"has no cell tagged 'parameters'"):
-        run.read_parameters(nb(("a = 1", [])))
+        notebook_file.read_parameters(nb(("a = 1", [])))
     with pytest.raises(ValueError, match=r"has 2 cells tagged 'parameters' \(cells \[0, 1\]\); tag exactly one"):
-        run.read_parameters(nb(("a = 1", ["parameters"]), ("b = 1", ["parameters"])))
+        notebook_file.read_parameters(nb(("a = 1", ["parameters"]), ("b = 1", ["parameters"])))
 
 
 def test_write_summary_is_plain_json(tmp_path: Path) -> None:
-    path = run.write_summary(tmp_path, "nb", {"r": np.float64(0.25), "n": np.int64(3), "v": np.arange(3),
+    path = kernel.write_summary(tmp_path, "nb", {"r": np.float64(0.25), "n": np.int64(3), "v": np.arange(3),
                                              "nan": float("nan"), "nested": {"p": Path("/a")}})
     assert path == tmp_path / "nb" / "summary.json"
     assert json.loads(path.read_text()) == {"r": 0.25, "n": 3, "v": [0, 1, 2], "nan": None,
@@ -257,7 +258,7 @@ def test_local_run_then_resume_from_cache(tmp_path: Path, caplog: pytest.LogCapt
     assert record["aggregate"]["status"] == "computed"
     status = run.fold_status("t_folds", profile="smoke", overrides=over, notebooks_dir=NB_DIR,
                              profiles_file=PROFILES, out_dir=out)
-    cache = FoldCache("t_folds", {**run.read_parameters(NB_DIR / "t_folds.ipynb"), **over},
+    cache = FoldCache("t_folds", {**notebook_file.read_parameters(NB_DIR / "t_folds.ipynb"), **over},
                       out_dir=out, notebook_path=NB_DIR / "t_folds.ipynb")
     assert status == {"a": cache.entry_dir("a"), "b": cache.entry_dir("b")}
 
@@ -321,7 +322,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path: Path) -> None:
     (work / "hold-b").write_text("fold b waits while this file exists")
     over = {"work_dir": str(work)}
     script = (
-        "import sys; from pathlib import Path; from msutils.run import run_notebook\n"
+        "import sys; from pathlib import Path; from msutils.pipeline.runner import run_notebook\n"
         f"run_notebook('t_folds', profile='smoke', overrides={over!r}, n_workers=1, notebooks_dir={str(NB_DIR)!r},"
         f" profiles_file={str(PROFILES)!r}, out_dir={str(kw['out_dir'])!r}, executed_dir={str(kw['executed_dir'])!r})\n"
     )
@@ -387,7 +388,7 @@ def _book_root(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_build_book_runs_notebooks_then_jupyter_book(tmp_path: Path) -> None:
     root = _book_root(tmp_path)
-    index = run.build_book("nofolds", out_dir=tmp_path / "out", overrides={"scale": 5}, notebooks_dir=NB_DIR,
+    index = book.build_book("nofolds", out_dir=tmp_path / "out", overrides={"scale": 5}, notebooks_dir=NB_DIR,
                            profiles_file=PROFILES, book_root=root)
     assert index == root / "_build" / "html" / "index.html" and index.is_file()
     page = (root / "_build" / "html" / "book" / "executed" / "t_folds.html").read_text()
@@ -401,15 +402,15 @@ def test_build_book_reports_jupyter_book_failure(tmp_path: Path, monkeypatch: py
     fake = tmp_path / "fake-jb"
     fake.write_text("#!/bin/sh\necho 'Extension error: broken toc'\nexit 2\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(run, "_jupyter_book", lambda: str(fake))
+    monkeypatch.setattr(book, "_jupyter_book", lambda: str(fake))
     root = _book_root(tmp_path)
     with pytest.raises(RuntimeError) as exc:
-        run.build_book("nofolds", notebooks=[], profiles_file=PROFILES, book_root=root)
+        book.build_book("nofolds", notebooks=[], profiles_file=PROFILES, book_root=root)
     assert str(exc.value) == f"jupyter-book build {root} failed (exit 2):\nExtension error: broken toc\n"
     with pytest.raises(ValueError) as exc:
-        run.build_book("nofolds", notebooks=["t_folds", "zz"], profiles_file=PROFILES, book_root=root)
+        book.build_book("nofolds", notebooks=["t_folds", "zz"], profiles_file=PROFILES, book_root=root)
     assert str(exc.value) == "notebooks ['zz'] are not in the profiles file; choose from ['t_folds']"
     with pytest.raises(ValueError) as exc:
-        run.build_book("nofolds", overrides={"seed": 1, "nope": 2}, notebooks_dir=NB_DIR, profiles_file=PROFILES,
+        book.build_book("nofolds", overrides={"seed": 1, "nope": 2}, notebooks_dir=NB_DIR, profiles_file=PROFILES,
                        book_root=root)
     assert str(exc.value) == "parameters ['nope'] are not defined by any of the notebooks ['t_folds']"

@@ -1,4 +1,4 @@
-"""Unit tests of msutils.segstudy (seed 003 study steps) and msutils.io.file_lock.
+"""Unit tests of msutils.studies.flair_nnunet (seed 003 study steps) and msutils.core.io.file_lock.
 
 A tiny on-disk cohort (8 MS patients in centers A/B, one healthy control, 1 of
 them with two sessions; 20 x 24 x 12 voxels) exercises the split, the slice
@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msutils import segstudy as S
-from msutils.cohort import load_cohort, write_manifest
-from msutils.io import file_lock
-from msutils.metrics import classification_metrics
+from msutils.studies import flair_nnunet as S
+from msutils.segmentation import slice_classification as SC
+from msutils.data.cohort import load_cohort, write_manifest
+from msutils.core.io import file_lock
+from msutils.segmentation.metrics import classification_metrics
 
 SHAPE = (20, 24, 12)  # x, y, z (z = axial)
 ZOOMS = (2.0, 2.0, 3.0)
@@ -339,7 +340,7 @@ def test_evaluate_known_counts(cohort):
     assert s["n_positive_slices"] == 4 and s["n_negative_slices"] == 4
     assert s["voxel_level"]["dice"]["mean"] == pytest.approx(0.75)
     # Figs 4-5: only positives change with the threshold; a perfect hit stays TP up to 0.95
-    assert list(res.curve["threshold"]) == list(S.THRESHOLDS)
+    assert list(res.curve["threshold"]) == list(SC.DEFAULT_THRESHOLDS)
     assert (res.curve["tp"] == 3).all() and (res.curve["fp"] == 1).all()
     with pytest.raises(ValueError, match="'preds' shape"):
         S.evaluate_test_set(ev, pred[:-1], CFG)
@@ -368,7 +369,7 @@ def test_prepare_workspace_reuses_marker_without_recomputing(cohort, tmp_path, m
     """A prepared workspace (marker present) is reused: nothing is exported or planned again."""
     import json
 
-    from msutils import nnunet as N
+    from msutils.segmentation import nnunet as N
 
     scans = S.study_scans(cohort)
     split = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, seed=0)

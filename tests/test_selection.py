@@ -1,4 +1,4 @@
-"""Tests of msutils.selection: filters, LASSO, Weka CFS, ICC stability, perturbations."""
+"""Tests of msutils.features.selection: filters, LASSO, Weka CFS, ICC stability, perturbations."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from scipy import ndimage
 from sklearn.base import clone
 
-from msutils import selection as sel
+from msutils.features import reliability as rel
+from msutils.features import selection as sel
 
 
 class RecordingLog:
@@ -432,15 +433,15 @@ def test_icc_matches_hand_formula_and_pingouin():
     for icc_type, alias in (("ICC(C,1)", "ICC3"), ("ICC(A,1)", "ICC2")):
         for engine in ("numpy", "pingouin"):
             for name in (icc_type, alias):
-                res = sel.icc_stability(t1, t2, threshold=0.5, icc_type=name, engine=engine)
+                res = rel.icc_stability(t1, t2, threshold=0.5, icc_type=name, engine=engine)
                 assert res.icc_type == icc_type
                 assert res.icc["f"] == pytest.approx(hand[icc_type], rel=1e-10)
                 assert res.icc["f"] == pytest.approx(ref.loc[icc_type, "ICC"], rel=1e-10)
                 g_hand = hand_icc(np.column_stack([t1["g"], t2["g"]]))[icc_type]
                 assert res.icc["g"] == pytest.approx(g_hand, rel=1e-10)
     # all six forms of the vectorised table agree with pingouin
-    tab = sel.icc_table(np.stack([t1.to_numpy(), t2.to_numpy()], axis=1))
-    for icc_type in sel.ICC_TYPES:
+    tab = rel.icc_table(np.stack([t1.to_numpy(), t2.to_numpy()], axis=1))
+    for icc_type in rel.ICC_TYPES:
         assert tab[icc_type][0] == pytest.approx(ref.loc[icc_type, "ICC"], rel=1e-10)
 
 
@@ -455,8 +456,8 @@ def test_icc_stability_keep_list_and_forms():
                            "noisy": rng.normal(size=n), "shifted": base + 1.5,
                            "const": 1.0}, index=subj).loc[subj[::-1]]  # row order differs
     log = RecordingLog()
-    r3 = sel.icc_stability(test, retest, subj[:20], icc_type="ICC(C,1)", fit_log=log)
-    r2 = sel.icc_stability(test, retest, subj[:20])  # default ICC(A,1)
+    r3 = rel.icc_stability(test, retest, subj[:20], icc_type="ICC(C,1)", fit_log=log)
+    r2 = rel.icc_stability(test, retest, subj[:20])  # default ICC(A,1)
     assert r3.keep == ["stable", "shifted"]          # consistency ignores the offset
     assert r2.keep == ["stable"]                     # absolute agreement does not
     assert np.isnan(r2.icc["const"]) and "const" in r2.drop
@@ -468,9 +469,9 @@ def test_icc_stability_keep_list_and_forms():
     assert r2.to_frame()["kept"].tolist() == [True, False, False, False]
     with pytest.raises(ValueError, match=r"'icc_type' must be one of \['ICC\(1,1\)', .*'ICC3k'\]; "
                                          r"got 'ICC4'"):
-        sel.icc_stability(test, retest, icc_type="ICC4")
+        rel.icc_stability(test, retest, icc_type="ICC4")
     with pytest.raises(ValueError, match=r"subjects missing from 'retest': \['sub-29'\]"):
-        sel.icc_stability(test, retest.drop(index="sub-29"))
+        rel.icc_stability(test, retest.drop(index="sub-29"))
 
 
 # ----------------------------------------------------------------------------
@@ -480,35 +481,35 @@ def test_perturbed_mask_binary_matches_scipy():
     mask = np.zeros((9, 9, 9), dtype=bool)
     mask[2:7, 2:7, 2:7] = True
     before = mask.copy()
-    eroded = sel.perturbed_mask(mask, mode="erode")
-    dilated = sel.perturbed_mask(mask, mode="dilate")
+    eroded = rel.perturbed_mask(mask, mode="erode")
+    dilated = rel.perturbed_mask(mask, mode="dilate")
     assert eroded.dtype == bool and eroded.sum() == 27            # 3^3
     assert dilated.sum() == 125 + 6 * 25                          # faces only (6-connectivity)
     cross = ndimage.generate_binary_structure(3, 1)
     assert np.array_equal(eroded, ndimage.binary_erosion(mask, cross))
     assert np.array_equal(dilated, ndimage.binary_dilation(mask, cross))
     assert np.array_equal(mask, before)
-    picks = [sel.perturbed_mask(mask, np.random.default_rng(s)).sum() for s in range(6)]
+    picks = [rel.perturbed_mask(mask, np.random.default_rng(s)).sum() for s in range(6)]
     assert set(picks) == {27, 275}
-    assert sel.perturbed_mask(mask, 3).sum() == sel.perturbed_mask(mask, 3).sum()
+    assert rel.perturbed_mask(mask, 3).sum() == rel.perturbed_mask(mask, 3).sum()
 
 
 def test_perturbed_mask_labels():
     lab = np.zeros((6, 8, 3), dtype=np.int16)
     lab[1:5, 1:4, :] = 3
     lab[1:5, 4:7, :] = 101
-    er = sel.perturbed_mask(lab, mode="erode")
+    er = rel.perturbed_mask(lab, mode="erode")
     assert er.dtype == np.int16
     # every voxel touches the z border (3 slices) except the middle slice's interior
     assert set(np.unique(er)) == {0, 3, 101}
     assert np.array_equal(np.argwhere(er == 3), [[2, 2, 1], [3, 2, 1]])
     assert np.array_equal(np.argwhere(er == 101), [[2, 5, 1], [3, 5, 1]])
-    di = sel.perturbed_mask(lab, mode="dilate")
+    di = rel.perturbed_mask(lab, mode="dilate")
     assert np.array_equal(di[lab > 0], lab[lab > 0])             # labels never overwritten
     assert di[0, 2, 0] == 3 and di[0, 5, 0] == 101 and di[1, 7, 0] == 101
     assert di[0, 0, 0] == 0                                       # diagonal neighbour only
     with pytest.raises(ValueError, match="boolean or integer"):
-        sel.perturbed_mask(lab.astype(float))
+        rel.perturbed_mask(lab.astype(float))
 
 
 def test_perturbed_image_noise_level_and_reproducibility():
@@ -516,13 +517,13 @@ def test_perturbed_image_noise_level_and_reproducibility():
     img = rng.normal(100, 20, size=(40, 40, 40)).astype(np.float32)
     img[:5] = 0
     before = img.copy()
-    a = sel.perturbed_image(img, 1, noise_sd_fraction=0.1)
-    b = sel.perturbed_image(img, np.random.default_rng(1), noise_sd_fraction=0.1)
+    a = rel.perturbed_image(img, 1, noise_sd_fraction=0.1)
+    b = rel.perturbed_image(img, np.random.default_rng(1), noise_sd_fraction=0.1)
     assert a.dtype == np.float32 and np.array_equal(a, b)
     assert np.array_equal(img, before)
     expected_sd = 0.1 * img[img != 0].std()
     assert (a - img).std() == pytest.approx(expected_sd, rel=0.02)
-    assert np.array_equal(sel.perturbed_image(img, 1, noise_sd_fraction=0.0), img)
+    assert np.array_equal(rel.perturbed_image(img, 1, noise_sd_fraction=0.0), img)
 
 
 # ----------------------------------------------------------------------------

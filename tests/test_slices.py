@@ -1,4 +1,4 @@
-"""Tests for msutils.slices (seed 003 FLAIR slice preprocessing)."""
+"""Tests for msutils.segmentation.slices (seed 003 FLAIR slice preprocessing)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from msutils import slices as S
+from msutils.segmentation import slices as S
 
 
 def _disk(shape: tuple[int, int], center: tuple[float, float], radius: float) -> np.ndarray:

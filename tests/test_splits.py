@@ -1,4 +1,4 @@
-"""Tests of msutils.splits: subject-level LOCO / k-fold / hold-out splits and the splits file."""
+"""Tests of msutils.data.splits: subject-level LOCO / k-fold / hold-out splits and the splits file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msutils import splits as sp
+from msutils.data import splits as sp
 
 
 def _tiny_table() -> pd.DataFrame:

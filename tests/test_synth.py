@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from msutils import anatomy, synth
+from msutils import synth
+from msutils.synth import anatomy, generator
 
 pytestmark = pytest.mark.xdist_group("synth")
 
@@ -330,8 +331,8 @@ def test_edss_model_on_large_sample():
     assert ref == synth.edss_reference(params)  # deterministic
     rng = np.random.default_rng(7)
     clin = synth.simulate_clinical(params, 5000, "MS", rng)
-    drv = synth._drivers(clin)
-    latent = synth._latent(drv, ref, params.edss_weights)
+    drv = generator._drivers(clin)
+    latent = generator._latent(drv, ref, params.edss_weights)
     edss = synth.edss_from_latent(latent + params.edss_noise_sd * rng.standard_normal(5000), ref)
     assert set(np.unique(edss)) <= set(np.arange(0, 9.75, 0.5))
     for k in synth.EDSS_DRIVERS:

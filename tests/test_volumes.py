@@ -1,4 +1,4 @@
-"""Tests of msutils.volumes: normative z-scores and mask volumes."""
+"""Tests of msutils.features.volumes: normative z-scores and mask volumes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import statsmodels.api as sm
 from sklearn.base import clone
 
-from msutils import volumes as vol
+from msutils.features import volumes as vol
 
 
 class RecordingLog:

@@ -16,7 +16,7 @@ def tagged(source: str, *tags: str) -> nbformat.NotebookNode:
 
 def t_folds() -> nbformat.NotebookNode:
     cells = [
-        new_markdown_cell("# t_folds\n\nTiny fold notebook for tests of `msutils.run`."),
+        new_markdown_cell("# t_folds\n\nTiny fold notebook for tests of `msutils.pipeline`."),
         tagged(
             'profile = "smoke"\n'
             "fold = None\n"
@@ -34,12 +34,12 @@ def t_folds() -> nbformat.NotebookNode:
             "import time\n"
             "from pathlib import Path\n"
             "\n"
-            "import msutils.run\n"
-            "from msutils.profiles import profile_folds\n"
+            "from msutils.pipeline import kernel\n"
+            "from msutils.pipeline.profiles import profile_folds\n"
             "\n"
             'NOTEBOOK = "t_folds"\n'
-            "params = msutils.run.notebook_params(globals(), NOTEBOOK)\n"
-            "cache = msutils.run.fold_cache(NOTEBOOK, params)\n"
+            "params = kernel.notebook_params(globals(), NOTEBOOK)\n"
+            "cache = kernel.fold_cache(NOTEBOOK, params)\n"
             "folds = profile_folds(NOTEBOOK, profile)"
         ),
         new_code_cell(
@@ -60,7 +60,7 @@ def t_folds() -> nbformat.NotebookNode:
         new_code_cell(
             "results = cache.get_all(folds, compute_fold)\n"
             'total = sum(r["value"] for r in results.values())\n'
-            'msutils.run.write_summary(out_dir, NOTEBOOK, {"total": total, "folds": list(results)})\n'
+            'kernel.write_summary(out_dir, NOTEBOOK, {"total": total, "folds": list(results)})\n'
             "total"
         ),
     ]

@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from msutils.selection import _check_choice, _check_frame, _check_target, _record, _subject_ids
+from msutils.core.validation import check_choice, check_frame, check_target
+from msutils.data.leakage import record_fit, row_subject_ids
 
 __all__ = [
     "ModelSpec",
@@ -168,7 +169,7 @@ class ModelSpec:
 
     def grid(self, size: str = "small") -> Any:
         """The grid of the given size."""
-        _check_choice("grid", size, GRID_SIZES)
+        check_choice("grid", size, GRID_SIZES)
         return self.grids[size]
 
 
@@ -188,7 +189,7 @@ GRIDS: dict[str, Mapping[str, Any]] = {name: spec.grids for name, spec in MODELS
 
 
 def _spec(model_name: str) -> ModelSpec:
-    _check_choice("model_name", model_name, list(MODELS))
+    check_choice("model_name", model_name, list(MODELS))
     return MODELS[model_name]
 
 
@@ -318,10 +319,10 @@ def cv_fold_scores(model_name: str, X: pd.DataFrame, y: Any, folds: Any, fold_in
         ``fold, n_train, n_test, mae, r, r2, r2_score, score`` (``score`` = -MAE,
         GridSearchCV's ``neg_mean_absolute_error``). JSON/parquet friendly.
     """
-    _check_choice("grid", grid, GRID_SIZES)
-    X = _check_frame(X)
-    target = _check_target(y, X)
-    ids = _subject_ids(X, subject_ids)
+    check_choice("grid", grid, GRID_SIZES)
+    X = check_frame(X)
+    target = check_target(y, X)
+    ids = row_subject_ids(X, subject_ids)
     fl = _folds_list(folds, X, target)
     if not 0 <= int(fold_index) < len(fl):
         raise ValueError(f"'fold_index' must be in 0..{len(fl) - 1}; got {fold_index!r}")
@@ -330,7 +331,7 @@ def cv_fold_scores(model_name: str, X: pd.DataFrame, y: Any, folds: Any, fold_in
     if leaked:
         raise ValueError(f"fold {fold_index}: subjects on both sides "
                          f"{sorted(map(str, leaked))[:5]}")
-    _record(fit_log, f"regression.{model_name}.cv.fold{int(fold_index)}", [ids[i] for i in tr])
+    record_fit(fit_log, f"regression.{model_name}.cv.fold{int(fold_index)}", [ids[i] for i in tr])
     rows = []
     for pid, params in enumerate(param_candidates(model_name, grid)):
         model = make_model(model_name, params, seed=seed)
@@ -434,19 +435,19 @@ def fit_final(model_name: str, params: Mapping[str, Any] | None, X: pd.DataFrame
 
     The fit is recorded in ``fit_log`` under ``"regression.<model>.final"``.
     """
-    X = _check_frame(X)
-    target = _check_target(y, X)
-    ids = _subject_ids(X, subject_ids)
+    X = check_frame(X)
+    target = check_target(y, X)
+    ids = row_subject_ids(X, subject_ids)
     model = make_model(model_name, params, seed=seed)
     model.fit(X, target)
-    _record(fit_log, f"regression.{model_name}.final", ids)
+    record_fit(fit_log, f"regression.{model_name}.final", ids)
     return model
 
 
 def evaluate(model: Any, X: pd.DataFrame, y: Any) -> dict[str, float]:
     """:func:`regression_scores` of a fitted model's predictions on ``X``."""
-    X = _check_frame(X)
-    target = _check_target(y, X)
+    X = check_frame(X)
+    target = check_target(y, X)
     return regression_scores(target, model.predict(X))
 
 
@@ -459,16 +460,16 @@ def cross_val_predictions(model_name: str, params: Mapping[str, Any] | None, X: 
     The folds must partition the rows. Each fold's fit is recorded under
     ``"regression.<model>.cvpred.fold<k>"``.
     """
-    X = _check_frame(X)
-    target = _check_target(y, X)
-    ids = _subject_ids(X, subject_ids)
+    X = check_frame(X)
+    target = check_target(y, X)
+    ids = row_subject_ids(X, subject_ids)
     fl = _folds_list(folds, X, target)
     tests = np.concatenate([te for _, te in fl])
     if np.sort(tests).tolist() != list(range(len(X))):
         raise ValueError("'folds' test parts must partition the rows")
     pred = np.empty(len(X))
     for k, (tr, te) in enumerate(fl):
-        _record(fit_log, f"regression.{model_name}.cvpred.fold{k}", [ids[i] for i in tr])
+        record_fit(fit_log, f"regression.{model_name}.cvpred.fold{k}", [ids[i] for i in tr])
         model = make_model(model_name, params, seed=seed)
         model.fit(X.iloc[tr], target[tr])
         pred[te] = model.predict(X.iloc[te])
@@ -499,7 +500,7 @@ def clinical_features(table: pd.DataFrame) -> pd.DataFrame:
     ValueError
         Naming the rows with a missing or invalid value (e.g. a healthy control).
     """
-    from msutils.volumes import encode_sex
+    from msutils.features.volumes import encode_sex
 
     need = ["age", "sex", "disease_duration", "course"]
     missing = [c for c in need if c not in table.columns]

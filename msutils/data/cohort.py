@@ -5,7 +5,7 @@ in the same folder. The schema is documented in ``data_manifests/README.md``.
 
 Examples
 --------
->>> from msutils.cohort import load_cohort, validate_manifest
+>>> from msutils.data.cohort import load_cohort, validate_manifest
 >>> problems = validate_manifest("data_manifests/mslub/manifest.csv")  # doctest: +SKIP
 >>> cohort = load_cohort("data_manifests/mslub/manifest.csv")          # doctest: +SKIP
 >>> flair = cohort.array("patient07_ses-01", "flair")                   # doctest: +SKIP
@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from .io import atomic_write_text
-from .manifest_checks import (
+from msutils.core.io import atomic_write_text
+from msutils.core.serialize import to_builtin
+from msutils.data.manifest_checks import (
     AFFINE_ATOL,
     COURSES,
     GROUPS,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
 
 __all__ = [
+    "first_session",
     "REQUIRED_COLUMNS",
     "GROUPS",
     "COURSES",
@@ -262,6 +264,23 @@ class Cohort:
 # ---------------------------------------------------------------------------- public API
 
 
+def first_session(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per subject: its first session (sessions sort as text, ``ses-01`` first).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows of scans with ``subject_id`` and ``session`` columns (e.g. ``Cohort.table``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The first-session rows, sorted by subject, index kept.
+    """
+    ordered = table.sort_values(["subject_id", "session"], kind="stable")
+    return ordered.drop_duplicates("subject_id", keep="first")
+
+
 def validate_manifest(path: str | os.PathLike, *, check_images: bool = True) -> list[str]:
     """Check a manifest and return every problem found (``[]`` if valid).
 
@@ -349,21 +368,6 @@ def load_cohort(path: str | os.PathLike, *, check_images: bool = True) -> Cohort
     )
 
 
-def _to_builtin(obj: Any) -> Any:
-    """Convert numpy scalars/arrays and tuples so that ``yaml.safe_dump`` accepts them."""
-    if isinstance(obj, Mapping):
-        return {_to_builtin(k): _to_builtin(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_builtin(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _to_builtin(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _yaml_dumper() -> type:
     """A SafeDumper writing mappings in block style and lists of numbers / short strings inline."""
     import yaml
@@ -448,7 +452,7 @@ def write_manifest(table: pd.DataFrame, meta: Mapping[str, Any], path: str | os.
     columns = list(REQUIRED_COLUMNS) + [c for c in df.columns if c not in REQUIRED_COLUMNS]
     csv_text = df[columns].to_csv(index=False, lineterminator="\n", na_rep="")
     yaml_text = yaml.dump(
-        _to_builtin(dict(meta)),
+        to_builtin(dict(meta)),
         Dumper=_yaml_dumper(),
         sort_keys=False,
         allow_unicode=True,

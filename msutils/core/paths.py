@@ -15,7 +15,7 @@ def home() -> Path:
 
 def repo_root() -> Path:
     """The study-book checkout this package was installed from (editable install)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def notebooks_dir() -> Path:

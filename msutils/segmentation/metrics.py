@@ -48,6 +48,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from msutils.core.validation import as_mask, ratio
+
 __all__ = [
     "dice",
     "iou",
@@ -59,8 +61,6 @@ __all__ = [
     "voxel_metrics_table",
     "classification_metrics",
     "summarize_metrics",
-    "threshold_curve",
-    "threshold_curve_from_slices",
     "VOXEL_METRICS",
     "CLASSIFICATION_METRICS",
 ]
@@ -75,10 +75,8 @@ CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specifici
 
 # --------------------------------------------------------------------------- validation
 def _pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
-    from msutils.lesions import _as_mask  # one copy of the mask validation
-
-    p = _as_mask("pred", pred)
-    t = _as_mask("truth", truth)
+    p = as_mask("pred", pred)
+    t = as_mask("truth", truth)
     if p.shape != t.shape:
         raise ValueError(f"'pred' and 'truth' must have the same shape; got {p.shape} and {t.shape}")
     return p, t
@@ -102,10 +100,6 @@ def _counts(p: np.ndarray, t: np.ndarray) -> tuple[int, int, int]:
     return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(t)) - tp
 
 
-def _ratio(num: float, den: float, empty: float) -> float:
-    return float(num) / float(den) if den else float(empty)
-
-
 # --------------------------------------------------------------------------- overlap
 def dice(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0) -> float:
     """Dice similarity coefficient ``2 TP / (2 TP + FP + FN)``.
@@ -122,7 +116,7 @@ def dice(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0) -> fl
     float
     """
     tp, fp, fn = _counts(*_pair(pred, truth))
-    return _ratio(2 * tp, 2 * tp + fp + fn, empty_score)
+    return ratio(2 * tp, 2 * tp + fp + fn, empty_score)
 
 
 def iou(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0) -> float:
@@ -140,7 +134,7 @@ def iou(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0) -> flo
     float
     """
     tp, fp, fn = _counts(*_pair(pred, truth))
-    return _ratio(tp, tp + fp + fn, empty_score)
+    return ratio(tp, tp + fp + fn, empty_score)
 
 
 def ppv(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0) -> float:
@@ -296,8 +290,8 @@ def voxel_metrics(
     else:
         sens_v = tp / (tp + fn)
     return {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn, empty_score),
-        "iou": _ratio(tp, tp + fp + fn, empty_score),
+        "dice": ratio(2 * tp, 2 * tp + fp + fn, empty_score),
+        "iou": ratio(tp, tp + fp + fn, empty_score),
         "ppv": float(ppv_v),
         "sensitivity": float(sens_v),
         "hd95": hd95(p, t, spacing, hd_empty=hd_empty),
@@ -406,7 +400,7 @@ def classification_metrics(tp: int, fp: int, tn: int, fn: int, *, alpha: float =
     }
     out: dict[str, float] = {}
     for name, (k, n) in frac.items():
-        out[name] = _ratio(k, n, float("nan"))
+        out[name] = ratio(k, n, float("nan"))
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = _exact_ci(k, n, a)
     out.update(tp=tp, fp=fp, tn=tn, fn=fn, n=tp + fp + tn + fn)
     return out
@@ -480,105 +474,3 @@ def summarize_metrics(
     out = pd.DataFrame.from_dict(rows, orient="index", columns=["mean", "ci_low", "ci_high", "n", "n_units"])
     out.index.name = "metric"
     return out
-
-
-# --------------------------------------------------------------------------- threshold curves
-_DEFAULT_THRESHOLDS = np.linspace(0.05, 0.95, 19)
-
-
-def _check_thresholds(thresholds: Any) -> np.ndarray:
-    try:
-        thr = np.asarray(thresholds, dtype=float).ravel()
-    except (TypeError, ValueError):
-        thr = np.array([np.nan])
-    if thr.size == 0 or np.any(~np.isfinite(thr)) or np.any((thr < 0) | (thr > 1)):
-        raise ValueError(f"'thresholds' must be a non-empty sequence of numbers in [0, 1]; got {thresholds!r}")
-    return thr
-
-
-def threshold_curve_from_slices(
-    result: Any,
-    thresholds: Sequence[float] | np.ndarray = _DEFAULT_THRESHOLDS,
-    *,
-    alpha: float = 0.05,
-) -> pd.DataFrame:
-    """Slice-level metrics as a function of the TP overlap threshold.
-
-    Parameters
-    ----------
-    result : msutils.lesions.SliceClassification
-        Output of ``slice_level_classification`` / ``slice_stack_classification``.
-        The sampled slices stay fixed; only the TP/FN rule of positive slices
-        changes with the threshold (negatives do not depend on it).
-    thresholds : sequence of float in [0, 1]
-    alpha : float, default 0.05
-
-    Returns
-    -------
-    DataFrame
-        One row per threshold: ``threshold, tp, fp, tn, fn`` and the
-        :func:`classification_metrics` ratios with their CIs.
-    """
-    thr = _check_thresholds(thresholds)
-    rows = []
-    for t in thr:
-        c = result.counts_at(float(t))
-        m = classification_metrics(c["tp"], c["fp"], c["tn"], c["fn"], alpha=alpha)
-        rows.append({"threshold": float(t), **m})
-    cols = ["threshold", "tp", "fp", "tn", "fn", "n"]
-    for name in CLASSIFICATION_METRICS:
-        cols += [name, f"{name}_ci_low", f"{name}_ci_high"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def threshold_curve(
-    preds: Sequence[np.ndarray] | np.ndarray,
-    truths: Sequence[np.ndarray] | np.ndarray,
-    thresholds: Sequence[float] | np.ndarray = _DEFAULT_THRESHOLDS,
-    *,
-    ids: Sequence[Any] | None = None,
-    negative_ratio: float | None = 1.0,
-    seed: int = 0,
-    connectivity: int | None = None,
-    min_size: int = 0,
-    truth_overlap: str = "union",
-    eligible: Sequence[bool] | np.ndarray | None = None,
-    alpha: float = 0.05,
-) -> pd.DataFrame:
-    """Slice-level accuracy / sensitivity / PPV / NPV vs the TP overlap threshold.
-
-    Reproduces Figs 4-5 of seed 003. Slices are classified once
-    (:func:`msutils.lesions.slice_stack_classification`, one negative draw
-    with ``seed``) and re-scored at each threshold.
-
-    Parameters
-    ----------
-    preds, truths : sequence of 2D arrays, or 3D arrays stacked on axis 0
-        Binary predicted / ground-truth slices (pool every test scan's slices
-        here for a test-set curve).
-    thresholds : sequence of float in [0, 1], default 0.05, 0.10, ..., 0.95
-    ids, negative_ratio, seed, connectivity, min_size, truth_overlap, eligible
-        See :func:`msutils.lesions.slice_stack_classification`.
-    alpha : float, default 0.05
-
-    Returns
-    -------
-    DataFrame
-        See :func:`threshold_curve_from_slices`.
-    """
-    from msutils.lesions import slice_stack_classification
-
-    thr = _check_thresholds(thresholds)
-    res = slice_stack_classification(
-        preds,
-        truths,
-        ids=ids,
-        overlap_threshold=float(thr[0]),
-        negative_ratio=negative_ratio,
-        seed=seed,
-        connectivity=connectivity,
-        min_size=min_size,
-        truth_overlap=truth_overlap,  # type: ignore[arg-type]
-        eligible=eligible,
-    )
-    return threshold_curve_from_slices(res, thr, alpha=alpha)

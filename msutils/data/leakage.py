@@ -22,10 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from msutils.splits import heldout_subjects, subject_overlaps
+from msutils.data.splits import heldout_subjects, subject_overlaps
 
 __all__ = [
     "FitLog",
+    "KeepFitLogOnClone",
+    "record_fit",
+    "row_subject_ids",
     "LeakageError",
     "assert_disjoint",
     "assert_no_leak",
@@ -87,6 +90,20 @@ class FitLog:
         self._seen.setdefault(step, set()).update(ids)
         logger.debug("fit log: step %r saw %d subject(s)", step, len(ids))
 
+    def merge(self, other: FitLog | Mapping[str, Any], *, prefix: str = "") -> FitLog:
+        """Add every step of ``other`` (a log or its :meth:`to_dict`), names prefixed; returns ``self``.
+
+        Used to gather the logs of fold results into one audit, e.g.
+        ``log.merge(fold_result["fit_log"], prefix="cv3/")``.
+        """
+        if isinstance(other, Mapping):
+            other = FitLog.from_dict(other)
+        if not isinstance(other, FitLog):
+            raise TypeError(f"'other' must be a FitLog or its to_dict(); got {type(other).__name__}")
+        for step in other.steps:
+            self.record(f"{prefix}{step}", other.seen(step))
+        return self
+
     def seen(self, step: str) -> frozenset[str]:
         """Subject ids recorded for ``step``."""
         if step not in self._seen:
@@ -130,6 +147,43 @@ class FitLog:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k!r}: {len(v)} subjects" for k, v in self._seen.items())
         return f"FitLog({{{inner}}})"
+
+
+def record_fit(fit_log: FitLog | None, step: str, subject_ids: Iterable[Any]) -> None:
+    """Record the training subjects of a fitted step in ``fit_log`` (nothing if it is None).
+
+    Any object with a ``record(step, subject_ids)`` method is accepted.
+    """
+    if fit_log is None:
+        return
+    if not callable(getattr(fit_log, "record", None)):
+        raise TypeError("'fit_log' must have a record(step, subject_ids) method")
+    fit_log.record(step, list(dict.fromkeys(subject_ids)))
+
+
+def row_subject_ids(X: Any, subject_ids: Iterable[Any] | None) -> list[Any]:
+    """The subject id of every row of ``X``: ``subject_ids`` if given, else ``X.index``."""
+    ids = list(X.index) if subject_ids is None else list(subject_ids)
+    if len(ids) != len(X):
+        raise ValueError(f"'subject_ids' has {len(ids)} entries but 'X' has {len(X)} rows")
+    return ids
+
+
+class KeepFitLogOnClone:
+    """Mixin for scikit-learn estimators with a ``fit_log`` parameter: ``clone`` keeps the same log.
+
+    ``sklearn.base.clone`` deep-copies parameters; a fitted step inside a grid
+    search would then record into a copy nobody reads. With this mixin every clone
+    shares the caller's :class:`FitLog`.
+    """
+
+    def __sklearn_clone__(self) -> Any:
+        from sklearn.base import clone
+
+        params = self.get_params(deep=False)  # type: ignore[attr-defined]
+        log = params.pop("fit_log", None)
+        new = {k: clone(v, safe=False) for k, v in params.items()}
+        return type(self)(**new, fit_log=log)
 
 
 def fit_logged(
@@ -196,7 +250,7 @@ def assert_no_leak(
     log : FitLog
     heldout_subjects : iterable of subject ids
         Subjects the steps must not have seen (test, external, excluded);
-        :func:`msutils.splits.heldout_subjects` gives them for a split.
+        :func:`msutils.data.splits.heldout_subjects` gives them for a split.
     steps : iterable of str, optional
         Steps to check, each of which must have been recorded (so an audit
         cannot pass because a step forgot to record). Default: every step.

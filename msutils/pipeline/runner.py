@@ -1,10 +1,9 @@
-"""Run notebooks with papermill: fan out over folds, aggregate, build the book.
+"""Fan-out runner: execute a notebook with papermill once per fold, then aggregate.
 
 ``run_notebook`` executes a notebook once per fold of a profile (skipping folds
 whose cache entry exists) in a local process pool or on a Dask cluster, then once
 more with ``fold=None`` to aggregate; the aggregate executed notebook is what the
-book renders. ``build_book`` does that for every notebook of the profiles file and
-then runs ``jupyter-book build``.
+book renders (:mod:`msutils.pipeline.book`).
 
 Notebook conventions
 --------------------
@@ -12,11 +11,8 @@ Notebook conventions
   ``profile``, ``fold``, ``manifest``, ``seed`` and ``out_dir``.
 - Notebooks with folds tag the last cell a fold run needs ``fold-end``; fold runs
   stop after it (the runner truncates the notebook there), the aggregate run goes on.
-- The notebook builds ``params = notebook_params(globals(), NOTEBOOK)``, gets a
-  :class:`msutils.cache.FoldCache` from :func:`fold_cache`, calls
-  ``cache.get_or_compute(fold, compute_fold)`` in the ``fold-end`` cell when
-  ``fold is not None``, aggregates ``cache.get_all(folds, compute_fold)`` after it and
-  finally calls :func:`write_summary`.
+- The notebook uses :mod:`msutils.pipeline.kernel` (``notebook_params``,
+  ``fold_cache``, ``write_summary``).
 
 Backends: ``local`` (a process pool on this machine) or ``dask``: a ``LocalCluster``
 or any running scheduler, e.g. ``msutils run 02_edss_regression --backend dask
@@ -36,38 +32,35 @@ atomically and with its parameter cells tagged ``remove-cell``, to
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import math
 import os
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from msutils.cache import FOLD_END_TAG, PARAMETER_TAGS, FoldCache, source_notebook
-from msutils.environ import temporary_environ
-from msutils.io import atomic_write_json, atomic_write_text
-from msutils.profiles import RESERVED_PARAMETERS, get_profile, notebook_names
+from msutils.core.environ import temporary_environ
+from msutils.core.io import atomic_write_json, atomic_write_text
+from msutils.pipeline.cache import FoldCache
+from msutils.pipeline.kernel import summary_path
+from msutils.pipeline.notebook_file import (
+    FOLD_END_TAG,
+    PARAMETER_TAGS,
+    load_notebook,
+    parameters_cell_index,
+    read_parameters,
+)
+from msutils.pipeline.profiles import RESERVED_PARAMETERS, get_profile
 
 __all__ = [
     "BACKENDS",
     "REQUIRED_PARAMETERS",
     "FoldFailed",
-    "read_parameters",
-    "notebook_params",
-    "fold_cache",
-    "write_summary",
-    "summary_path",
-    "enable_notebook_logging",
     "fold_status",
     "run_notebook",
-    "build_book",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,193 +140,6 @@ def _rebuild_fold_failed(notebook: str, fold: str | None, kwargs: dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------
-# notebook side
-# --------------------------------------------------------------------------------------
-def _load_nb_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"notebook {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"notebook {path} is not valid JSON: {exc}") from None
-
-
-def _cell_source(cell: Mapping[str, Any]) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
-
-
-def _parameters_cell_index(cells: Sequence[Mapping[str, Any]], path: Path) -> int:
-    idx = [i for i, c in enumerate(cells) if "parameters" in (c.get("metadata", {}).get("tags") or [])]
-    if not idx:
-        raise ValueError(f"notebook {path} has no cell tagged 'parameters'")
-    if len(idx) > 1:
-        raise ValueError(f"notebook {path} has {len(idx)} cells tagged 'parameters' (cells {idx}); tag exactly one")
-    return idx[0]
-
-
-def read_parameters(notebook_path: str | os.PathLike) -> dict[str, Any]:
-    """Names and default values of a notebook's ``parameters`` cell.
-
-    Parameters
-    ----------
-    notebook_path : str or path-like
-        The ``.ipynb`` file.
-
-    Returns
-    -------
-    dict
-        ``{name: default}`` in cell order, for every top-level ``name = literal``
-        (annotated assignments too). IPython magics and other statements are ignored.
-
-    Raises
-    ------
-    ValueError
-        No or several ``parameters`` cells, a syntax error, or a non-literal default.
-    """
-    path = Path(notebook_path)
-    cells = _load_nb_json(path).get("cells", [])
-    idx = _parameters_cell_index(cells, path)
-    lines = _cell_source(cells[idx]).splitlines()
-    src = "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in lines)
-    try:
-        tree = ast.parse(src)
-    except SyntaxError as exc:
-        raise ValueError(f"parameters cell (cell {idx}) of {path} has a syntax error: {exc}") from None
-    out: dict[str, Any] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name, value = node.targets[0].id, node.value
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            name, value = node.target.id, node.value
-        else:
-            continue
-        try:
-            out[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError, TypeError):
-            raise ValueError(
-                f"parameter {name!r} in the parameters cell of {path} must be a literal "
-                f"(number, string, None, list, dict); got {ast.get_source_segment(src, value)!r}"
-            ) from None
-    return out
-
-
-def notebook_params(
-    namespace: Mapping[str, Any],
-    notebook: str,
-    *,
-    names: Sequence[str] | None = None,
-    notebook_path: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """The current values of every name of the notebook's ``parameters`` cell.
-
-    Parameters
-    ----------
-    namespace : mapping
-        Usually ``globals()`` of the notebook, after the (injected) parameters ran.
-    notebook : str
-        The notebook's name, e.g. ``"02_edss_regression"``.
-    names : sequence of str, optional
-        Parameter names to pick; default the names of the source notebook's
-        ``parameters`` cell (what the runner uses, so keys agree).
-    notebook_path : str or path-like, optional
-        Source notebook; default :func:`msutils.cache.source_notebook` (the notebook in
-        the kernel's working directory, else in ``msutils.paths.notebooks_dir()``).
-
-    Returns
-    -------
-    dict
-        ``{name: value}`` for the parameters cell's names (what the runner hashes too).
-    """
-    path = source_notebook(notebook, notebook_path)
-    names = list(read_parameters(path)) if names is None else list(names)
-    missing = [n for n in names if n not in namespace]
-    if missing:
-        raise KeyError(f"parameters {missing} of {path} are not defined; run the parameters cell first")
-    return {n: namespace[n] for n in names}
-
-
-def fold_cache(
-    notebook: str,
-    params: Mapping[str, Any],
-    *,
-    notebook_path: str | os.PathLike | None = None,
-) -> FoldCache:
-    """The :class:`~msutils.cache.FoldCache` for ``params`` (manifest and out_dir taken from them)."""
-    return FoldCache(
-        notebook,
-        params,
-        manifest=params.get("manifest"),
-        out_dir=params.get("out_dir"),
-        notebook_path=notebook_path,
-    )
-
-
-def summary_path(out_dir: str | os.PathLike | None, notebook: str) -> Path:
-    """``<out_dir>/<notebook>/summary.json`` (``out_dir`` None: ``msutils.paths.results_dir()``)."""
-    if out_dir is None:
-        from msutils.paths import results_dir
-
-        out_dir = results_dir()
-    return Path(out_dir).expanduser() / notebook / "summary.json"
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain-JSON copy of ``obj``: numpy/pandas scalars and arrays unwrapped, NaN/inf -> None."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays / scalars, pandas Series
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "item") and callable(obj.item):
-        return _jsonable(obj.item())
-    return str(obj)
-
-
-def write_summary(out_dir: str | os.PathLike | None, notebook: str, summary: Mapping[str, Any]) -> Path:
-    """Atomically write a notebook's headline numbers to ``<out_dir>/<notebook>/summary.json``.
-
-    Parameters
-    ----------
-    out_dir : str, path-like or None
-        Results root (the notebook's ``out_dir`` parameter).
-    notebook : str
-        Notebook name.
-    summary : mapping
-        JSON-able numbers and strings; numpy values are converted, NaN/inf become null.
-
-    Returns
-    -------
-    Path
-        The written file.
-    """
-    if not isinstance(summary, Mapping):
-        raise TypeError(f"'summary' must be a mapping; got {type(summary).__name__}")
-    return atomic_write_json(summary_path(out_dir, notebook), _jsonable(summary))
-
-
-def enable_notebook_logging(level: int | str = "INFO") -> None:
-    """Show ``msutils`` log lines (e.g. "fold cv3: cached") in notebook output.
-
-    Adds one stderr handler to the ``msutils`` logger (idempotent).
-    """
-    log = logging.getLogger("msutils")
-    log.setLevel(level)
-    if not any(getattr(h, "_msutils_notebook", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-        handler._msutils_notebook = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-
-
-# --------------------------------------------------------------------------------------
 # execution (runs in pool / Dask workers: top-level and picklable)
 # --------------------------------------------------------------------------------------
 def _first_line(source: str | None) -> str | None:
@@ -364,7 +170,7 @@ def _execute_task(task: dict[str, Any]) -> dict[str, Any]:
     source = Path(task["source"])
     output = Path(task["output"])
     nb = nbformat.read(source, as_version=4)
-    param_idx = _parameters_cell_index(nb.cells, source)
+    param_idx = parameters_cell_index(nb.cells, source)
     if task["truncate"]:
         end = next(i for i, c in enumerate(nb.cells) if FOLD_END_TAG in (c.metadata.get("tags") or []))
         nb.cells = nb.cells[: end + 1]
@@ -429,7 +235,7 @@ def _run_local(tasks: list[dict[str, Any]], n_workers: int) -> list[dict[str, An
     # forkserver: workers fork from a clean single-threaded server that imported
     # papermill once (spawn would import it in every worker; fork is unsafe with threads)
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["msutils.run", "papermill"])
+    ctx.set_forkserver_preload(["msutils.pipeline.runner", "papermill"])
     with ProcessPoolExecutor(
         max_workers=min(n_workers, len(tasks)),
         mp_context=ctx,
@@ -526,7 +332,7 @@ def _plan(
     profiles_file: str | os.PathLike | None,
 ) -> dict[str, Any]:
     """Resolve everything a run needs and validate it up front."""
-    from msutils import paths
+    from msutils.core import paths
 
     overrides = dict(overrides or {})
     prof = get_profile(name, profile, path=profiles_file)
@@ -568,7 +374,7 @@ def _plan(
                 f"choose from {list(prof.folds)}"
             )
     if run_folds:
-        cells = _load_nb_json(nb_path).get("cells", [])
+        cells = load_notebook(nb_path).get("cells", [])
         if not any(FOLD_END_TAG in (c.get("metadata", {}).get("tags") or []) for c in cells):
             raise ValueError(
                 f"notebook {nb_path} has folds but no code cell tagged {FOLD_END_TAG!r}: tag the cell "
@@ -656,15 +462,15 @@ def run_notebook(
     n_workers : int
         Parallel fold runs (local pool size / LocalCluster workers).
     out_dir : str or path-like, optional
-        Results root; default ``msutils.paths.results_dir()``.
+        Results root; default ``msutils.core.paths.results_dir()``.
     notebooks_dir : str or path-like, optional
-        Folder of the source notebooks; default ``msutils.paths.notebooks_dir()``.
+        Folder of the source notebooks; default ``msutils.core.paths.notebooks_dir()``.
         papermill runs the kernel in this folder.
     executed_dir : str or path-like, optional
         Where the aggregate executed notebook goes for the book; default
         ``<repo>/book/executed``.
     profiles_file : str or path-like, optional
-        Profiles YAML; default ``msutils.profiles.profiles_path()``. Exported to the
+        Profiles YAML; default ``msutils.pipeline.profiles.profiles_path()``. Exported to the
         kernels as ``$MSUTILS_PROFILES``.
     aggregate : bool
         Run the aggregate (``fold=None``) pass; False only precomputes folds.
@@ -685,7 +491,8 @@ def run_notebook(
     FoldFailed
         A fold or the aggregate run failed; names the cell and the partial notebook.
     """
-    from msutils import __version__, paths
+    from msutils import __version__
+    from msutils.core import paths
 
     if backend not in BACKENDS:
         raise ValueError(f"'backend' must be one of {sorted(BACKENDS)}; got {backend!r}")
@@ -758,7 +565,7 @@ def run_notebook(
             else:
                 logger.warning(
                     "%s fold %s ran but left no cache entry %s: the notebook's cache key differs from the "
-                    "runner's (build params with msutils.run.notebook_params(globals(), %r) and call "
+                    "runner's (build params with msutils.pipeline.kernel.notebook_params(globals(), %r) and call "
                     "cache.get_or_compute(fold, ...) in the %r cell); the aggregate run will recompute it",
                     name, f, cache.entry_dir(f), name, FOLD_END_TAG,
                 )
@@ -774,7 +581,7 @@ def run_notebook(
     if not summary.is_file() or summary.stat().st_mtime < t_agg - 1.0:
         raise RuntimeError(
             f"notebook {name!r} did not write {summary}: call "
-            f"msutils.run.write_summary(out_dir, {name!r}, {{...}}) in its aggregate part"
+            f"msutils.pipeline.kernel.write_summary(out_dir, {name!r}, {{...}}) in its aggregate part"
         )
     book_copy = _publish(Path(res["output"]), dest_dir / f"{name}.ipynb", plan["nb_path"])
     logger.info("%s: aggregate done in %.1f s; executed notebook %s", name, res["seconds"], book_copy)
@@ -785,96 +592,3 @@ def run_notebook(
     )
     return summary
 
-
-def _jupyter_book() -> str:
-    exe = Path(sys.executable).parent / "jupyter-book"
-    if exe.is_file():
-        return str(exe)
-    found = shutil.which("jupyter-book")
-    if found is None:
-        raise FileNotFoundError("jupyter-book is not installed in this environment (pip install 'jupyter-book<2')")
-    return found
-
-
-def build_book(
-    profile: str = "quick",
-    out_dir: str | os.PathLike | None = None,
-    notebooks: Sequence[str] | None = None,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    backend: str = "local",
-    scheduler: str | None = None,
-    n_workers: int = 2,
-    notebooks_dir: str | os.PathLike | None = None,
-    executed_dir: str | os.PathLike | None = None,
-    profiles_file: str | os.PathLike | None = None,
-    book_root: str | os.PathLike | None = None,
-) -> Path:
-    """Run every notebook (profiles-file order), then ``jupyter-book build``.
-
-    Parameters
-    ----------
-    profile : str
-        Profile for every notebook.
-    out_dir : str or path-like, optional
-        Results root (see :func:`run_notebook`).
-    notebooks : sequence of str, optional
-        Subset to run (still in profiles-file order); default all. The book is built
-        from whatever executed notebooks exist.
-    overrides : mapping, optional
-        Parameter values (e.g. ``{"manifest": "/data/cohort.csv"}``) given to every
-        notebook whose parameters cell defines them; a name no notebook defines is an
-        error.
-    backend, scheduler, n_workers, notebooks_dir, executed_dir, profiles_file
-        Passed to :func:`run_notebook`.
-    book_root : str or path-like, optional
-        Folder with ``_config.yml`` / ``_toc.yml``; default the repository root.
-
-    Returns
-    -------
-    Path
-        ``<book_root>/_build/html/index.html``.
-
-    Raises
-    ------
-    FoldFailed
-        A notebook failed (the book is not built).
-    RuntimeError
-        ``jupyter-book build`` failed; the message holds its output.
-    """
-    from msutils import paths
-
-    order = notebook_names(profiles_file)
-    if notebooks is None:
-        names = order
-    else:
-        bad = [n for n in notebooks if n not in order]
-        if bad:
-            raise ValueError(f"notebooks {bad} are not in the profiles file; choose from {order}")
-        names = [n for n in order if n in set(notebooks)]
-    overrides = dict(overrides or {})
-    nb_dir = Path(notebooks_dir).expanduser() if notebooks_dir is not None else paths.notebooks_dir()
-    declared = {nb: set(read_parameters(nb_dir / f"{nb}.ipynb")) for nb in names}
-    unknown = sorted(k for k in overrides if not any(k in d for d in declared.values()))
-    if unknown:
-        raise ValueError(f"parameters {unknown} are not defined by any of the notebooks {names}")
-    root = Path(book_root).expanduser().resolve() if book_root is not None else paths.repo_root()
-    if executed_dir is None:
-        executed_dir = root / "book" / "executed"
-    t0 = time.perf_counter()
-    for i, nb in enumerate(names, 1):
-        logger.info("book: notebook %d/%d %s (profile %s)", i, len(names), nb, profile)
-        own = {k: v for k, v in overrides.items() if k in declared[nb]}
-        run_notebook(nb, profile=profile, overrides=own, out_dir=out_dir, backend=backend, scheduler=scheduler,
-                     n_workers=n_workers, notebooks_dir=notebooks_dir, executed_dir=executed_dir,
-                     profiles_file=profiles_file)
-    logger.info("book: notebooks done in %.1f s; running jupyter-book build %s", time.perf_counter() - t0, root)
-    proc = subprocess.run([_jupyter_book(), "build", str(root)], cwd=root, capture_output=True, text=True)
-    output = (proc.stdout or "") + (proc.stderr or "")
-    if proc.returncode != 0:
-        raise RuntimeError(f"jupyter-book build {root} failed (exit {proc.returncode}):\n{output[-8000:]}")
-    index = root / "_build" / "html" / "index.html"
-    if not index.is_file():
-        raise RuntimeError(f"jupyter-book build {root} wrote no {index}:\n{output[-8000:]}")
-    logger.info("book: %s", index)
-    return index

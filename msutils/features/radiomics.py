@@ -77,7 +77,7 @@ float64 note above).
 Examples
 --------
 >>> from msutils import radiomics as rad
->>> from msutils.cohort import load_cohort
+>>> from msutils.data.cohort import load_cohort
 >>> cohort = load_cohort(manifest)                                   # doctest: +SKIP
 >>> X = rad.extract(cohort, None, "seed000", cache_dir=out / "rad")   # doctest: +SKIP
 >>> rad.reasons(X)                                                    # doctest: +SKIP
@@ -93,8 +93,6 @@ import logging
 import math
 import os
 import re
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -102,7 +100,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .io import atomic_write_text
+from msutils.core.io import atomic_write_text
+from msutils.core.parallel import process_map
+from msutils.core.validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported lazily (worker start-up time)
     import pandas as pd
@@ -117,6 +117,7 @@ __all__ = [
     "extract_arrays",
     "extract_masks",
     "extract",
+    "quiet_pyradiomics",
     "reasons",
     "parse_column",
     "rename_pyradiomics_key",
@@ -338,7 +339,7 @@ def validate_params(params: Mapping[str, Any] | str | os.PathLike) -> dict[str, 
     setting = copy.deepcopy({str(k): v for k, v in setting_in.items() if k not in ("label", "additionalInfo")})
     out = {"setting": setting, "imageType": image_type, "featureClass": feature_class}
     try:
-        with _quiet_radiomics(), _quiet_logger("pykwalify"):
+        with quiet_pyradiomics(), _quiet_logger("pykwalify"):
             _pyradiomics_extractor(out)
     except Exception as exc:  # pykwalify SchemaError and friends
         msg = " ".join(str(exc).split())
@@ -423,7 +424,7 @@ def _quiet_logger(name: str, level: int = logging.CRITICAL) -> Iterator[None]:
         log.setLevel(old)
 
 
-def _quiet_radiomics() -> contextlib.AbstractContextManager[None]:
+def quiet_pyradiomics() -> contextlib.AbstractContextManager[None]:
     """Silence pyradiomics below ERROR (it logs INFO per feature class, warnings per ROI)."""
     return _quiet_logger("radiomics", logging.ERROR)
 
@@ -453,7 +454,7 @@ def feature_names(params: Mapping[str, Any] | str | os.PathLike) -> list[str]:
         for k in ("resegmentRange", "minimumROISize"):
             probe["setting"].pop(k, None)
         try:
-            with _quiet_radiomics():
+            with quiet_pyradiomics():
                 res = _pyradiomics_extractor(probe).execute(sitk.GetImageFromArray(img), sitk.GetImageFromArray(mask))
         except Exception as exc:
             raise ValueError(f"params fail on a synthetic probe volume: {exc}") from exc
@@ -759,7 +760,7 @@ def _extract_roi(prep: _Prepared, mask: np.ndarray, offset: Sequence[int], names
     crop_mask[dst] = mask[src]
     values: dict[str, float] = {}
     try:
-        with _quiet_radiomics():
+        with quiet_pyradiomics():
             if prep.uncropped:
                 whole = np.zeros(prep.shape, dtype=np.uint8)
                 whole[full] = crop_mask
@@ -819,12 +820,6 @@ def _check_spacing(spacing: Any, ndim: int = 3) -> tuple[float, ...]:
     return sp
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"'{name}' must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
 def _check_image(image: Any, what: str = "image") -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim != 3:
@@ -871,8 +866,8 @@ def extract_arrays(
     if m.shape != arr.shape:
         raise ValueError(f"'mask' must have the image's shape {arr.shape}; got {m.shape}")
     sp = _check_spacing(spacing)
-    margin = _check_int("margin", margin, 0)
-    min_voxels = _check_int("min_voxels", min_voxels, 1)
+    margin = check_int("margin", margin, 0)
+    min_voxels = check_int("min_voxels", min_voxels, 1)
     vparams = validate_params(params)
     names = feature_names(vparams)
     roi = m != 0
@@ -942,8 +937,8 @@ def extract_masks(
     import pandas as pd
     from scipy import ndimage
 
-    margin = _check_int("margin", margin, 0)
-    min_voxels = _check_int("min_voxels", min_voxels, 1)
+    margin = check_int("margin", margin, 0)
+    min_voxels = check_int("min_voxels", min_voxels, 1)
     vparams = validate_params(params)
     names = feature_names(vparams)
     if isinstance(image, (str, os.PathLike)):
@@ -1059,10 +1054,12 @@ def _write_cache(path: Path, key: str, scan_id: str, roi: str, names: Sequence[s
     atomic_write_text(path, json.dumps(payload, allow_nan=True) + "\n")
 
 
-def _worker_init() -> None:
-    import SimpleITK as sitk
+#: Modules the radiomics workers' fork server imports once.
+_WORKER_PRELOAD: tuple[str, ...] = ("msutils.features.radiomics", "SimpleITK", "radiomics.featureextractor",
+                                    "nibabel", "scipy.ndimage", "scipy.spatial")
 
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+def _worker_init() -> None:
     logging.getLogger("radiomics").setLevel(logging.ERROR)
 
 
@@ -1139,45 +1136,6 @@ def _cell(table: pd.DataFrame, sid: str, column: str) -> str | None:
     return str(value)
 
 
-_POOL: dict[str, Any] = {}
-
-
-def _shutdown_pool() -> None:
-    """Stop the kept-alive worker processes (also registered with atexit)."""
-    ex = _POOL.pop("executor", None)
-    _POOL.pop("n", None)
-    if ex is not None:
-        ex.shutdown(wait=True, cancel_futures=True)
-
-
-def _executor(n_workers: int) -> ProcessPoolExecutor:
-    """A process pool of ``n_workers``, kept alive between calls (like joblib's loky).
-
-    Workers are forked from a ``forkserver`` that preloads the heavy imports, so
-    the first call pays ~1 s once per session; later calls with the same
-    ``n_jobs`` reuse the idle workers.
-    """
-    import atexit
-    import multiprocessing as mp
-
-    ex = _POOL.get("executor")
-    if ex is not None and _POOL.get("n") == n_workers and not getattr(ex, "_broken", False):
-        return ex
-    _shutdown_pool()
-    try:
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["msutils.radiomics", "SimpleITK", "radiomics.featureextractor",
-                                    "nibabel", "scipy.ndimage", "scipy.spatial"])
-    except ValueError:  # pragma: no cover - platforms without forkserver
-        ctx = mp.get_context("spawn")
-    ex = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init)
-    if not _POOL.get("atexit"):
-        atexit.register(_shutdown_pool)
-        _POOL["atexit"] = True
-    _POOL.update(executor=ex, n=n_workers)
-    return ex
-
-
 def extract(
     cohort: Any,
     rois: Mapping[str, Sequence[int]] | Sequence[str] | None,
@@ -1197,7 +1155,7 @@ def extract(
 
     Parameters
     ----------
-    cohort : msutils.cohort.Cohort
+    cohort : msutils.data.cohort.Cohort
         Uses ``cohort.table`` (index ``scan_id``, absolute path columns) and, for
         ``rois=None``, ``cohort.roi_sets``. Workers receive paths only.
     rois : mapping of str to sequence of int, sequence of str, or None
@@ -1248,7 +1206,7 @@ def extract(
     names = feature_names(vparams)
     table = getattr(cohort, "table", None)
     if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"'cohort' must have a 'table' DataFrame (msutils.cohort.Cohort); got {type(cohort).__name__}")
+        raise TypeError(f"'cohort' must have a 'table' DataFrame (msutils.data.cohort.Cohort); got {type(cohort).__name__}")
     for what, col in (("image", image), ("mask", mask), ("subtract", subtract)):
         if col is not None and col not in table.columns:
             raise ValueError(f"'{what}' must be a column of the cohort table; got {col!r} "
@@ -1271,9 +1229,9 @@ def extract(
             raise ValueError(f"'scan_ids' not in the cohort: {unknown[:10]}")
     if n_jobs == -1:
         n_jobs = os.cpu_count() or 1
-    n_jobs = _check_int("n_jobs", n_jobs, 1)
-    margin = _check_int("margin", margin, 0)
-    min_voxels = _check_int("min_voxels", min_voxels, 1)
+    n_jobs = check_int("n_jobs", n_jobs, 1)
+    margin = check_int("margin", margin, 0)
+    min_voxels = check_int("min_voxels", min_voxels, 1)
     cache = str(Path(cache_dir).expanduser().resolve()) if cache_dir is not None else None
 
     import radiomics as _rad
@@ -1310,36 +1268,17 @@ def extract(
             tasks.append({"scan_id": sid, **paths, "rois": todo, "params": vparams, "names": names,
                           "margin": margin, "min_voxels": min_voxels, "cache_dir": cache})
 
-    from tqdm.auto import tqdm
-
     n_computed = sum(len(t["rois"]) for t in tasks)
-    bar = tqdm(total=len(sids), initial=len(sids) - len(tasks), desc="radiomics", unit="scan",
-               disable=not progress)
-    try:
-        if n_jobs == 1 or len(tasks) <= 1:
-            with _quiet_radiomics():
-                for t in tasks:
-                    out = _run_scan(t)
-                    results[out["scan_id"]].update(out["results"])
-                    bar.update(1)
-        else:
-            pool = _executor(n_jobs)
-            futures: set[Future] = {pool.submit(_run_scan, t) for t in tasks}
-            try:
-                while futures:
-                    done, futures = wait(futures, return_when=FIRST_EXCEPTION)
-                    for fut in done:
-                        out = fut.result()  # re-raises a worker's error
-                        results[out["scan_id"]].update(out["results"])
-                        bar.update(1)
-            except BaseException as exc:
-                for other in futures:
-                    other.cancel()
-                if isinstance(exc, (BrokenProcessPool, KeyboardInterrupt)):
-                    _shutdown_pool()
-                raise
-    finally:
-        bar.close()
+    if len(sids) > len(tasks):
+        logger.info("radiomics: %d of %d scans fully cached", len(sids) - len(tasks), len(sids))
+    if n_jobs == 1 or len(tasks) <= 1:
+        with quiet_pyradiomics():
+            outs = process_map(_run_scan, tasks, n_jobs=1, desc="radiomics", unit="scans", progress=progress)
+    else:
+        outs = process_map(_run_scan, tasks, n_jobs=n_jobs, desc="radiomics", unit="scans", progress=progress,
+                           initializer=_worker_init, persistent=True, preload=_WORKER_PRELOAD)
+    for out in outs:
+        results[out["scan_id"]].update(out["results"])
 
     columns = [f"{roi}{_SEP}{n}" for roi in roi_map for n in names]
     data = np.full((len(sids), len(columns)), np.nan)
@@ -1354,5 +1293,5 @@ def extract(
     df = pd.DataFrame(data, index=pd.Index(sids, name="scan_id"), columns=columns)
     df.attrs.update(reasons=why, params_hash=phash, image=image, n_computed=n_computed, n_cached=n_cached)
     if why:
-        logger.info("radiomics: %d (scan, ROI) pairs gave NaN features (see msutils.radiomics.reasons)", len(why))
+        logger.info("radiomics: %d (scan, ROI) pairs gave NaN features (see msutils.features.radiomics.reasons)", len(why))
     return df

@@ -72,8 +72,8 @@ from typing import TYPE_CHECKING, Any, Collection, Iterable, Iterator, Mapping, 
 
 import numpy as np
 
-from msutils.environ import temporary_environ
-from msutils.io import atomic_write_text
+from msutils.core.environ import temporary_environ
+from msutils.core.io import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -215,7 +215,7 @@ def _check_lazy_paths() -> None:
     if not hasattr(paths.nnUNet_raw, "is_set"):
         raise RuntimeError(
             f"nnunetv2 {getattr(nnunetv2, '__version__', '?')} reads nnUNet_raw etc. at import time; "
-            "msutils.nnunet needs nnunetv2 >= 2.8 (lazy environment paths), pinned in pyproject.toml"
+            "msutils.segmentation.nnunet needs nnunetv2 >= 2.8 (lazy environment paths), pinned in pyproject.toml"
         )
 
 
@@ -315,7 +315,7 @@ def _check_case(kind: str, case: Sequence[Any], with_mask: bool | None) -> tuple
         values = np.unique(mask)
         if not np.all(np.isin(values, [0, 1])):
             raise ValueError(
-                f"{kind} case {case_id!r}: mask values must be 0/1 (binarize with msutils.slices.binarize_mask); "
+                f"{kind} case {case_id!r}: mask values must be 0/1 (binarize with msutils.segmentation.slices.binarize_mask); "
                 f"got {values[:10].tolist()}"
             )
         mask = mask.astype(np.uint8)
@@ -435,7 +435,7 @@ def export_dataset(
             test_ids.append(case_id)
         dataset_json = {
             "name": name,
-            "description": "2D FLAIR slices exported by msutils.nnunet (seed 003 reproduction)",
+            "description": "2D FLAIR slices exported by msutils.segmentation.nnunet (seed 003 reproduction)",
             "channel_names": {"0": channel_name},
             "labels": {"background": 0, "lesion": 1},
             "numTraining": len(train_ids),
@@ -469,7 +469,7 @@ def _export_meta(workspace: NnUNetWorkspace, dataset_id: int) -> dict[str, Any]:
     ds = workspace.dataset_name(dataset_id)
     path = workspace.raw / ds / _EXPORT_META
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: export the dataset with msutils.nnunet.export_dataset")
+        raise FileNotFoundError(f"{path} is missing: export the dataset with msutils.segmentation.nnunet.export_dataset")
     return json.loads(path.read_text())
 
 

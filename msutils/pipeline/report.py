@@ -12,14 +12,13 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     import matplotlib.figure
 
-    from msutils.cohort import Cohort
+    from msutils.data.cohort import Cohort
 
 __all__ = [
     "KEY_PACKAGES",
     "versions",
     "paper_vs_ours",
     "plot_scan_overlays",
-    "first_session",
 ]
 
 KEY_PACKAGES: tuple[str, ...] = (
@@ -68,12 +67,6 @@ def paper_vs_ours(
     table = pd.DataFrame(data, index=pd.Index(rows, name=""))
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     return table.astype(float).round(decimals)
-
-
-def first_session(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per subject: its first session (sessions sort as text, ``ses-01`` first)."""
-    ordered = table.sort_values(["subject_id", "session"], kind="stable")
-    return ordered.drop_duplicates("subject_id", keep="first")
 
 
 def plot_scan_overlays(

@@ -3,8 +3,8 @@
 The seed paper predicts the EDSS of MS patients from routine T1 / FLAIR MRI plus
 clinico-demographic data. This module holds the study-specific steps the
 ``02_edss_regression`` notebook chains; the generic pieces live elsewhere
-(:mod:`msutils.radiomics`, :mod:`msutils.selection`, :mod:`msutils.volumes`,
-:mod:`msutils.regression`, :mod:`msutils.stats`, :mod:`msutils.splits`).
+(:mod:`msutils.features.radiomics`, :mod:`msutils.features.selection`, :mod:`msutils.features.volumes`,
+:mod:`msutils.models.regression`, :mod:`msutils.stats`, :mod:`msutils.data.splits`).
 
 Data (:func:`load_study_data`)
     One row per MS patient (first session), indexed by ``subject_id``:
@@ -25,25 +25,25 @@ Stability (:func:`icc_subset`, :func:`retest_radiomics`)
     re-processed (``icc_mode="perturbed"``): every ROI boundary is moved by about
     1 mm (random erosion or dilation, :func:`resegmented_mask`, a re-segmentation
     proxy) and fresh Gaussian noise is added inside the brain
-    (:func:`msutils.selection.perturbed_image`); or, with ``icc_mode="rescan"``,
+    (:func:`msutils.features.reliability.perturbed_image`); or, with ``icc_mode="rescan"``,
     the training subjects' second visits (``ses-02``) are extracted as the retest.
 
 Selection and models (:func:`select_features`, :func:`fit_models`, :func:`fit_study`)
     Fitted on the training subjects only, every step recording its subjects in
-    a shared :class:`msutils.leakage.FitLog`: normative z-scores of the volumes
+    a shared :class:`msutils.data.leakage.FitLog`: normative z-scores of the volumes
     (adjusted for age, sex and TIV), the ICC keep list, then
-    :class:`msutils.selection.SelectionPipeline` (variance 0.01 -> |r| > 0.8
+    :class:`msutils.features.selection.SelectionPipeline` (variance 0.01 -> |r| > 0.8
     collinearity -> LASSO -> CFS best first), then the four regressors of
-    :mod:`msutils.regression`. :func:`fit_study` does it all in one call (the
+    :mod:`msutils.models.regression`. :func:`fit_study` does it all in one call (the
     leakage canary of the tests calls it twice).
 
 Feature names of the design table
     ``age``, ``sex_M``, ``disease_duration``, ``course_SP`` ... (clinical, see
-    :func:`msutils.regression.clinical_features`); ``lesion_volume_log`` =
+    :func:`msutils.models.regression.clinical_features`); ``lesion_volume_log`` =
     ln(1 + T2 lesion volume in mL) (lesion volumes are right-skewed; the log is
     the usual transform); ``volume__<roi>`` and ``volume__wbv`` (normative
     z-scores); ``disconnection__<roi>``; radiomics ``<roi>__<class>__<feature>``
-    as :mod:`msutils.radiomics` names them.
+    as :mod:`msutils.features.radiomics` names them.
 
 Ground truth (:func:`driver_values`, :func:`driver_of_feature`, :func:`drivers_recovered`)
     A synthetic cohort's sidecar names the true EDSS drivers. A selected
@@ -55,12 +55,15 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from msutils.core.parallel import process_map
+from msutils.core.validation import check_choice, check_int
 
 __all__ = [
     "MODEL_ORDER",
@@ -117,7 +120,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODEL_ORDER: tuple[str, ...] = ("ridge", "gaussian_process", "svr", "random_forest")
-"""The four regressors of :data:`msutils.regression.MODELS`, in the seed's Table 3 order."""
+"""The four regressors of :data:`msutils.models.regression.MODELS`, in the seed's Table 3 order."""
 
 FEATURE_SETS: tuple[str, ...] = ("selected", "clinical")
 """``selected``: the selection's output (main models); ``clinical``: clinico-demographic
@@ -201,18 +204,6 @@ PAPER_CLINICAL_ONLY: dict[str, dict[str, float]] = {
 """Seed 001, ancillary clinical-only models: best results on the external test set."""
 
 
-# ---------------------------------------------------------------------------- validation
-def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"'{name}' must be one of {list(allowed)}; got {value!r}")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"'{name}' must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class StudyConfig:
     """Every setting of the study's feature extraction and selection.
@@ -220,7 +211,7 @@ class StudyConfig:
     Parameters
     ----------
     radiomics_params : str or mapping
-        :mod:`msutils.radiomics` params (preset name, e.g. ``"seed001"``: first
+        :mod:`msutils.features.radiomics` params (preset name, e.g. ``"seed001"``: first
         order + GLCM/GLRLM/GLSZM/GLDM/NGTDM on the original T1, z-scored x 100,
         bin width 5).
     n_gm_parcels : int, optional
@@ -238,7 +229,7 @@ class StudyConfig:
     icc_threshold : float
         Keep radiomic features with ICC >= this (seed: 0.90).
     icc_type : str
-        ICC form (:data:`msutils.selection.ICC_TYPES`).
+        ICC form (:data:`msutils.features.selection.ICC_TYPES`).
     icc_noise : float
         Noise SD of the perturbed re-processing, as a fraction of the brain's
         intensity SD (0: mask perturbation only).
@@ -276,14 +267,14 @@ class StudyConfig:
     n_jobs: int = 2
 
     def __post_init__(self) -> None:
-        _check_choice("icc_mode", self.icc_mode, ICC_MODES)
+        check_choice("icc_mode", self.icc_mode, ICC_MODES)
         if self.n_gm_parcels is not None:
-            _check_int("n_gm_parcels", self.n_gm_parcels, 0)
-        _check_int("icc_subjects", self.icc_subjects, 3)
-        _check_int("lasso_cv", self.lasso_cv, 2)
-        _check_int("cfs_max_stale", self.cfs_max_stale, 1)
-        _check_int("n_jobs", self.n_jobs, 1)
-        _check_int("seed", self.seed, 0)
+            check_int("n_gm_parcels", self.n_gm_parcels, 0)
+        check_int("icc_subjects", self.icc_subjects, 3)
+        check_int("lasso_cv", self.lasso_cv, 2)
+        check_int("cfs_max_stale", self.cfs_max_stale, 1)
+        check_int("n_jobs", self.n_jobs, 1)
+        check_int("seed", self.seed, 0)
         if not 0.0 <= float(self.icc_threshold) <= 1.0:
             raise ValueError(f"'icc_threshold' must be in [0, 1]; got {self.icc_threshold!r}")
         if not float(self.icc_shift_mm) > 0.0:
@@ -306,14 +297,14 @@ def subject_table(cohort: Any) -> pd.DataFrame:
 
     Parameters
     ----------
-    cohort : msutils.cohort.Cohort
+    cohort : msutils.data.cohort.Cohort
 
     Returns
     -------
     pandas.DataFrame
         Sorted by ``subject_id``.
     """
-    from msutils.report import first_session
+    from msutils.data.cohort import first_session
 
     table = cohort.table
     missing = [c for c in ("subject_id", "session", "group", "center", *_CLINICAL_COLUMNS)
@@ -345,7 +336,7 @@ def study_rois(cohort: Any, n_gm_parcels: int | None = None) -> dict[str, list[i
 
     Parameters
     ----------
-    cohort : msutils.cohort.Cohort
+    cohort : msutils.data.cohort.Cohort
     n_gm_parcels : int, optional
         Keep only the first ``n`` parcels (by label value).
 
@@ -381,7 +372,7 @@ def extract_radiomics(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Se
 
     Parameters
     ----------
-    cohort : msutils.cohort.Cohort
+    cohort : msutils.data.cohort.Cohort
     subjects : DataFrame
         :func:`subject_table` rows (index subject_id, column ``scan_id``).
     rois : mapping
@@ -391,7 +382,7 @@ def extract_radiomics(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Se
         One scan per subject row (default: ``subjects["scan_id"]``), e.g. the
         second visits for a rescan ICC.
     cache_dir : path-like, optional
-        :func:`msutils.radiomics.extract`'s per (scan, ROI) cache.
+        :func:`msutils.features.radiomics.extract`'s per (scan, ROI) cache.
     progress : bool
         Progress bars.
 
@@ -402,7 +393,7 @@ def extract_radiomics(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Se
     reasons : DataFrame
         ``subject_id, scan_id, roi, reason`` of NaN ROIs.
     """
-    from msutils import radiomics as rad
+    from msutils.features import radiomics as rad
 
     sids = list(subjects["scan_id"].astype(str)) if scan_ids is None else [str(s) for s in scan_ids]
     if len(sids) != len(subjects):
@@ -424,9 +415,9 @@ def volume_table(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Sequenc
     """Volumes (mL) of the GM ROIs, ``wbv_ml``, ``tiv_ml`` and ``lesion_volume_ml`` per subject.
 
     Measured from each scan's label map, lesion mask and brain mask
-    (:func:`msutils.volumes.cohort_volumes`).
+    (:func:`msutils.features.volumes.cohort_volumes`).
     """
-    from msutils.volumes import cohort_volumes
+    from msutils.features.volumes import cohort_volumes
 
     vols = cohort_volumes(cohort, scan_ids=list(subjects["scan_id"].astype(str)), roi_sets=dict(rois))
     cols = list(rois) + ["wbv_ml", "tiv_ml", "lesion_volume_ml"]
@@ -576,7 +567,7 @@ def load_study_data(cohort: Any, config: StudyConfig, *, cache_dir: str | os.Pat
 
     Parameters
     ----------
-    cohort : msutils.cohort.Cohort
+    cohort : msutils.data.cohort.Cohort
     config : StudyConfig
     cache_dir : path-like, optional
         Radiomics cache folder.
@@ -618,10 +609,10 @@ def study_split(subjects: pd.DataFrame, *, internal_center: str | None = None, t
     Returns
     -------
     dict
-        A split (see :mod:`msutils.splits`) with ``train``, ``test``,
+        A split (see :mod:`msutils.data.splits`) with ``train``, ``test``,
         ``external``, ``internal_center`` and ``inner``.
     """
-    from msutils.splits import grouped_kfold, internal_external_split
+    from msutils.data.splits import grouped_kfold, internal_external_split
 
     table = subjects.reset_index()[["subject_id", "center"]].astype(str)
     if internal_center is None:
@@ -629,7 +620,7 @@ def study_split(subjects: pd.DataFrame, *, internal_center: str | None = None, t
         internal_center = str(min(counts[counts == counts.max()].index))
     split = internal_external_split(table, str(internal_center), test_size, seed=seed,
                                     name=f"internal-{internal_center}")
-    split["inner"] = grouped_kfold(table, _check_int("n_folds", n_folds, 2), stratify=None, seed=seed,
+    split["inner"] = grouped_kfold(table, check_int("n_folds", n_folds, 2), stratify=None, seed=seed,
                                    subjects=split["train"])
     return split
 
@@ -686,7 +677,7 @@ def resegmented_mask(mask: np.ndarray, rng: Any, spacing: Sequence[float], *, sh
                      mode: str = "random") -> np.ndarray:
     """A re-segmentation proxy: the ROI boundary moved by about ``shift_mm`` on average.
 
-    :func:`msutils.selection.perturbed_mask` erodes or dilates the mask by one voxel;
+    :func:`msutils.features.reliability.perturbed_mask` erodes or dilates the mask by one voxel;
     each voxel that this changes is kept changed with probability
     ``min(1, shift_mm / mean voxel size)``, so a 1 mm image gets the full
     one-voxel erosion / dilation and a 3 mm image a third of it (a boundary
@@ -708,7 +699,7 @@ def resegmented_mask(mask: np.ndarray, rng: Any, spacing: Sequence[float], *, sh
     -------
     ndarray of bool
     """
-    from msutils.selection import perturbed_mask
+    from msutils.features.reliability import perturbed_mask
 
     if not float(shift_mm) > 0:
         raise ValueError(f"'shift_mm' must be > 0; got {shift_mm!r}")
@@ -726,8 +717,8 @@ def _perturbed_scan(task: Mapping[str, Any]) -> dict[str, list[float]]:
     """Worker: re-process one scan with perturbed ROI boundaries and image noise."""
     import nibabel as nib
 
-    from msutils import radiomics as rad
-    from msutils.selection import perturbed_image
+    from msutils.features import radiomics as rad
+    from msutils.features.reliability import perturbed_image
 
     img = nib.load(task["t1"])
     arr = np.asarray(img.dataobj, dtype=np.float32)
@@ -754,9 +745,9 @@ def _perturbed_scan(task: Mapping[str, Any]) -> dict[str, list[float]]:
                                          shift_mm=float(task["shift_mm"]))
         if roi in task["subtract_lesions"]:
             m &= ~les
-        masks[roi] = m.T  # SimpleITK order, as msutils.radiomics.extract reads NIfTI files
-    logging.getLogger("radiomics").setLevel(logging.ERROR)
-    df = rad.extract_masks(arr.T, masks, spacing[::-1], task["params"], margin=task["margin"])
+        masks[roi] = m.T  # SimpleITK order, as msutils.features.radiomics.extract reads NIfTI files
+    with rad.quiet_pyradiomics():
+        df = rad.extract_masks(arr.T, masks, spacing[::-1], task["params"], margin=task["margin"])
     return {roi: df.loc[roi].tolist() for roi in masks}
 
 
@@ -766,7 +757,7 @@ def retest_radiomics(cohort: Any, data: StudyData, retest_scans: Mapping[str, st
 
     Parameters
     ----------
-    cohort : msutils.cohort.Cohort
+    cohort : msutils.data.cohort.Cohort
     data : StudyData
     retest_scans : mapping
         :func:`icc_subset` output (subject -> scan).
@@ -780,7 +771,7 @@ def retest_radiomics(cohort: Any, data: StudyData, retest_scans: Mapping[str, st
     DataFrame
         Index subject_id (``retest_scans`` order), columns of ``data.radiomics``.
     """
-    from msutils import radiomics as rad
+    from msutils.features import radiomics as rad
 
     subjects = data.subjects.loc[list(retest_scans)]
     if config.icc_mode == "rescan":
@@ -800,7 +791,8 @@ def retest_radiomics(cohort: Any, data: StudyData, retest_scans: Mapping[str, st
             "seed": int(config.seed),
             "key": zlib.crc32(str(subject).encode()),
         })
-    results = _map(_perturbed_scan, tasks, config.n_jobs, progress, "icc re-processing")
+    results = process_map(_perturbed_scan, tasks, n_jobs=config.n_jobs, desc="ICC re-processing", unit="scans",
+                          progress=progress)
     rows = []
     for res in results:
         rows.append([v for roi in rois for v in res[roi]])
@@ -809,39 +801,10 @@ def retest_radiomics(cohort: Any, data: StudyData, retest_scans: Mapping[str, st
     return out[list(data.radiomics.columns)]
 
 
-def _map(fn: Callable[[Any], Any], tasks: list[Any], n_jobs: int, progress: bool, desc: str) -> list[Any]:
-    """``[fn(t) for t in tasks]``, in worker processes when ``n_jobs > 1``."""
-    from tqdm.auto import tqdm
-
-    if n_jobs <= 1 or len(tasks) <= 1:
-        return [fn(t) for t in tqdm(tasks, desc=desc, disable=not progress)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = mp.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(tasks)), mp_context=ctx,
-                             initializer=_worker_setup) as pool:
-        return list(tqdm(pool.map(fn, tasks), total=len(tasks), desc=desc, disable=not progress))
-
-
-def _worker_setup() -> None:
-    """Worker initializer: one thread per worker for SimpleITK and every BLAS / OpenMP pool.
-
-    Without the limit, the BLAS threads of several workers (pyradiomics' GLCM MCC
-    calls numpy's eigvals) oversubscribe the cores and spin: measured 3-10x slower.
-    """
-    from threadpoolctl import threadpool_limits
-
-    from msutils import radiomics, selection  # noqa: F401  (load every thread pool first)
-
-    radiomics._worker_init()
-    threadpool_limits(1)
-
-
 # ---------------------------------------------------------------------------- features
 def feature_group(name: str) -> str:
     """Group of a design-table column: clinical, lesion, volume, disconnection or radiomics."""
-    from msutils.regression import CLINICAL_FEATURES
+    from msutils.models.regression import CLINICAL_FEATURES
 
     if name in CLINICAL_FEATURES:
         return "clinical"
@@ -875,12 +838,12 @@ def candidate_features(data: StudyData, scorer: Any, subjects: Sequence[str] | N
     Parameters
     ----------
     data : StudyData
-    scorer : msutils.volumes.NormativeZScorer
+    scorer : msutils.features.volumes.NormativeZScorer
         Fitted on the training subjects.
     subjects : sequence of str, optional
         Default: all.
     """
-    from msutils.regression import clinical_features
+    from msutils.models.regression import clinical_features
 
     ids = list(data.subjects.index) if subjects is None else [str(s) for s in subjects]
     clin = clinical_features(data.subjects.loc[ids])
@@ -900,11 +863,11 @@ class SelectionResult:
     Attributes
     ----------
     train_subjects : list of str
-    scorer : msutils.volumes.NormativeZScorer
+    scorer : msutils.features.volumes.NormativeZScorer
         Volume z-scores fitted on the training subjects.
-    icc : msutils.selection.IccResult or None
+    icc : msutils.features.reliability.IccResult or None
         Stability test (``None``: no re-extraction given).
-    pipeline : msutils.selection.SelectionPipeline
+    pipeline : msutils.features.selection.SelectionPipeline
         Variance -> collinearity -> LASSO -> CFS, fitted on the training subjects.
     candidates : list of str
         Columns that entered the selection.
@@ -969,12 +932,12 @@ def select_features(data: StudyData, train_subjects: Iterable[str], config: Stud
     """Fit the feature pipeline on the training subjects only.
 
     1. normative z-scores of the GM ROI volumes and WBV (``volume ~ age + sex + TIV``,
-       :class:`msutils.volumes.NormativeZScorer`);
+       :class:`msutils.features.volumes.NormativeZScorer`);
     2. columns with a missing value in a training subject are dropped;
     3. ICC of the radiomic features between ``data.radiomics`` and ``retest``
-       (:func:`msutils.selection.icc_stability`) on the retest subjects, which must
+       (:func:`msutils.features.reliability.icc_stability`) on the retest subjects, which must
        be training subjects;
-    4. :class:`msutils.selection.SelectionPipeline` with the ICC keep list (scope:
+    4. :class:`msutils.features.selection.SelectionPipeline` with the ICC keep list (scope:
        the radiomic columns), EDSS as target.
 
     Parameters
@@ -984,12 +947,13 @@ def select_features(data: StudyData, train_subjects: Iterable[str], config: Stud
     config : StudyConfig
     retest : DataFrame, optional
         :func:`retest_radiomics` output; ``None`` skips the stability stage.
-    fit_log : msutils.leakage.FitLog, optional
+    fit_log : msutils.data.leakage.FitLog, optional
         Shared by every fitted step.
     """
-    from msutils.regression import clinical_features
-    from msutils.selection import SelectionPipeline, icc_stability
-    from msutils.volumes import NormativeZScorer
+    from msutils.models.regression import clinical_features
+    from msutils.features.reliability import icc_stability
+    from msutils.features.selection import SelectionPipeline
+    from msutils.features.volumes import NormativeZScorer
 
     train = [str(s) for s in train_subjects]
     unknown = [s for s in train if s not in data.subjects.index]
@@ -1055,9 +1019,9 @@ def design_matrix(selection: SelectionResult, data: StudyData, subjects: Sequenc
 def feature_matrix(selection: SelectionResult, data: StudyData, subjects: Sequence[str],
                    feature_set: str = "selected") -> pd.DataFrame:
     """Design matrix of a feature set (:data:`FEATURE_SETS`)."""
-    from msutils.regression import clinical_features
+    from msutils.models.regression import clinical_features
 
-    _check_choice("feature_set", feature_set, FEATURE_SETS)
+    check_choice("feature_set", feature_set, FEATURE_SETS)
     ids = [str(s) for s in subjects]
     if feature_set == "selected":
         return design_matrix(selection, data, ids)
@@ -1078,16 +1042,16 @@ def fit_models(selection: SelectionResult, data: StudyData,
         Model -> ``model__...`` parameters (e.g. the tuned ones); missing -> defaults.
     feature_set : {"selected", "clinical"}
     models : sequence of str
-        Keys of :data:`msutils.regression.MODELS`.
+        Keys of :data:`msutils.models.regression.MODELS`.
     seed : int
-    fit_log : msutils.leakage.FitLog, optional
+    fit_log : msutils.data.leakage.FitLog, optional
 
     Returns
     -------
     dict
         Model name -> fitted pipeline.
     """
-    from msutils.regression import fit_final
+    from msutils.models.regression import fit_final
 
     train = selection.train_subjects
     X = feature_matrix(selection, data, train, feature_set)
@@ -1173,7 +1137,7 @@ def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
     labels : mapping, optional
         Cohort -> row label.
     """
-    from msutils.regression import MODELS
+    from msutils.models.regression import MODELS
     from msutils.stats import format_p
 
     labels = {**_COHORT_LABELS, **dict(labels or {})}
@@ -1191,8 +1155,8 @@ def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
 def paper_table3_long(scores: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None
                       ) -> dict[str, dict[str, float]]:
     """``{"<cohort> / <model>": {"r", "r2", "mae"}}`` rows (the paper's by default) for
-    :func:`msutils.report.paper_vs_ours`."""
-    from msutils.regression import MODELS
+    :func:`msutils.pipeline.report.paper_vs_ours`."""
+    from msutils.models.regression import MODELS
 
     src = PAPER_TABLE3 if scores is None else scores
     return {f"{_COHORT_LABELS.get(c, c)} / {MODELS[m].label}": {k: float(v[k]) for k in ("r", "r2", "mae")}
@@ -1480,7 +1444,7 @@ def adjusted_site_pvalue(df: pd.DataFrame, variable: str, *, by: str = "center",
     "adjusted for age, sex and TIV" comparison of MRI measures between sites."""
     import statsmodels.api as sm
 
-    from msutils.volumes import encode_sex
+    from msutils.features.volumes import encode_sex
 
     need = [variable, by, *covariates]
     missing = [c for c in need if c not in df.columns]

@@ -116,12 +116,12 @@ def build_manifest(root: str | os.PathLike, out: str | os.PathLike, *, space: st
         No patient table or no patient folder with all of T1, FLAIR, consensus_gt.
     ValueError
         A patient folder missing from ``patient_info.csv`` or an unknown ``ms_type``.
-    msutils.cohort.ManifestError
+    msutils.data.cohort.ManifestError
         If the written manifest does not validate.
     """
     import pandas as pd
 
-    from .cohort import ManifestError, validate_manifest, write_manifest
+    from msutils.data.cohort import ManifestError, validate_manifest, write_manifest
 
     root = Path(root).expanduser().absolute()
     out = Path(out).expanduser()
@@ -217,10 +217,10 @@ def build_manifest(root: str | os.PathLike, out: str | os.PathLike, *, space: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m msutils.mslub ROOT OUT``: (re)build an MSLUB manifest."""
+    """``python -m msutils.data.mslub ROOT OUT``: (re)build an MSLUB manifest."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m msutils.mslub", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m msutils.data.mslub", description=main.__doc__)
     parser.add_argument("root", type=Path, help="folder with patient_info.csv and MNI/patientNN/")
     parser.add_argument("out", type=Path, help="manifest CSV to write")
     args = parser.parse_args(argv)

@@ -41,14 +41,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from msutils.io import file_lock
+from msutils.core.io import file_lock
+from msutils.pipeline.notebook_file import (
+    FOLD_END_TAG,
+    PARAMETER_TAGS,
+    cell_source,
+    cell_tags,
+    load_notebook,
+    source_notebook,
+)
 
 __all__ = [
-    "FOLD_END_TAG",
-    "PARAMETER_TAGS",
     "KEY_EXCLUDED_PARAMETERS",
     "FoldCache",
-    "source_notebook",
     "code_hash",
     "manifest_identity",
     "cache_key",
@@ -56,10 +61,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Tag of the last code cell a fold run needs; the runner stops fold runs after it.
-FOLD_END_TAG = "fold-end"
-#: Tags of parameter cells, left out of the code hash.
-PARAMETER_TAGS: tuple[str, ...] = ("parameters", "injected-parameters")
 #: Parameters that never enter the key (``manifest`` enters through its content hash).
 KEY_EXCLUDED_PARAMETERS: tuple[str, ...] = ("fold", "out_dir", "manifest")
 
@@ -69,54 +70,6 @@ _META = "meta.json"
 _OWNER = ".owner.json"
 _TMP_PREFIX = ".tmp-"
 _UNSET: Any = object()
-
-
-def _tags(cell: Mapping[str, Any]) -> list[str]:
-    return list(cell.get("metadata", {}).get("tags", []) or [])
-
-
-def _source(cell: Mapping[str, Any]) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
-
-
-def _read_notebook(notebook: str | os.PathLike | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(notebook, Mapping):
-        return notebook
-    path = Path(notebook)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"notebook {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"notebook {path} is not valid JSON: {exc}") from None
-
-
-def source_notebook(notebook: str, notebook_path: str | os.PathLike | None = None) -> Path:
-    """Locate the source ``.ipynb`` of ``notebook``.
-
-    Parameters
-    ----------
-    notebook : str
-        Notebook name without extension.
-    notebook_path : str or path-like, optional
-        Explicit path; wins when given.
-
-    Returns
-    -------
-    Path
-        ``notebook_path``; else ``./<notebook>.ipynb`` if it exists (papermill runs the
-        kernel in the notebooks folder, and so does JupyterLab); else
-        ``msutils.paths.notebooks_dir() / "<notebook>.ipynb"``.
-    """
-    if notebook_path is not None:
-        return Path(notebook_path)
-    here = Path.cwd() / f"{notebook}.ipynb"
-    if here.is_file():
-        return here
-    from msutils.paths import notebooks_dir
-
-    return notebooks_dir() / f"{notebook}.ipynb"
 
 
 def code_hash(notebook: str | os.PathLike | Mapping[str, Any]) -> str:
@@ -131,14 +84,14 @@ def code_hash(notebook: str | os.PathLike | Mapping[str, Any]) -> str:
     notebook : str, path-like or mapping
         Path of an ``.ipynb`` file, or the notebook's parsed JSON.
     """
-    nb = _read_notebook(notebook)
+    nb = load_notebook(notebook)
     sources: list[str] = []
     for cell in nb.get("cells", []):
         if cell.get("cell_type") != "code":
             continue
-        tags = _tags(cell)
+        tags = cell_tags(cell)
         if not any(t in PARAMETER_TAGS for t in tags):
-            src = _source(cell).strip()
+            src = cell_source(cell).strip()
             if src:
                 sources.append(src)
         if FOLD_END_TAG in tags:
@@ -251,12 +204,12 @@ class FoldCache:
     notebook : str
         Notebook name, e.g. ``"02_edss_regression"``.
     params : mapping
-        The notebook's parameters (see :func:`msutils.run.notebook_params`).
+        The notebook's parameters (see :func:`msutils.pipeline.kernel.notebook_params`).
     manifest : str, path-like or None, optional
         Cohort manifest; default ``params["manifest"]`` (None if absent).
     out_dir : str, path-like or None, optional
         Results root; default ``params["out_dir"]``, and if that is None
-        ``msutils.paths.results_dir()``. Entries live in ``<out_dir>/cache/<notebook>/``.
+        ``msutils.core.paths.results_dir()``. Entries live in ``<out_dir>/cache/<notebook>/``.
     notebook_path : str or path-like, optional
         Source notebook whose code is hashed; default :func:`source_notebook`.
 
@@ -286,7 +239,7 @@ class FoldCache:
         if out_dir is _UNSET:
             out_dir = params.get("out_dir")
         if out_dir is None:
-            from msutils.paths import results_dir
+            from msutils.core.paths import results_dir
 
             out_dir = results_dir()
         self.out_dir = Path(out_dir).expanduser().resolve()
@@ -445,7 +398,7 @@ class FoldCache:
         Parameters
         ----------
         folds : iterable of str
-            Fold names (e.g. ``msutils.profiles.profile_folds(notebook, profile)``).
+            Fold names (e.g. ``msutils.pipeline.profiles.profile_folds(notebook, profile)``).
         compute_fn, pass_dir
             As in :meth:`get_or_compute`.
 

@@ -7,9 +7,9 @@ Patients and split (:func:`study_scans`, :func:`study_split`)
     MS patients only (healthy controls have no lesion slices), one scan per
     patient (the first session: the paper has one FLAIR volume per patient).
     25 % of the main center's patients form the **internal test** set
-    (:func:`msutils.splits.internal_external_split`, seeded); the remaining
+    (:func:`msutils.data.splits.internal_external_split`, seeded); the remaining
     patients are split into the cross-validation folds
-    (:func:`msutils.splits.grouped_kfold`, subject-level); the patients of the
+    (:func:`msutils.data.splits.grouped_kfold`, subject-level); the patients of the
     other center(s) form the **external test** set. With fewer training
     patients than folds (e.g. a 2-patient real sample: 1 trains, 1 tests) the
     folds cannot be built from patients; they are then contiguous blocks of
@@ -17,10 +17,10 @@ Patients and split (:func:`study_scans`, :func:`study_split`)
     patient stays unseen, but the validation Dice becomes a within-patient
     number (optimistic). The split is written once to a splits file and reused.
 Slices (:func:`scan_slices`)
-    Paper steps 1-5 through :func:`msutils.slices.volume_to_slices`: skull
+    Paper steps 1-5 through :func:`msutils.segmentation.slices.volume_to_slices`: skull
     strip (the manifest's ``brain_mask``; without one, an already
     skull-stripped image's non-zero voxels, else the documented fallback
-    :func:`msutils.slices.estimate_brain_mask`, see :func:`brain_mask_for`),
+    :func:`msutils.segmentation.slices.estimate_brain_mask`, see :func:`brain_mask_for`),
     min-max normalisation to [0, 1] inside the brain, resizing to
     ``image_size`` x ``image_size`` (after zero-padding the two in-plane axes
     to a square, so the anatomy keeps its aspect ratio), mask binarisation and
@@ -28,11 +28,11 @@ Slices (:func:`scan_slices`)
     lesion-free slice: the training set is lesion slices, as in the paper).
 Augmentation and nnU-Net dataset (:func:`prepare_workspace`)
     Paper step 6 runs **offline before export**
-    (:func:`msutils.slices.augment_slices`, MONAI, 5 copies per slice) on the
+    (:func:`msutils.segmentation.slices.augment_slices`, MONAI, 5 copies per slice) on the
     training slices. Every training patient's copies are exported once, but a
     fold only ever trains on copies of its own training patients: copies of a
     validation patient are in neither list of that fold
-    (:func:`msutils.nnunet.splits_from_subject_folds`), which is the same as
+    (:func:`msutils.segmentation.nnunet.splits_from_subject_folds`), which is the same as
     augmenting each fold's training part separately. nnU-Net's own online
     augmentation (the default ``nnUNetTrainer``: rotation, scaling, noise,
     blur, brightness/contrast, gamma, mirroring) runs on top, unchanged.
@@ -55,7 +55,7 @@ Test sets (:func:`eval_slices`, :func:`predict_slices`, :func:`evaluate_test_set
     is scored on the same slices). Slices with a lesion too small for the
     entropy check are neither. The ensemble of the trained folds (nnU-Net's
     mean of the logits) segments them. Slice level: TP if a ground-truth
-    lesion is covered >= 10 % (:func:`msutils.lesions.slice_stack_classification`),
+    lesion is covered >= 10 % (:func:`msutils.segmentation.slice_classification.slice_stack_classification`),
     TN if the prediction is empty; exact Clopper-Pearson CIs. Voxel level:
     DSC, PPV, IoU, sensitivity and HD95 (mm) per positive slice, averaged
     over slices, with percentile-bootstrap CIs that resample **patients**.
@@ -77,7 +77,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from msutils.io import (
+from msutils.core.validation import check_int
+from msutils.segmentation.slice_classification import DEFAULT_THRESHOLDS
+from msutils.core.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -85,9 +87,9 @@ from msutils.io import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from msutils.cohort import Cohort
-    from msutils.leakage import FitLog
-    from msutils.nnunet import NnUNetWorkspace
+    from msutils.data.cohort import Cohort
+    from msutils.data.leakage import FitLog
+    from msutils.segmentation.nnunet import NnUNetWorkspace
 
 __all__ = [
     "BRAIN_SOURCES",
@@ -96,7 +98,6 @@ __all__ = [
     "PAPER_TABLE5_PRINTED",
     "PAPER_VOXEL",
     "SEGSTUDY_VERSION",
-    "THRESHOLDS",
     "VARIANTS",
     "EvalSlices",
     "Evaluation",
@@ -143,8 +144,6 @@ _MARKER = "prepared.json"
 _CASES = "cases.csv"
 _SLICES = "training_slices.npz"
 #: TP overlap thresholds of Figs 4-5: 0.05, 0.10, ..., 0.95.
-THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
-
 #: Seed 003 Table 4: validation DSC (%) per fold.
 PAPER_TABLE4: dict[str, float] = {"fold 1": 83.5, "fold 2": 89.4, "fold 3": 88.4, "fold 4": 87.5, "fold 5": 84.5}
 #: Seed 003 Table 5 exactly as printed (%, HD95 in mm); see :data:`PAPER_SLICE_COUNTS` for the label swap.
@@ -239,22 +238,15 @@ class SegConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def pos_int(name: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ValueError(f"'{name}' must be an integer >= {minimum}{' or None' if optional else ''}; "
-                                 f"got {value!r}")
-
-        pos_int("image_size", self.image_size, 8)
-        pos_int("n_aug_copies", self.n_aug_copies, 0)
+        check_int("image_size", self.image_size, 8)
+        check_int("n_aug_copies", self.n_aug_copies, 0)
         for name in ("num_epochs", "iterations_per_epoch", "val_iterations"):
-            pos_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), 1)
         for name in ("n_stages", "base_features", "max_features", "batch_size", "patch_size"):
-            pos_int(name, getattr(self, name), optional=True)
-        pos_int("num_threads", self.num_threads, optional=True)
-        pos_int("n_proc_da", self.n_proc_da, 0)
-        pos_int("seed", self.seed, 0)
+            check_int(name, getattr(self, name), 1, optional=True)
+        check_int("num_threads", self.num_threads, 1, optional=True)
+        check_int("n_proc_da", self.n_proc_da, 0)
+        check_int("seed", self.seed, 0)
         if self.normalization not in _NORMALIZATIONS:
             raise ValueError(f"'normalization' must be one of {list(_NORMALIZATIONS)}; got {self.normalization!r}")
         if self.brain_source not in BRAIN_SOURCES:
@@ -313,8 +305,9 @@ def study_scans(cohort: Cohort) -> pd.DataFrame:
             f"cohort {cohort.manifest_path}: column 'lesion_mask' is empty for MS scan(s) {missing[:5]}; "
             "lesion segmentation needs the ground-truth masks"
         )
-    ordered = ms.sort_values(["subject_id", "session"], kind="stable")
-    return ordered[~ordered["subject_id"].duplicated()]
+    from msutils.data.cohort import first_session
+
+    return first_session(ms)
 
 
 def resolve_centers(
@@ -372,16 +365,15 @@ def study_split(
     Returns
     -------
     dict
-        A split (:mod:`msutils.splits` format): ``train`` (CV pool), ``test``
+        A split (:mod:`msutils.data.splits` format): ``train`` (CV pool), ``test``
         (internal test), ``external``, ``excluded``, ``internal_center``,
         ``external_centers``, ``fold_unit`` (``"subject"`` or ``"slab"``) and,
-        for subject folds, ``inner``: the :func:`msutils.splits.grouped_kfold`
+        for subject folds, ``inner``: the :func:`msutils.data.splits.grouped_kfold`
         folds (``test`` = the fold's validation patients).
     """
-    from msutils.splits import grouped_kfold, internal_external_split
+    from msutils.data.splits import grouped_kfold, internal_external_split
 
-    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
-        raise ValueError(f"'n_folds' must be an integer >= 2; got {n_folds!r}")
+    check_int("n_folds", n_folds, 2)
     n_main = scans.loc[scans["center"].astype(str) == str(main_center), "subject_id"].nunique()
     if n_main < 2:
         raise ValueError(f"the main center {main_center!r} has {n_main} MS patient(s); the internal train/test "
@@ -416,7 +408,7 @@ class ScanSlices:
     Attributes
     ----------
     scan_id, subject_id, center : str
-    stack : msutils.slices.SliceStack
+    stack : msutils.segmentation.slices.SliceStack
         Every slice along the cut axis (images, masks, brain masks, entropy).
     spacing : tuple of float
         Pixel size (rows, columns) in mm after padding and resizing.
@@ -453,7 +445,7 @@ def brain_mask_for(cohort: Cohort, scan_id: str, flair: np.ndarray, source: str 
     - ``"manifest"``: the cohort's ``brain_mask`` column (error if empty);
     - ``"nonzero"``: ``flair != 0``, for images that are already skull-stripped
       (e.g. the MSLUB sample: background set to exactly 0);
-    - ``"estimate"``: None, i.e. :func:`msutils.slices.estimate_brain_mask`, a
+    - ``"estimate"``: None, i.e. :func:`msutils.segmentation.slices.estimate_brain_mask`, a
       crude foreground mask (a fallback, **not** FSL BET);
     - ``"auto"``: ``manifest`` when the scan has a brain mask; else ``nonzero``
       when at least half of the voxels are exactly 0 (an already
@@ -462,7 +454,7 @@ def brain_mask_for(cohort: Cohort, scan_id: str, flair: np.ndarray, source: str 
     Returns
     -------
     mask : ndarray of bool or None
-        None means "let :func:`msutils.slices.skull_strip` estimate it".
+        None means "let :func:`msutils.segmentation.slices.skull_strip` estimate it".
     used : str
         ``"manifest"``, ``"nonzero"`` or ``"estimate"``.
     """
@@ -511,9 +503,9 @@ def scan_slices(cohort: Cohort, scan_id: str, config: SegConfig) -> ScanSlices:
     """Paper preprocessing steps 1-5 for one scan (see the module docstring).
 
     The FLAIR, the lesion mask and the brain mask are padded to a square in
-    plane, then cut and resized by :func:`msutils.slices.volume_to_slices`.
+    plane, then cut and resized by :func:`msutils.segmentation.slices.volume_to_slices`.
     """
-    from msutils.slices import volume_to_slices
+    from msutils.segmentation.slices import volume_to_slices
 
     row = cohort.table.loc[scan_id]
     flair = cohort.array(scan_id, "flair")
@@ -528,7 +520,7 @@ def scan_slices(cohort: Cohort, scan_id: str, config: SegConfig) -> ScanSlices:
     lesion_sq, _ = pad_to_square(lesion, config.axis)
     brain_sq = pad_to_square(brain, config.axis)[0] if brain is not None else None
     if brain_sq is None:
-        from msutils.slices import estimate_brain_mask
+        from msutils.segmentation.slices import estimate_brain_mask
 
         brain_sq = pad_to_square(estimate_brain_mask(flair), config.axis)[0]
     stack = volume_to_slices(flair_sq, lesion_sq, brain_sq, size=(config.image_size, config.image_size),
@@ -583,8 +575,8 @@ def training_slices(
     Each scan's copies are drawn with a seed derived from ``config.seed`` and
     the scan id, so they do not depend on the other scans of the pool.
     """
-    from msutils.nnunet import make_case_id
-    from msutils.slices import augment_slices
+    from msutils.segmentation.nnunet import make_case_id
+    from msutils.segmentation.slices import augment_slices
 
     if not len(scan_ids):
         raise ValueError("'scan_ids' is empty: no training scan")
@@ -672,7 +664,7 @@ class PreparedStudy:
     ----------
     root : Path
         ``<root_dir>/nnunet-<key>``.
-    workspace : msutils.nnunet.NnUNetWorkspace
+    workspace : msutils.segmentation.nnunet.NnUNetWorkspace
     dataset_id : int
     variant : str
         ``"aug"`` or ``"noaug"``.
@@ -738,7 +730,7 @@ def prepare_workspace(
     ``<root_dir>/nnunet-<key>/<variant>/prepared.json`` exists nothing is done;
     otherwise the training pool's slices are built (:func:`training_slices`,
     with the offline augmentation for ``variant="aug"``), exported with
-    :func:`msutils.nnunet.export_dataset`, the study's folds written as
+    :func:`msutils.segmentation.nnunet.export_dataset`, the study's folds written as
     ``splits_final.json`` and nnU-Net's fingerprint, plan (shrunk by the
     config's network settings) and preprocessing run; ``prepared.json`` is
     written last, atomically.
@@ -755,7 +747,7 @@ def prepare_workspace(
     num_processes : int
         nnU-Net's fingerprint / preprocessing workers.
     """
-    from msutils import nnunet as N
+    from msutils.segmentation import nnunet as N
 
     if variant not in VARIANTS:
         raise ValueError(f"'variant' must be one of {list(VARIANTS)}; got {variant!r}")
@@ -840,8 +832,8 @@ def fold_fit_log(prepared: PreparedStudy, fold: int, log: FitLog | None = None) 
     Also records ``nnunet-plan-<variant>``: nnU-Net's fingerprint and plan saw
     every exported training case.
     """
-    from msutils import nnunet as N
-    from msutils.leakage import FitLog
+    from msutils.segmentation import nnunet as N
+    from msutils.data.leakage import FitLog
 
     log = FitLog() if log is None else log
     cases = prepared.cases
@@ -885,8 +877,8 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
         call, ~0 when a current checkpoint was reused; ``epochs``: nnU-Net's own
         epoch times, i.e. what training the network took; ``validate``).
     """
-    from msutils import nnunet as N
-    from msutils.metrics import voxel_metrics_table
+    from msutils.segmentation import nnunet as N
+    from msutils.segmentation.metrics import voxel_metrics_table
 
     device = resolve_device(config.device)
     t0 = time.perf_counter()
@@ -936,7 +928,7 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
 
 # --------------------------------------------------------------------------- test sets
 def draw_negatives(eligible: np.ndarray, n_positive: int, ratio: float = 1.0, seed: int = 0) -> np.ndarray:
-    """Indices of the negative slices to evaluate, drawn like :mod:`msutils.lesions` does.
+    """Indices of the negative slices to evaluate, drawn like :mod:`msutils.segmentation.lesions` does.
 
     ``round(ratio * n_positive)`` indices (all eligible ones if fewer exist, with
     a warning) drawn by ``numpy.random.default_rng(seed).choice`` without
@@ -1027,7 +1019,7 @@ def eval_slices(cohort: Cohort, scan_ids: Sequence[str], config: SegConfig, *, n
 
 def load_predictor(prepared: PreparedStudy, folds: Sequence[int], config: SegConfig) -> Any:
     """nnU-Net predictor holding the ensemble of ``folds`` (mean of the logits)."""
-    from msutils import nnunet as N
+    from msutils.segmentation import nnunet as N
 
     return N.load_predictor(prepared.workspace, prepared.dataset_id, list(folds),
                             device=resolve_device(config.device), use_mirroring=config.use_mirroring)
@@ -1036,7 +1028,7 @@ def load_predictor(prepared: PreparedStudy, folds: Sequence[int], config: SegCon
 def predict_slices(prepared: PreparedStudy, images: np.ndarray, config: SegConfig, *, predictor: Any = None,
                    folds: Sequence[int] | None = None) -> np.ndarray:
     """Segment ``(n, H, W)`` slices with the fold ensemble (uint8 masks, same shape)."""
-    from msutils import nnunet as N
+    from msutils.segmentation import nnunet as N
 
     if predictor is None:
         if folds is None:
@@ -1057,9 +1049,9 @@ class Evaluation:
     Attributes
     ----------
     name : str
-    classification : msutils.lesions.SliceClassification
+    classification : msutils.segmentation.lesions.SliceClassification
     slice_metrics : dict
-        :func:`msutils.metrics.classification_metrics` (exact CIs) + counts.
+        :func:`msutils.segmentation.metrics.classification_metrics` (exact CIs) + counts.
     voxel : DataFrame
         Per positive slice: voxel metrics plus ``subject_id``.
     voxel_summary : DataFrame
@@ -1091,16 +1083,12 @@ def evaluate_test_set(
     preds: np.ndarray,
     config: SegConfig,
     *,
-    thresholds: Sequence[float] | np.ndarray = THRESHOLDS,
+    thresholds: Sequence[float] | np.ndarray = DEFAULT_THRESHOLDS,
     n_boot: int = 2000,
 ) -> Evaluation:
     """Slice-level classification (seed-003 rule) and voxel-level metrics of one test set."""
-    from msutils.lesions import slice_stack_classification
-    from msutils.metrics import (
-        summarize_metrics,
-        threshold_curve_from_slices,
-        voxel_metrics_table,
-    )
+    from msutils.segmentation.metrics import summarize_metrics, voxel_metrics_table
+    from msutils.segmentation.slice_classification import slice_stack_classification, threshold_curve_from_slices
 
     preds = np.asarray(preds)
     if preds.shape != test.masks.shape:
@@ -1127,13 +1115,13 @@ def evaluate_test_set(
 # --------------------------------------------------------------------------- paper comparison
 def paper_slice_metrics() -> dict[str, dict[str, float]]:
     """The paper's slice-level metrics recomputed from the counts in its text (labels as they should be)."""
-    from msutils.metrics import classification_metrics
+    from msutils.segmentation.metrics import classification_metrics
 
     return {row: classification_metrics(**c) for row, c in PAPER_SLICE_COUNTS.items()}
 
 
 def paper_vs_ours_rows(evaluations: Mapping[str, Evaluation | None]) -> tuple[dict, dict]:
-    """``(paper, ours)`` mappings for :func:`msutils.report.paper_vs_ours`.
+    """``(paper, ours)`` mappings for :func:`msutils.pipeline.report.paper_vs_ours`.
 
     ``evaluations`` maps ``"center 1 (internal)"`` / ``"center 2 (external)"``
     to a :class:`Evaluation` (or None). The paper's slice-level numbers are

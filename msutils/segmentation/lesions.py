@@ -1,4 +1,4 @@
-"""Lesion instances, lesion matching, lesion-wise and slice-level detection.
+"""Lesion instances, lesion matching and lesion-wise detection scores.
 
 A *lesion* is a connected component of a binary mask. Everything here works on
 2D and 3D numpy arrays (bool, integer, or float masks holding only 0/1); any
@@ -42,73 +42,41 @@ Lesion-wise scores
     miss or a pure false alarm) and ``empty_score`` if both are empty. Pool
     counts over scans with :func:`lesion_metrics_from_counts` rather than
     averaging per-scan ratios.
-Slice-level classification (seed 003)
-    A slice is *positive* when it holds at least one ground-truth lesion. A
-    positive slice is **TP** when at least one of its ground-truth lesions is
-    detected (rule above, lesions found with 2D connectivity inside the slice),
-    otherwise **FN** (also when the prediction is non-empty but misplaced). A
-    negative slice is **TN** when the (size-filtered) prediction has no voxel,
-    otherwise **FP**. Negative slices are sub-sampled to
-    ``round(negative_ratio * n_positive)`` (all of them if fewer exist, with a
-    logged warning; ``negative_ratio=None`` keeps all) by
-    ``numpy.random.default_rng(seed).choice`` without replacement over the
-    eligible negative slices in index order; the draw depends only on the
-    ground truth (and ``brain_mask``), never on the prediction, so every model
-    and every threshold is scored on the same slices. Positive slices are
-    always kept.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from msutils.core.validation import as_mask, check_choice, check_fraction, ratio
+
 __all__ = [
-    "OUTCOMES",
     "LesionMatch",
-    "SliceClassification",
     "default_connectivity",
     "instances",
     "match_instances",
     "lesion_wise_metrics",
     "lesion_metrics_from_counts",
-    "slice_level_classification",
-    "slice_stack_classification",
+    "TRUTH_OVERLAP_RULES",
+    "connectivity_structure",
+    "pair_overlaps",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Slice outcomes, in the order used by count tables.
-OUTCOMES: tuple[str, ...] = ("TP", "FP", "TN", "FN")
 
 _CONNECTIVITY = {2: {4: 1, 8: 2}, 3: {6: 1, 18: 2, 26: 3}}
-_TRUTH_OVERLAP = ("union", "instance")
+TRUTH_OVERLAP_RULES: tuple[str, ...] = ("union", "instance")
+"""How a ground-truth lesion counts as detected (see the module docstring)."""
 _PRED_RULE = ("any", "fraction")
 
 
 # --------------------------------------------------------------------------- helpers
-def _as_mask(name: str, arr: Any, ndims: tuple[int, ...] = (2, 3)) -> np.ndarray:
-    """Return a boolean copy-free view of a binary mask, validating it."""
-    a = np.asarray(arr)
-    if a.ndim not in ndims:
-        raise ValueError(f"'{name}' must be a {' or '.join(f'{d}D' for d in ndims)} array; got shape {a.shape}")
-    if a.dtype == bool:
-        return a
-    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-        raise TypeError(f"'{name}' must be a bool, integer or float mask; got dtype {a.dtype}")
-    if np.issubdtype(a.dtype, np.floating):
-        bad = ~np.isin(a, (0.0, 1.0))
-        if bad.any():
-            raise ValueError(
-                f"'{name}' must be a binary mask (values 0/1); got values such as {a[bad].flat[0].item()!r}"
-            )
-    return a != 0
-
-
 def _as_labels(name: str, arr: Any, ndims: tuple[int, ...] = (2, 3)) -> tuple[np.ndarray, int]:
     """Validate an instance label map (0 = background, 1..n = instances)."""
     a = np.asarray(arr)
@@ -144,7 +112,8 @@ def default_connectivity(ndim: int) -> int:
     return max(_CONNECTIVITY[ndim])
 
 
-def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
+def connectivity_structure(ndim: int, connectivity: int | None) -> np.ndarray:
+    """The scipy.ndimage structuring element for ``connectivity`` neighbours (None: full)."""
     from scipy import ndimage
 
     if ndim not in _CONNECTIVITY:
@@ -154,22 +123,6 @@ def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
     if conn not in _CONNECTIVITY[ndim]:
         raise ValueError(f"'connectivity' must be one of {allowed} for {ndim}D masks; got {conn!r}")
     return ndimage.generate_binary_structure(ndim, _CONNECTIVITY[ndim][conn])
-
-
-def _check_threshold(name: str, value: float) -> float:
-    v = float(value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"'{name}' must be in [0, 1]; got {value!r}")
-    return v
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"'{name}' must be one of {list(choices)}; got {value!r}")
-
-
-def _ratio(num: float, den: float, empty: float) -> float:
-    return float(num) / float(den) if den else float(empty)
 
 
 # --------------------------------------------------------------------------- instances
@@ -201,10 +154,10 @@ def instances(
     """
     from scipy import ndimage
 
-    m = _as_mask("mask", mask)
+    m = as_mask("mask", mask)
     if int(min_size) != min_size or min_size < 0:
         raise ValueError(f"'min_size' must be a non-negative integer; got {min_size!r}")
-    labels, n = ndimage.label(m, structure=_structure(m.ndim, connectivity))
+    labels, n = ndimage.label(m, structure=connectivity_structure(m.ndim, connectivity))
     labels = labels.astype(np.int32, copy=False)
     if min_size > 1 and n:
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -271,7 +224,8 @@ class LesionMatch:
         )
 
 
-def _pair_overlaps(truth_labels: np.ndarray, pred_labels: np.ndarray, n_pred: int) -> pd.DataFrame:
+def pair_overlaps(truth_labels: np.ndarray, pred_labels: np.ndarray, n_pred: int) -> pd.DataFrame:
+    """Overlap voxel count of every (truth instance, predicted instance) pair that touches."""
     both = (truth_labels > 0) & (pred_labels > 0)
     codes = truth_labels[both].astype(np.int64) * (n_pred + 1) + pred_labels[both].astype(np.int64)
     uniq, cnt = np.unique(codes, return_counts=True)
@@ -326,15 +280,15 @@ def match_instances(
     LesionMatch
         Per-lesion tables, overlapping pairs, label maps and counts.
     """
-    thr = _check_threshold("overlap_threshold", overlap_threshold)
-    _check_choice("truth_overlap", truth_overlap, _TRUTH_OVERLAP)
-    _check_choice("pred_rule", pred_rule, _PRED_RULE)
+    thr = check_fraction("overlap_threshold", overlap_threshold)
+    check_choice("truth_overlap", truth_overlap, TRUTH_OVERLAP_RULES)
+    check_choice("pred_rule", pred_rule, _PRED_RULE)
     if labelled:
         p_lab, n_p = _as_labels("pred", pred)
         t_lab, n_t = _as_labels("truth", truth)
     else:
-        p_mask = _as_mask("pred", pred)
-        t_mask = _as_mask("truth", truth)
+        p_mask = as_mask("pred", pred)
+        t_mask = as_mask("truth", truth)
     shapes = (np.shape(pred), np.shape(truth))
     if shapes[0] != shapes[1]:
         raise ValueError(f"'pred' and 'truth' must have the same shape; got {shapes[0]} and {shapes[1]}")
@@ -342,7 +296,7 @@ def match_instances(
         p_lab, n_p = instances(p_mask, connectivity=connectivity, min_size=min_size)
         t_lab, n_t = instances(t_mask, connectivity=connectivity, min_size=min_size)
 
-    pairs = _pair_overlaps(t_lab, p_lab, n_p)
+    pairs = pair_overlaps(t_lab, p_lab, n_p)
     t_size = np.bincount(t_lab.ravel(), minlength=n_t + 1)[1:]
     p_size = np.bincount(p_lab.ravel(), minlength=n_p + 1)[1:]
 
@@ -436,20 +390,20 @@ def lesion_metrics_from_counts(
     for name, v in (("tp_pred", tp_pred), ("fp", fp), ("tp_truth", tp_truth), ("fn", fn)):
         if int(v) != v or v < 0:
             raise ValueError(f"'{name}' must be a non-negative integer; got {v!r}")
-    precision = _ratio(tp_pred, tp_pred + fp, empty_score)
-    recall = _ratio(tp_truth, tp_truth + fn, empty_score)
+    precision = ratio(tp_pred, tp_pred + fp, empty_score)
+    recall = ratio(tp_truth, tp_truth + fn, empty_score)
     if tp_pred + fp == 0 and tp_truth + fn == 0:
         f1 = float(empty_score)
     elif tp_pred + fp == 0 or tp_truth + fn == 0:
         f1 = 0.0  # lesions but no prediction (recall 0), or predictions but no lesion (precision 0)
     else:
-        f1 = _ratio(2 * precision * recall, precision + recall, 0.0)
+        f1 = ratio(2 * precision * recall, precision + recall, 0.0)
     return {
         "precision": precision,
         "recall": recall,
         "sensitivity": recall,
         "f1": f1,
-        "f1_counts": _ratio(2 * tp_pred, 2 * tp_pred + fp + fn, empty_score),
+        "f1_counts": ratio(2 * tp_pred, 2 * tp_pred + fp + fn, empty_score),
         "tp_pred": int(tp_pred),
         "fp": int(fp),
         "tp_truth": int(tp_truth),
@@ -493,288 +447,3 @@ def lesion_wise_metrics(
     out["n_truth"] = m.counts["n_truth"]
     out["n_pred"] = m.counts["n_pred"]
     return out
-
-
-# --------------------------------------------------------------------------- slices
-@dataclass(frozen=True)
-class SliceClassification:
-    """Result of slice-level classification (seed 003).
-
-    Attributes
-    ----------
-    table : DataFrame
-        One row per slice: ``slice`` (index or id), ``truth_positive``,
-        ``n_truth_lesions``, ``n_pred_lesions``, ``n_pred_voxels``,
-        ``best_overlap`` (largest detection coverage of a ground-truth lesion,
-        per ``truth_overlap``), ``eligible`` (may be drawn as a negative),
-        ``sampled`` (part of the evaluated set), ``outcome`` (TP/FP/TN/FN,
-        computed for every slice, also unsampled ones).
-    params : dict
-        Rules used.
-    """
-
-    table: pd.DataFrame
-    params: dict = field(default_factory=dict)
-
-    def outcomes_at(self, overlap_threshold: float) -> pd.Series:
-        """Outcomes of every slice for another TP overlap threshold."""
-        thr = _check_threshold("overlap_threshold", overlap_threshold)
-        return _outcomes(self.table, thr)
-
-    def counts_at(self, overlap_threshold: float | None = None) -> dict[str, int]:
-        """TP/FP/TN/FN counts over the sampled slices (optionally re-thresholded)."""
-        out = self.table["outcome"] if overlap_threshold is None else self.outcomes_at(overlap_threshold)
-        out = out[self.table["sampled"].to_numpy()]
-        vc = out.value_counts()
-        return {k.lower(): int(vc.get(k, 0)) for k in OUTCOMES}
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """``tp, fp, tn, fn`` over the sampled slices."""
-        return self.counts_at(None)
-
-    def metrics(self, *, alpha: float = 0.05) -> dict[str, float]:
-        """Accuracy, sensitivity, specificity, PPV, NPV with exact CIs."""
-        from msutils.metrics import classification_metrics
-
-        return classification_metrics(**self.counts, alpha=alpha)
-
-
-def _outcomes(table: pd.DataFrame, thr: float) -> pd.Series:
-    pos = table["truth_positive"].to_numpy(bool)
-    best = table["best_overlap"].to_numpy(float)
-    det = (best >= thr) & (best > 0)
-    has_pred = table["n_pred_voxels"].to_numpy() > 0
-    out = np.where(pos, np.where(det, "TP", "FN"), np.where(has_pred, "FP", "TN"))
-    return pd.Series(out, index=table.index, name="outcome", dtype=object)
-
-
-def _slice_summary(
-    p: np.ndarray, t: np.ndarray, *, connectivity: int | None, min_size: int, truth_overlap: str
-) -> tuple[bool, int, int, int, float]:
-    """(truth positive, n truth lesions, n pred lesions, n pred voxels, best coverage) of one 2D slice."""
-    if p.shape != t.shape:
-        raise ValueError(f"prediction and truth slices must have the same shape; got {p.shape} and {t.shape}")
-    t_lab, n_t = instances(t, connectivity=connectivity, min_size=min_size) if t.any() else (None, 0)
-    p_lab, n_p = instances(p, connectivity=connectivity, min_size=min_size) if p.any() else (None, 0)
-    n_pred_vox = int((p_lab > 0).sum()) if n_p else 0
-    best = 0.0
-    if n_t and n_p:
-        t_size = np.bincount(t_lab.ravel(), minlength=n_t + 1)
-        if truth_overlap == "union":
-            ov = np.bincount(t_lab[p_lab > 0], minlength=n_t + 1)
-            best = float((ov[1:] / t_size[1:]).max())
-        else:
-            pr = _pair_overlaps(t_lab, p_lab, n_p)
-            if len(pr):
-                best = float((pr["overlap_voxels"] / t_size[pr["truth_id"].to_numpy()]).max())
-    return n_t > 0, n_t, n_p, n_pred_vox, best
-
-
-def _classify_slices(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
-    ids: Sequence[Any],
-    eligible: np.ndarray,
-    *,
-    overlap_threshold: float,
-    negative_ratio: float | None,
-    seed: int,
-    connectivity: int | None,
-    min_size: int,
-    truth_overlap: str,
-) -> SliceClassification:
-    thr = _check_threshold("overlap_threshold", overlap_threshold)
-    _check_choice("truth_overlap", truth_overlap, _TRUTH_OVERLAP)
-    if negative_ratio is not None and (not np.isfinite(negative_ratio) or negative_ratio < 0):
-        raise ValueError(f"'negative_ratio' must be a non-negative number or None; got {negative_ratio!r}")
-    rows = [
-        _slice_summary(p, t, connectivity=connectivity, min_size=min_size, truth_overlap=truth_overlap)
-        for p, t in pairs
-    ]
-    arr = list(zip(*rows)) if rows else [[], [], [], [], []]
-    table = pd.DataFrame(
-        {
-            "slice": list(ids),
-            "truth_positive": np.asarray(arr[0], dtype=bool),
-            "n_truth_lesions": np.asarray(arr[1], dtype=np.int64),
-            "n_pred_lesions": np.asarray(arr[2], dtype=np.int64),
-            "n_pred_voxels": np.asarray(arr[3], dtype=np.int64),
-            "best_overlap": np.asarray(arr[4], dtype=float),
-        }
-    )
-    pos = table["truth_positive"].to_numpy()
-    table["eligible"] = pos | np.asarray(eligible, dtype=bool)
-    neg_idx = np.flatnonzero(~pos & table["eligible"].to_numpy())
-    sampled = pos.copy()
-    if negative_ratio is None:
-        sampled[neg_idx] = True
-    else:
-        n_want = int(round(negative_ratio * int(pos.sum())))
-        if n_want > neg_idx.size:
-            logger.warning(
-                "only %d negative slices available for %d requested (negative_ratio=%s); using all of them",
-                neg_idx.size,
-                n_want,
-                negative_ratio,
-            )
-            n_want = neg_idx.size
-        rng = np.random.default_rng(seed)
-        chosen = rng.choice(neg_idx, size=n_want, replace=False) if n_want else np.array([], dtype=int)
-        sampled[chosen] = True
-    table["sampled"] = sampled
-    table["outcome"] = _outcomes(table, thr)
-    params = {
-        "overlap_threshold": thr,
-        "negative_ratio": negative_ratio,
-        "seed": seed,
-        "connectivity": connectivity or 8,
-        "min_size": int(min_size),
-        "truth_overlap": truth_overlap,
-    }
-    return SliceClassification(table=table, params=params)
-
-
-def slice_level_classification(
-    pred_vol: np.ndarray,
-    truth_vol: np.ndarray,
-    *,
-    axis: int = 2,
-    overlap_threshold: float = 0.1,
-    negative_ratio: float | None = 1.0,
-    seed: int = 0,
-    connectivity: int | None = None,
-    min_size: int = 0,
-    truth_overlap: Literal["union", "instance"] = "union",
-    brain_mask: np.ndarray | None = None,
-) -> SliceClassification:
-    """Slice-level classification of one 3D volume (seed 003 rule).
-
-    Each 2D slice along ``axis`` is one sample; lesions are 2D connected
-    components inside the slice. See the module docstring for the TP/FP/TN/FN
-    rule and the negative sub-sampling.
-
-    Parameters
-    ----------
-    pred_vol, truth_vol : ndarray, 3D, same shape
-        Binary predicted and ground-truth masks.
-    axis : int, default 2
-        Slicing axis (2 = the last voxel axis, axial for RAS-like NIfTI arrays).
-    overlap_threshold : float in [0, 1], default 0.1
-        Share of a ground-truth lesion that must be covered for a TP slice.
-    negative_ratio : float or None, default 1.0
-        Negatives drawn per positive slice; ``None`` keeps every negative.
-    seed : int, default 0
-        Seed of the negative draw.
-    connectivity : {4, 8}, optional
-        2D connectivity inside a slice (default 8).
-    min_size : int, default 0
-        Drop 2D components smaller than this (prediction and truth).
-    truth_overlap : {"union", "instance"}, default "union"
-        See the module docstring.
-    brain_mask : ndarray, 3D, optional
-        Slices without any brain voxel are never drawn as negatives.
-
-    Returns
-    -------
-    SliceClassification
-        ``table`` (``slice`` = index along ``axis``), ``counts``, ``metrics()``.
-    """
-    p = _as_mask("pred_vol", pred_vol, ndims=(3,))
-    t = _as_mask("truth_vol", truth_vol, ndims=(3,))
-    if p.shape != t.shape:
-        raise ValueError(f"'pred_vol' and 'truth_vol' must have the same shape; got {p.shape} and {t.shape}")
-    if int(axis) != axis or not -3 <= axis <= 2:
-        raise ValueError(f"'axis' must be one of [0, 1, 2, -1, -2, -3]; got {axis!r}")
-    p = np.moveaxis(p, axis, 0)
-    t = np.moveaxis(t, axis, 0)
-    if brain_mask is None:
-        eligible = np.ones(p.shape[0], dtype=bool)
-    else:
-        b = _as_mask("brain_mask", brain_mask, ndims=(3,))
-        if b.shape != np.shape(truth_vol):
-            raise ValueError(f"'brain_mask' must have the shape of 'truth_vol' {np.shape(truth_vol)}; got {b.shape}")
-        eligible = np.moveaxis(b, axis, 0).reshape(p.shape[0], -1).any(axis=1)
-    if connectivity is not None:
-        _structure(2, connectivity)
-    res = _classify_slices(
-        [(p[i], t[i]) for i in range(p.shape[0])],
-        list(range(p.shape[0])),
-        eligible,
-        overlap_threshold=overlap_threshold,
-        negative_ratio=negative_ratio,
-        seed=seed,
-        connectivity=connectivity,
-        min_size=min_size,
-        truth_overlap=truth_overlap,
-    )
-    res.params["axis"] = int(axis)
-    return res
-
-
-def slice_stack_classification(
-    preds: Sequence[np.ndarray] | np.ndarray,
-    truths: Sequence[np.ndarray] | np.ndarray,
-    *,
-    ids: Sequence[Any] | None = None,
-    overlap_threshold: float = 0.1,
-    negative_ratio: float | None = 1.0,
-    seed: int = 0,
-    connectivity: int | None = None,
-    min_size: int = 0,
-    truth_overlap: Literal["union", "instance"] = "union",
-    eligible: Sequence[bool] | np.ndarray | None = None,
-) -> SliceClassification:
-    """Slice-level classification of a stack of independent 2D samples.
-
-    Use this for 2D datasets (seed 003 / 002: every slice is a sample) and to
-    pool slices of many scans into one evaluation: the negative draw is done
-    once over the whole stack.
-
-    Parameters
-    ----------
-    preds, truths : sequence of 2D arrays, or 3D arrays stacked on axis 0
-        Binary masks; pairs must share a shape, different pairs may differ.
-    ids : sequence, optional
-        One id per slice (e.g. ``(scan_id, z)`` tuples); default ``0..n-1``.
-    eligible : sequence of bool, optional
-        Which negative slices may be drawn (default: all).
-    overlap_threshold, negative_ratio, seed, connectivity, min_size, truth_overlap
-        As in :func:`slice_level_classification`.
-
-    Returns
-    -------
-    SliceClassification
-    """
-    if len(preds) != len(truths):
-        raise ValueError(f"'preds' and 'truths' must have the same length; got {len(preds)} and {len(truths)}")
-    n = len(truths)
-    if ids is None:
-        ids = list(range(n))
-    elif len(ids) != n:
-        raise ValueError(f"'ids' must have one entry per slice ({n}); got {len(ids)}")
-    if eligible is None:
-        elig = np.ones(n, dtype=bool)
-    else:
-        elig = np.asarray(eligible, dtype=bool)
-        if elig.shape != (n,):
-            raise ValueError(f"'eligible' must have one entry per slice ({n}); got shape {elig.shape}")
-    if connectivity is not None:
-        _structure(2, connectivity)
-    pairs = []
-    for i in range(n):
-        p = _as_mask(f"preds[{i}]", preds[i], ndims=(2,))
-        t = _as_mask(f"truths[{i}]", truths[i], ndims=(2,))
-        if p.shape != t.shape:
-            raise ValueError(f"'preds[{i}]' and 'truths[{i}]' must have the same shape; got {p.shape} and {t.shape}")
-        pairs.append((p, t))
-    return _classify_slices(
-        pairs,
-        list(ids),
-        elig,
-        overlap_threshold=overlap_threshold,
-        negative_ratio=negative_ratio,
-        seed=seed,
-        connectivity=connectivity,
-        min_size=min_size,
-        truth_overlap=truth_overlap,
-    )

@@ -1,9 +1,9 @@
 """Synthetic multi-center MS cohort with known ground truth.
 
 The generator draws subjects from a documented generative model on top of the
-MNI152 2009 template that nilearn ships (see :mod:`msutils.anatomy`), renders
+MNI152 2009 template that nilearn ships (see :mod:`msutils.synth.anatomy`), renders
 T1 and FLAIR images with vendor-like center effects and writes a cohort
-manifest (CSV + YAML sidecar, the format of :mod:`msutils.cohort`).
+manifest (CSV + YAML sidecar, the format of :mod:`msutils.data.cohort`).
 
 Generative model (per subject; all parameters in :class:`SynthParams`)
 -------------------------------------------------------------------------
@@ -77,7 +77,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +84,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import anatomy
-from .io import atomic_write_text, file_lock
+from msutils.core.serialize import round_floats, to_builtin
+from msutils.synth import anatomy
+from msutils.core.io import atomic_write_text, file_lock
+from msutils.core.parallel import process_map
 
 __all__ = [
     "CenterEffects",
@@ -108,6 +109,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "2"
+
+SIDECAR_SIGNIFICANT_DIGITS = 12
+"""Precision of the derived floats the generator computes and records (means, SDs, correlations)."""
 """Bumped whenever the same parameters would produce different files."""
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -395,21 +399,11 @@ class SynthParams:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain (YAML / JSON serialisable) dict of every parameter."""
-        return _plain(dataclasses.asdict(self))
+        return to_builtin(dataclasses.asdict(self))
 
     def replace(self, **changes: Any) -> "SynthParams":
         """Copy with some parameters changed (validated)."""
         return dataclasses.replace(self, **changes)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def _validate(p: SynthParams) -> None:
@@ -658,6 +652,7 @@ def edss_reference(params: SynthParams) -> dict[str, Any]:
         "standardization": {k: {"mean": float(np.mean(v)), "sd": float(np.std(v) or 1.0)} for k, v in drv.items()},
         "noise_sd": float(params.edss_noise_sd),
     }
+    ref["standardization"] = round_floats(ref["standardization"], SIDECAR_SIGNIFICANT_DIGITS)
     latent = _latent(drv, ref, params.edss_weights)
     ref["latent_mean"] = float(np.mean(latent))
     ref["latent_sd"] = float(math.sqrt(np.var(latent) + params.edss_noise_sd**2))
@@ -666,6 +661,8 @@ def edss_reference(params: SynthParams) -> dict[str, Any]:
     ref["mapping"] = ("edss = clip(round(2 * 9.5 * expit(map_center + map_slope * "
                       "(latent - latent_mean) / latent_sd)) / 2, 0, 9.5); latent = gt_edss_latent + "
                       "N(0, noise_sd)")
+    ref["latent_mean"] = round_floats(ref["latent_mean"], SIDECAR_SIGNIFICANT_DIGITS)
+    ref["latent_sd"] = round_floats(ref["latent_sd"], SIDECAR_SIGNIFICANT_DIGITS)
     noisy = latent + params.edss_noise_sd * rng.standard_normal(latent.shape)
     edss = edss_from_latent(noisy, ref)
     ceiling = edss_from_latent(latent, ref)
@@ -681,6 +678,9 @@ def edss_reference(params: SynthParams) -> dict[str, Any]:
         if (np.asarray(clin["course"]) == c).any()
     }
     ref["sp_fraction"] = float(sp.mean())
+    # Derived floats at 12 significant digits (the sidecar's documented precision): the
+    # last bits of means / correlations differ between CPUs, and generation uses these values.
+    ref = round_floats(ref, SIDECAR_SIGNIFICANT_DIGITS)
     _REF_CACHE[key] = ref
     return json.loads(json.dumps(ref))
 
@@ -706,7 +706,7 @@ def _design_subjects(params: SynthParams, seed: int) -> list[dict[str, Any]]:
             subjects.append({
                 "center": center,
                 "group": group,
-                **{k: (v[i].tolist() if k == "dgm_factors" else _scalar(v[i])) for k, v in clin.items()},
+                **{k: (v[i].tolist() if k == "dgm_factors" else to_builtin(v[i])) for k, v in clin.items()},
                 "edss": float(edss[i]),
                 "edss_latent": float(latent[i]),
                 "edss_noisefree": float(noisefree[i]),
@@ -722,12 +722,6 @@ def _design_subjects(params: SynthParams, seed: int) -> list[dict[str, Any]]:
         s["n_sessions"] = 2 if i in two else 1
     subjects.sort(key=lambda s: s["index"])
     return subjects
-
-
-def _scalar(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -1001,7 +995,7 @@ def _sidecar(params: SynthParams, seed: int, df) -> dict[str, Any]:
     centers = {}
     for c, eff in params.centers.items():
         if c in params.counts:
-            centers[c] = _plain(dataclasses.asdict(eff))
+            centers[c] = to_builtin(dataclasses.asdict(eff))
     ms = df[df["group"] == "MS"]
     return {
         "name": f"synthetic-{params.name}",
@@ -1118,37 +1112,14 @@ def generate(
 
 def _run_tasks(tasks: list[dict[str, Any]], atlas: anatomy.Atlas, n_jobs: int | None,
                progress: bool) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
-
+    """Render every subject (in worker processes when ``n_jobs > 1``); rows in subject order."""
     n_jobs = min(n_jobs or os.cpu_count() or 1, len(tasks)) or 1
-    bar = tqdm(total=len(tasks), desc="synthetic subjects", unit="subj", disable=not progress)
-    results: dict[int, list[dict[str, Any]]] = {}
-    try:
-        if n_jobs == 1:
-            for t in tasks:
-                results[t["subject"]["index"]] = _render_subject(t)
-                bar.update()
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            # fork on Linux: no re-import of the caller's __main__ (a script without an
-            # ``if __name__ == "__main__"`` guard would hang a spawn pool) and the atlas is
-            # inherited; workers only use numpy / scipy / nibabel, never torch or OpenMP.
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_init_worker, initargs=(atlas,)) as ex:
-                futures = {ex.submit(_render_subject, t): t["subject"]["index"] for t in tasks}
-                try:
-                    for fut in as_completed(futures):
-                        results[futures[fut]] = fut.result()
-                        bar.update()
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
-    finally:
-        bar.close()
-    return [row for i in sorted(results) for row in results[i]]
+    if n_jobs == 1:
+        _init_worker(atlas)
+    per_subject = process_map(_render_subject, tasks, n_jobs=n_jobs, desc="synthetic subjects", unit="subjects",
+                              initializer=_init_worker, initargs=(atlas,), progress=progress,
+                              preload=("msutils.synth.generator",))
+    return [row for rows in per_subject for row in rows]
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -1166,7 +1137,7 @@ def default_cohort(preset: str = "quick", seed: int = 0) -> Path:
     """Manifest of the default synthetic cohort of a preset, generated if missing.
 
     The cohort lives under
-    ``msutils.paths.home()/synth/<preset>-seed<seed>-<first 8 hex of params_hash>/manifest.csv``,
+    ``msutils.core.paths.home()/synth/<preset>-seed<seed>-<first 8 hex of params_hash>/manifest.csv``,
     so a parameter change gives a new folder. Concurrent callers wait on a
     file lock; the cohort is generated once.
 
@@ -1182,7 +1153,7 @@ def default_cohort(preset: str = "quick", seed: int = 0) -> Path:
     Path
         Path of the manifest CSV.
     """
-    from . import paths
+    from msutils.core import paths
 
     params = get_params(preset)
     if int(seed) != seed or seed < 0:

@@ -4,8 +4,7 @@ The seed paper selects features on the training set only, in this order:
 
 1. **stability**: radiomic features re-extracted on 30 subjects with a perturbed
    processing pipeline; only features with an intraclass correlation coefficient
-   >= 0.90 are kept (:func:`icc_stability`, :func:`perturbed_mask`,
-   :func:`perturbed_image`);
+   >= 0.90 are kept (:mod:`msutils.features.reliability`);
 2. **low variance**: threshold 0.01 (:class:`VarianceFilter`);
 3. **collinearity**: one feature of each pair with ``|r| > 0.8`` is removed
    (:class:`CollinearityFilter`);
@@ -18,7 +17,7 @@ The seed paper selects features on the training set only, in this order:
 scikit-learn transformer that takes and returns :class:`pandas.DataFrame` objects,
 is fitted on training rows only and records the subject ids it was fitted on in an
 optional ``fit_log`` (any object with a ``record(step, subject_ids)`` method, such
-as :class:`msutils.leakage.FitLog`). The ``fit_log`` object is shared, not copied,
+as :class:`msutils.data.leakage.FitLog`). The ``fit_log`` object is shared, not copied,
 by :func:`sklearn.base.clone`, so fits inside a cross-validation still report to it.
 
 Choices the paper leaves open are documented on each class: min-max scaling
@@ -29,15 +28,16 @@ exact CFS merit and search, and the ICC form.
 from __future__ import annotations
 
 import logging
-import warnings
-from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
+
+from msutils.core.validation import check_choice, check_frame, check_target
+from msutils.data.leakage import KeepFitLogOnClone, record_fit, row_subject_ids
 
 __all__ = [
     "VarianceFilter",
@@ -45,13 +45,6 @@ __all__ = [
     "LassoSelector",
     "CfsSelector",
     "SelectionPipeline",
-    "IccResult",
-    "ICC_TYPES",
-    "ICC_ALIASES",
-    "icc_stability",
-    "icc_table",
-    "perturbed_mask",
-    "perturbed_image",
     "cfs_merit",
     "best_first_search",
     "locally_predictive",
@@ -59,88 +52,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ICC_TYPES: tuple[str, ...] = ("ICC(1,1)", "ICC(A,1)", "ICC(C,1)", "ICC(1,k)", "ICC(A,k)",
-                               "ICC(C,k)")
-"""ICC forms, named as :func:`pingouin.intraclass_corr` (>= 0.7, McGraw & Wong notation)."""
-
-ICC_ALIASES: dict[str, str] = {"ICC1": "ICC(1,1)", "ICC2": "ICC(A,1)", "ICC3": "ICC(C,1)",
-                               "ICC1k": "ICC(1,k)", "ICC2k": "ICC(A,k)", "ICC3k": "ICC(C,k)"}
-"""Shrout & Fleiss names (pingouin < 0.7) -> the names of :data:`ICC_TYPES`."""
-
 # Weka BestFirst counts a forward step as an improvement only above this margin.
 _WEKA_IMPROVEMENT = 1e-5
-
-
-# ----------------------------------------------------------------------------
-# shared validation helpers (also used by msutils.volumes / msutils.regression)
-# ----------------------------------------------------------------------------
-def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"'{name}' must be one of {list(allowed)}; got {value!r}")
-
-
-def _check_frame(X: Any, name: str = "X", *, min_rows: int = 1) -> pd.DataFrame:
-    """Return ``X`` if it is a numeric, finite DataFrame with unique columns."""
-    if not isinstance(X, pd.DataFrame):
-        raise TypeError(f"'{name}' must be a pandas DataFrame; got {type(X).__name__}")
-    if X.columns.has_duplicates:
-        dup = X.columns[X.columns.duplicated()].unique().tolist()
-        raise ValueError(f"'{name}' has duplicated columns: {dup[:5]}")
-    if len(X) < min_rows:
-        raise ValueError(f"'{name}' needs at least {min_rows} rows; got {len(X)}")
-    non_numeric = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
-    if non_numeric:
-        raise ValueError(
-            f"'{name}' has non-numeric columns {non_numeric[:5]}"
-            f"{' ...' if len(non_numeric) > 5 else ''}; encode them first"
-        )
-    values = X.to_numpy(dtype=float)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        cols = X.columns[bad.any(axis=0)].tolist()
-        rows = X.index[bad.any(axis=1)].tolist()
-        raise ValueError(
-            f"'{name}' has missing or infinite values in {len(cols)} column(s) "
-            f"{cols[:5]}{' ...' if len(cols) > 5 else ''} "
-            f"(rows {rows[:5]}{' ...' if len(rows) > 5 else ''}); impute or drop them first"
-        )
-    return X
-
-
-def _check_target(y: Any, X: pd.DataFrame, name: str = "y") -> np.ndarray:
-    """Return ``y`` as a float vector aligned with the rows of ``X``."""
-    if y is None:
-        raise ValueError(f"'{name}' is required (the EDSS of the training rows)")
-    if isinstance(y, pd.Series):
-        if not y.index.equals(X.index):
-            if set(y.index) == set(X.index) and not y.index.has_duplicates:
-                y = y.reindex(X.index)
-            else:
-                raise ValueError(f"'{name}' index does not match the rows of 'X'")
-    arr = np.asarray(y, dtype=float).reshape(-1)
-    if arr.shape[0] != len(X):
-        raise ValueError(f"'{name}' has {arr.shape[0]} values but 'X' has {len(X)} rows")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(f"'{name}' has missing values at rows {X.index[bad].tolist()[:5]}")
-    return arr
-
-
-def _subject_ids(X: pd.DataFrame, subject_ids: Iterable[Any] | None) -> list[Any]:
-    """The subject id of every row: ``subject_ids`` if given, else ``X.index``."""
-    ids = list(X.index) if subject_ids is None else list(subject_ids)
-    if len(ids) != len(X):
-        raise ValueError(f"'subject_ids' has {len(ids)} entries but 'X' has {len(X)} rows")
-    return ids
-
-
-def _record(fit_log: Any, step: str, ids: Sequence[Any]) -> None:
-    """Record the (unique, order-preserving) training subject ids of a fitted step."""
-    if fit_log is None:
-        return
-    if not callable(getattr(fit_log, "record", None)):
-        raise TypeError("'fit_log' must have a record(step, subject_ids) method")
-    fit_log.record(step, list(dict.fromkeys(ids)))
 
 
 def _zscore_columns(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,17 +70,7 @@ def _zscore_columns(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------
 # base class
 # ----------------------------------------------------------------------------
-class _FitLogClone:
-    """Keep the same ``fit_log`` object across :func:`sklearn.base.clone`."""
-
-    def __sklearn_clone__(self) -> Any:
-        params = self.get_params(deep=False)  # type: ignore[attr-defined]
-        log = params.pop("fit_log", None)
-        new = {k: clone(v, safe=False) for k, v in params.items()}
-        return type(self)(**new, fit_log=log)
-
-
-class _FrameSelector(_FitLogClone, TransformerMixin, BaseEstimator):
+class _FrameSelector(KeepFitLogOnClone, TransformerMixin, BaseEstimator):
     """Column selector on DataFrames: ``get_support`` / ``get_feature_names_out``."""
 
     _log_step = "selection"
@@ -243,11 +146,11 @@ class VarianceFilter(_FrameSelector):
     def fit(self, X: pd.DataFrame, y: Any = None, *, subject_ids: Iterable[Any] | None = None
             ) -> "VarianceFilter":
         """Compute the training variances and the kept columns."""
-        _check_choice("scaling", self.scaling, ["minmax", "none"])
+        check_choice("scaling", self.scaling, ["minmax", "none"])
         if not np.isscalar(self.threshold) or not float(self.threshold) >= 0:
             raise ValueError(f"'threshold' must be a number >= 0; got {self.threshold!r}")
-        X = _check_frame(X)
-        ids = _subject_ids(X, subject_ids)
+        X = check_frame(X)
+        ids = row_subject_ids(X, subject_ids)
         values = X.to_numpy(dtype=float)
         if self.scaling == "minmax":
             lo = values.min(axis=0)
@@ -258,7 +161,7 @@ class VarianceFilter(_FrameSelector):
         var = scaled.var(axis=0)
         self.variances_ = pd.Series(var, index=X.columns, name="variance")
         self._set_support(X, var > float(self.threshold))
-        _record(self.fit_log, self._log_step, ids)
+        record_fit(self.fit_log, self._log_step, ids)
         logger.info("VarianceFilter: kept %d of %d features", self.support_.sum(), X.shape[1])
         return self
 
@@ -318,13 +221,13 @@ class CollinearityFilter(_FrameSelector):
     def fit(self, X: pd.DataFrame, y: Any = None, *, subject_ids: Iterable[Any] | None = None
             ) -> "CollinearityFilter":
         """Find the kept columns on the training rows."""
-        _check_choice("drop", self.drop, ["higher_mean_corr", "later"])
+        check_choice("drop", self.drop, ["higher_mean_corr", "later"])
         if not np.isscalar(self.threshold) or not 0 < float(self.threshold) <= 1:
             raise ValueError(f"'threshold' must be in (0, 1]; got {self.threshold!r}")
         if int(self.block_size) < 1:
             raise ValueError(f"'block_size' must be >= 1; got {self.block_size!r}")
-        X = _check_frame(X, min_rows=2)
-        ids = _subject_ids(X, subject_ids)
+        X = check_frame(X, min_rows=2)
+        ids = row_subject_ids(X, subject_ids)
         n, p = X.shape
         z, _ = _zscore_columns(X.to_numpy(dtype=float))
         bs = int(self.block_size)
@@ -372,7 +275,7 @@ class CollinearityFilter(_FrameSelector):
 
         self.dropped_ = pd.DataFrame(dropped, columns=["feature", "correlated_with", "r"])
         self._set_support(X, keep)
-        _record(self.fit_log, self._log_step, ids)
+        record_fit(self.fit_log, self._log_step, ids)
         logger.info("CollinearityFilter: kept %d of %d features", keep.sum(), p)
         return self
 
@@ -435,9 +338,9 @@ class LassoSelector(_FrameSelector):
 
         if int(self.cv) < 2:
             raise ValueError(f"'cv' must be >= 2; got {self.cv!r}")
-        X = _check_frame(X)
-        target = _check_target(y, X)
-        ids = _subject_ids(X, subject_ids)
+        X = check_frame(X)
+        target = check_target(y, X)
+        ids = row_subject_ids(X, subject_ids)
         if X.shape[1] == 0:
             raise ValueError("LassoSelector needs at least one feature; got 0 columns")
         groups = pd.factorize(pd.Series(ids, dtype=object))[0]
@@ -460,7 +363,7 @@ class LassoSelector(_FrameSelector):
         self.coef_ = pd.Series(model.coef_, index=X.columns, name="coef")
         keep = model.coef_ != 0
         self._set_support(X, keep)
-        _record(self.fit_log, self._log_step, ids)
+        record_fit(self.fit_log, self._log_step, ids)
         logger.info("LassoSelector: alpha=%.4g, kept %d of %d features",
                     self.alpha_, keep.sum(), X.shape[1])
         if not keep.any():
@@ -716,13 +619,13 @@ class CfsSelector(_FrameSelector):
     def fit(self, X: pd.DataFrame, y: Any = None, *, subject_ids: Iterable[Any] | None = None
             ) -> "CfsSelector":
         """Search the best feature subset on the training rows."""
-        _check_choice("search", self.search, ["best_first", "exhaustive"])
-        _check_choice("weighting", self.weighting, ["equal", "weka_std"])
+        check_choice("search", self.search, ["best_first", "exhaustive"])
+        check_choice("weighting", self.weighting, ["equal", "weka_std"])
         if int(self.max_stale) < 1:
             raise ValueError(f"'max_stale' must be >= 1; got {self.max_stale!r}")
-        X = _check_frame(X, min_rows=2)
-        target = _check_target(y, X)
-        ids = _subject_ids(X, subject_ids)
+        X = check_frame(X, min_rows=2)
+        target = check_target(y, X)
+        ids = row_subject_ids(X, subject_ids)
         p = X.shape[1]
         if p == 0:
             raise ValueError("CfsSelector needs at least one feature; got 0 columns")
@@ -759,7 +662,7 @@ class CfsSelector(_FrameSelector):
         keep = np.zeros(p, dtype=bool)
         keep[final] = True
         self._set_support(X, keep)
-        _record(self.fit_log, self._log_step, ids)
+        record_fit(self.fit_log, self._log_step, ids)
         logger.info("CfsSelector: merit %.4f with %d features (+%d locally predictive), "
                     "%d subsets evaluated", self.merit_, len(subset),
                     len(self.added_locally_predictive_), n_eval)
@@ -772,262 +675,6 @@ class CfsSelector(_FrameSelector):
         idx = [names.index(s) if isinstance(s, str) else int(s) for s in subset]
         return cfs_merit(self.r_cf_.to_numpy(), self.r_ff_.to_numpy(), idx,
                          self.weights_.to_numpy())
-
-
-# ----------------------------------------------------------------------------
-# ICC stability
-# ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class IccResult:
-    """Per-feature ICC between two extractions and the features kept.
-
-    Attributes
-    ----------
-    icc : pandas.Series
-        ICC of every feature (NaN when undefined, e.g. a constant feature).
-    keep : list of str
-        Features with ``icc >= threshold`` (input order).
-    drop : list of str
-        The other features (NaN included).
-    icc_type : str
-        ICC form (pingouin naming, see :data:`ICC_TYPES`).
-    threshold : float
-        Keep threshold.
-    subjects : list
-        Subjects the ICC was computed on.
-    """
-
-    icc: pd.Series
-    keep: list[str]
-    drop: list[str]
-    icc_type: str
-    threshold: float
-    subjects: list[Any] = field(default_factory=list)
-
-    def to_frame(self) -> pd.DataFrame:
-        """Table ``feature -> icc, kept`` for the notebook."""
-        return pd.DataFrame({"icc": self.icc, "kept": self.icc.index.isin(self.keep)})
-
-
-def icc_table(ratings: np.ndarray) -> dict[str, np.ndarray]:
-    """All six Shrout-Fleiss ICC forms of many features at once.
-
-    Parameters
-    ----------
-    ratings : numpy.ndarray, shape (n_subjects, n_raters, n_features)
-        One value per subject, rater (here: extraction run) and feature.
-
-    Returns
-    -------
-    dict
-        ``{name in ICC_TYPES} -> array (n_features,)``: ICC(1,1) one-way random,
-        ICC(A,1) absolute agreement (Shrout-Fleiss ICC(2,1)), ICC(C,1) consistency
-        (Shrout-Fleiss ICC(3,1)) and their average-measure ``k`` forms, from the
-        two-way ANOVA mean squares as in :func:`pingouin.intraclass_corr`.
-    """
-    y = np.asarray(ratings, dtype=float)
-    if y.ndim != 3:
-        raise ValueError(f"'ratings' must have shape (subjects, raters, features); got {y.shape}")
-    n, k, _ = y.shape
-    if n < 2 or k < 2:
-        raise ValueError(f"ICC needs >= 2 subjects and >= 2 raters; got {n} and {k}")
-    grand = y.mean(axis=(0, 1))
-    ss_total = ((y - grand) ** 2).sum(axis=(0, 1))
-    ss_rows = k * ((y.mean(axis=1) - grand) ** 2).sum(axis=0)
-    ss_cols = n * ((y.mean(axis=0) - grand) ** 2).sum(axis=0)
-    ss_err = ss_total - ss_rows - ss_cols
-    msr = ss_rows / (n - 1)
-    msc = ss_cols / (k - 1)
-    mse = ss_err / ((n - 1) * (k - 1))
-    msw = (ss_cols + ss_err) / (n * (k - 1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return {
-            "ICC(1,1)": (msr - msw) / (msr + (k - 1) * msw),
-            "ICC(A,1)": (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n),
-            "ICC(C,1)": (msr - mse) / (msr + (k - 1) * mse),
-            "ICC(1,k)": (msr - msw) / msr,
-            "ICC(A,k)": (msr - mse) / (msr + (msc - mse) / n),
-            "ICC(C,k)": (msr - mse) / msr,
-        }
-
-
-def icc_stability(test: pd.DataFrame, retest: pd.DataFrame, subjects: Sequence[Any] | None = None,
-                  *, threshold: float = 0.90, icc_type: str = "ICC(A,1)",
-                  engine: Literal["numpy", "pingouin"] = "numpy", fit_log: Any = None
-                  ) -> IccResult:
-    """Feature stability between two extractions of the same subjects (seed: ICC >= 0.90).
-
-    The seed re-processed 30 random subjects and kept the radiomic features with an
-    "excellent" ICC >= 0.90 (Koo & Li 2016 bands) without naming the ICC form. The
-    default here is ``"ICC(A,1)"``: single measurement, absolute agreement
-    (Shrout-Fleiss ICC(2,1), pingouin < 0.7 ``"ICC2"``; the form Koo & Li recommend
-    for test-retest), so a systematic shift between the two extractions counts as
-    instability. ``"ICC(C,1)"`` (consistency, Shrout-Fleiss ICC(3,1), ``"ICC3"``)
-    ignores such shifts.
-
-    Parameters
-    ----------
-    test, retest : pandas.DataFrame
-        Rows = subjects (index = subject id), columns = features; the same index and
-        columns in both (row/column order may differ).
-    subjects : sequence, optional
-        Restrict to these subjects (default: all rows). Choose them among the
-        training subjects: the keep list is a fitted quantity.
-    threshold : float
-        Keep features with ``ICC >= threshold``.
-    icc_type : str
-        One of :data:`ICC_TYPES` (pingouin naming) or an alias of :data:`ICC_ALIASES`
-        (``"ICC2"``, ``"ICC3"``, ...).
-    engine : {"numpy", "pingouin"}
-        ``"numpy"``: vectorised ANOVA formulas (:func:`icc_table`, fast);
-        ``"pingouin"``: :func:`pingouin.intraclass_corr` per feature (slow, reference).
-    fit_log : object, optional
-        Records ``subjects`` under ``"selection.icc_stability"``.
-
-    Returns
-    -------
-    IccResult
-    """
-    _check_choice("icc_type", icc_type, [*ICC_TYPES, *ICC_ALIASES])
-    icc_type = ICC_ALIASES.get(icc_type, icc_type)
-    _check_choice("engine", engine, ["numpy", "pingouin"])
-    for name, df in (("test", test), ("retest", retest)):
-        if not isinstance(df, pd.DataFrame):
-            raise TypeError(f"'{name}' must be a pandas DataFrame; got {type(df).__name__}")
-        if df.index.has_duplicates:
-            raise ValueError(f"'{name}' has duplicated subjects: "
-                             f"{df.index[df.index.duplicated()].tolist()[:5]}")
-    if set(test.columns) != set(retest.columns):
-        raise ValueError("'test' and 'retest' have different columns: "
-                         f"only in test {sorted(set(test.columns) - set(retest.columns))[:5]}, "
-                         f"only in retest {sorted(set(retest.columns) - set(test.columns))[:5]}")
-    subs = list(test.index) if subjects is None else list(subjects)
-    for name, df in (("test", test), ("retest", retest)):
-        missing = [s for s in subs if s not in df.index]
-        if missing:
-            raise ValueError(f"subjects missing from '{name}': {missing[:5]}")
-    if len(subs) < 3:
-        raise ValueError(f"ICC needs at least 3 subjects; got {len(subs)}")
-    cols = list(test.columns)
-    a = test.loc[subs, cols].to_numpy(dtype=float)
-    b = retest.loc[subs, cols].to_numpy(dtype=float)
-    ratings = np.stack([a, b], axis=1)
-    if engine == "numpy":
-        icc = icc_table(ratings)[icc_type]
-        icc[~np.isfinite(ratings).all(axis=(0, 1))] = np.nan
-    else:
-        import pingouin as pg
-
-        icc = np.full(len(cols), np.nan)
-        targets = np.repeat(np.arange(len(subs)), 2)
-        raters = np.tile([0, 1], len(subs))
-        for j in range(len(cols)):
-            vals = ratings[:, :, j].reshape(-1)
-            if not np.isfinite(vals).all() or np.ptp(vals) == 0:
-                continue
-            long = pd.DataFrame({"t": targets, "r": raters, "y": vals})
-            with warnings.catch_warnings():  # pingouin's own pandas deprecations
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.simplefilter("ignore", FutureWarning)
-                tab = pg.intraclass_corr(data=long, targets="t", raters="r", ratings="y")
-            icc[j] = float(tab.set_index("Type").loc[icc_type, "ICC"])
-    series = pd.Series(icc, index=cols, name=icc_type)
-    keep_mask = (series >= float(threshold)).to_numpy()
-    _record(fit_log, "selection.icc_stability", subs)
-    logger.info("icc_stability: %d of %d features with %s >= %.2f", keep_mask.sum(), len(cols),
-                icc_type, threshold)
-    return IccResult(icc=series, keep=[c for c, k in zip(cols, keep_mask) if k],
-                     drop=[c for c, k in zip(cols, keep_mask) if not k], icc_type=icc_type,
-                     threshold=float(threshold), subjects=subs)
-
-
-def _rng(rng: Any) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
-def perturbed_mask(mask: np.ndarray, rng: Any = None,
-                   mode: Literal["erode", "dilate", "random"] = "random") -> np.ndarray:
-    """One-voxel erosion or dilation of a binary or label mask (a re-segmentation proxy).
-
-    Uses 6-connectivity (face neighbours, :func:`scipy.ndimage.generate_binary_structure`
-    with connectivity 1). For a label array, *erode* sets to 0 every labelled voxel
-    with a face neighbour of another label (outside the array counts as background);
-    *dilate* gives every background voxel with a labelled face neighbour the largest
-    neighbouring label, and leaves labelled voxels unchanged. For a binary mask these
-    are :func:`scipy.ndimage.binary_erosion` / ``binary_dilation``.
-
-    Parameters
-    ----------
-    mask : numpy.ndarray
-        Boolean or non-negative integer array (not modified).
-    rng : numpy.random.Generator or int, optional
-        Draws the operation when ``mode="random"`` (erode or dilate, p = 0.5).
-    mode : {"erode", "dilate", "random"}
-
-    Returns
-    -------
-    numpy.ndarray
-        Perturbed mask, same shape and dtype.
-    """
-    from scipy import ndimage
-
-    _check_choice("mode", mode, ["erode", "dilate", "random"])
-    arr = np.asarray(mask)
-    if arr.dtype.kind not in "biu":
-        raise ValueError(f"'mask' must be a boolean or integer array; got dtype {arr.dtype}")
-    if arr.dtype.kind == "i" and (arr < 0).any():
-        raise ValueError("'mask' labels must be >= 0")
-    if mode == "random":
-        mode = "erode" if _rng(rng).random() < 0.5 else "dilate"
-    labels = arr.astype(np.int64)
-    cross = ndimage.generate_binary_structure(arr.ndim, 1)
-    if mode == "erode":
-        lo = ndimage.grey_erosion(labels, footprint=cross, mode="constant", cval=0)
-        hi = ndimage.grey_dilation(labels, footprint=cross, mode="constant", cval=0)
-        out = np.where((lo == labels) & (hi == labels), labels, 0)
-    else:
-        hi = ndimage.grey_dilation(labels, footprint=cross, mode="constant", cval=0)
-        out = np.where(labels == 0, hi, labels)
-    return out.astype(arr.dtype)
-
-
-def perturbed_image(image: np.ndarray, rng: Any = None, noise_sd_fraction: float = 0.02, *,
-                    mask: np.ndarray | None = None) -> np.ndarray:
-    """The image with a fresh Gaussian noise realisation (a re-acquisition proxy).
-
-    ``sd = noise_sd_fraction * SD(image within mask)`` (the mask defaults to the
-    non-zero voxels). Gaussian noise approximates the Rician noise of magnitude MR
-    images at the SNR of brain tissue.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        Intensity image (not modified).
-    rng : numpy.random.Generator or int, optional
-        Noise generator (seeded for reproducibility).
-    noise_sd_fraction : float
-        Noise SD as a fraction of the tissue intensity SD (>= 0).
-    mask : numpy.ndarray, optional
-        Voxels whose intensity SD sets the noise level.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``float32`` perturbed image.
-    """
-    if not np.isscalar(noise_sd_fraction) or not float(noise_sd_fraction) >= 0:
-        raise ValueError(f"'noise_sd_fraction' must be >= 0; got {noise_sd_fraction!r}")
-    img = np.asarray(image, dtype=np.float32)
-    if mask is not None:
-        sel = np.asarray(mask).astype(bool)
-        if sel.shape != img.shape:
-            raise ValueError(f"'mask' shape {sel.shape} differs from image shape {img.shape}")
-    else:
-        sel = img != 0
-    ref = img[sel] if sel.any() else img.reshape(-1)
-    sd = float(noise_sd_fraction) * float(ref.std())
-    noise = _rng(rng).normal(0.0, sd, size=img.shape) if sd > 0 else np.zeros(img.shape)
-    return (img + noise).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -1097,9 +744,9 @@ class SelectionPipeline(_FrameSelector):
     def fit(self, X: pd.DataFrame, y: Any = None, *, subject_ids: Iterable[Any] | None = None
             ) -> "SelectionPipeline":
         """Run the five stages on the training rows."""
-        X = _check_frame(X, min_rows=2)
-        target = _check_target(y, X)
-        ids = _subject_ids(X, subject_ids)
+        X = check_frame(X, min_rows=2)
+        target = check_target(y, X)
+        ids = row_subject_ids(X, subject_ids)
         survivors: dict[str, list[str]] = {"input": list(X.columns)}
         if self.stable_features is None:
             cur = list(X.columns)

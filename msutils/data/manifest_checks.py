@@ -1,9 +1,9 @@
 """Parsing and validation of cohort manifests (CSV + YAML sidecar).
 
 This module holds the schema constants and the checks behind
-:func:`msutils.cohort.validate_manifest` and :func:`msutils.cohort.load_cohort`.
+:func:`msutils.data.cohort.validate_manifest` and :func:`msutils.data.cohort.load_cohort`.
 Use those public functions; this module is an implementation detail whose
-only stable names are the constants re-exported by :mod:`msutils.cohort`.
+only stable names are the constants re-exported by :mod:`msutils.data.cohort`.
 
 Every problem is one line that names where it is (``row N (subject/session)``
 with N the 1-based data row of the CSV, the column, the file) and what was

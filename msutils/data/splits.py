@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msutils.io import atomic_write_json
+from msutils.core.io import atomic_write_json
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -21,7 +21,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from msutils.selection import _FitLogClone, _check_frame, _record, _subject_ids
+from msutils.core.validation import check_frame
+from msutils.data.leakage import KeepFitLogOnClone, record_fit, row_subject_ids
 
 __all__ = [
     "NormativeZScorer",
@@ -58,7 +59,7 @@ def encode_sex(values: pd.Series) -> pd.Series:
     return mapped.astype(float)
 
 
-class NormativeZScorer(_FitLogClone, TransformerMixin, BaseEstimator):
+class NormativeZScorer(KeepFitLogOnClone, TransformerMixin, BaseEstimator):
     """Volumes as z-scores adjusted for covariates (seed: age, sex and TIV).
 
     ``fit`` regresses every volume column on ``1 + covariates`` by ordinary least
@@ -108,7 +109,7 @@ class NormativeZScorer(_FitLogClone, TransformerMixin, BaseEstimator):
         cov = pd.DataFrame(index=X.index)
         for c in covariates:
             cov[c] = encode_sex(X[c]) if c == "sex" else X[c]
-        return _check_frame(cov, "covariates")
+        return check_frame(cov, "covariates")
 
     def fit(self, X: pd.DataFrame, y: Any = None, *, subject_ids: Iterable[Any] | None = None
             ) -> "NormativeZScorer":
@@ -126,9 +127,9 @@ class NormativeZScorer(_FitLogClone, TransformerMixin, BaseEstimator):
                 raise ValueError(f"'X' lacks volume columns {missing[:5]}")
         if not cols:
             raise ValueError("no volume column to z-score")
-        ids = _subject_ids(X, subject_ids)
+        ids = row_subject_ids(X, subject_ids)
         cov = self._covariate_frame(X, covs)
-        vols = _check_frame(X[cols], "volumes")
+        vols = check_frame(X[cols], "volumes")
         constant = [c for c in covs if np.ptp(cov[c].to_numpy()) == 0]
         if constant:
             logger.warning("NormativeZScorer: covariate(s) %s constant on the training rows; "
@@ -154,7 +155,7 @@ class NormativeZScorer(_FitLogClone, TransformerMixin, BaseEstimator):
         self.resid_sd_ = pd.Series(sd, index=cols, name="resid_sd")
         self.n_train_ = len(X)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
-        _record(self.fit_log, self._log_step, ids)
+        record_fit(self.fit_log, self._log_step, ids)
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
@@ -166,7 +167,7 @@ class NormativeZScorer(_FitLogClone, TransformerMixin, BaseEstimator):
         if missing:
             raise ValueError(f"'X' lacks volume columns {missing[:5]}")
         cov = self._covariate_frame(X, self.covariates_)
-        vols = _check_frame(X[self.columns_], "volumes")
+        vols = check_frame(X[self.columns_], "volumes")
         design = np.column_stack([np.ones(len(X)), cov.to_numpy(dtype=float)])
         pred = design @ self.coef_.to_numpy()
         z = (vols.to_numpy(dtype=float) - pred) / self.resid_sd_.to_numpy()
@@ -272,7 +273,7 @@ def cohort_volumes(cohort: Any, *, scan_ids: Sequence[str] | None = None,
 
     Parameters
     ----------
-    cohort : msutils.cohort.Cohort
+    cohort : msutils.data.cohort.Cohort
         Needs ``table`` (index scan_id), ``labels`` and ``image(scan_id, column)``.
     scan_ids : sequence of str, optional
         Scans to measure (default: all).

@@ -1,0 +1,1 @@
+"""Features computed from images: radiomics, selection, reliability (ICC), volumes."""

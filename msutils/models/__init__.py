@@ -1,0 +1,1 @@
+"""Predictive models fitted on features: regression (and classifiers)."""

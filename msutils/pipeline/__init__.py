@@ -1,0 +1,1 @@
+"""Running the notebooks: kernel-side helpers, the fold cache, profiles, the fan-out runner, the book build, report helpers."""

@@ -1,0 +1,1 @@
+"""Lesion segmentation: nnU-Net bridge, FLAIR slices, overlap metrics, lesion instances, slice-level classification."""
