@@ -188,6 +188,17 @@ def test_volume_maps_equal_full_slices(pad_mode):
             np.testing.assert_allclose(np.take(re, k, axis=axis), full_re, rtol=0, atol=1e-12)
         if axis == 2:  # the empty slice
             assert not cr[:, :, 0].any() and not re[:, :, 0].any()
+    # only some slices: the others are NaN, the computed ones unchanged
+    cr_some, re_some = F.volume_fusion_maps(vol, p, slices=[3, 1], dtype=np.float64)
+    full_cr, full_re = F.volume_fusion_maps(vol, p, dtype=np.float64)
+    for k in range(vol.shape[2]):
+        if k in (1, 3):
+            np.testing.assert_array_equal(cr_some[:, :, k], full_cr[:, :, k])
+            np.testing.assert_array_equal(re_some[:, :, k], full_re[:, :, k])
+        else:
+            assert np.isnan(cr_some[:, :, k]).all() and np.isnan(re_some[:, :, k]).all()
+    with pytest.raises(ValueError, match=r"^'slices' must be in \[0, 4\]; got \[5\]$"):
+        F.volume_fusion_maps(vol, p, slices=[5])
 
 
 def test_cache_reuses_and_keys_on_content_and_params(tmp_path, monkeypatch):
@@ -215,6 +226,7 @@ def test_cache_reuses_and_keys_on_content_and_params(tmp_path, monkeypatch):
     changed[8, 9, 1] += 0.01
     assert key != F.maps_cache_key(changed, p)
     assert key != F.maps_cache_key(vol, p, axis=0)
+    assert key != F.maps_cache_key(vol, p, slices=[1]) != F.maps_cache_key(vol, p, slices=[1, 2])
     F.cached_volume_maps(changed, p, cache_dir=tmp_path, label="sub-001")
     assert len(list(tmp_path.glob("sub-001-*.npz"))) == 2
 

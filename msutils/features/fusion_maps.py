@@ -662,14 +662,28 @@ def _foreground_box(img: np.ndarray, margin: int) -> tuple[slice, slice] | None:
     return slice(r0, r1), slice(c0, c1)
 
 
+def _check_slices(slices: Sequence[int] | None, n: int) -> list[int]:
+    if slices is None:
+        return list(range(n))
+    try:
+        out = sorted({int(k) for k in slices})
+    except (TypeError, ValueError):
+        raise ValueError(f"'slices' must be slice indices (integers); got {slices!r}") from None
+    bad = [k for k in out if not 0 <= k < n]
+    if bad:
+        raise ValueError(f"'slices' must be in [0, {n - 1}]; got {bad[:5]}")
+    return out
+
+
 def volume_fusion_maps(
     volume: Any,
     params: FusionMapParams | None = None,
     *,
     axis: int = 2,
+    slices: Sequence[int] | None = None,
     dtype: Any = np.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CR and RE maps of every 2D slice of a 3D volume along ``axis``.
+    """CR and RE maps of the 2D slices of a 3D volume along ``axis``.
 
     Each slice is computed on the bounding box of its non-zero values plus a
     margin of ``s + 1`` pixels, which gives exactly the full-slice values
@@ -683,8 +697,10 @@ def volume_fusion_maps(
     params : FusionMapParams, optional
     axis : int
         Slicing axis (2 = axial for RAS+ arrays).
+    slices : sequence of int, optional
+        Only these slice indices (the others are NaN); default every slice.
     dtype : numpy dtype
-        Output dtype (float32 keeps a 1 mm volume's maps at about 30 MB each).
+        Output float dtype (float32 keeps a 1 mm volume's maps at about 30 MB each).
 
     Returns
     -------
@@ -701,16 +717,20 @@ def volume_fusion_maps(
         raise ValueError(f"'axis' must be one of [0, 1, 2]; got {axis!r}")
     if np.issubdtype(vol.dtype, np.floating) and not np.all(np.isfinite(vol)):
         raise ValueError("'volume' contains NaN or infinite values")
-    cr_vol = np.zeros(vol.shape, dtype=dtype)
-    re_vol = np.zeros(vol.shape, dtype=dtype)
-    for k in range(vol.shape[axis]):
+    wanted = _check_slices(slices, vol.shape[axis])
+    fill = 0.0 if slices is None else np.nan
+    cr_vol = np.full(vol.shape, fill, dtype=dtype)
+    re_vol = np.full(vol.shape, fill, dtype=dtype)
+    for k in wanted:
         sl = np.take(vol, k, axis=axis)
+        index: list[Any] = [slice(None)] * 3
+        index[axis] = k
+        cr_vol[tuple(index)] = 0.0
+        re_vol[tuple(index)] = 0.0
         box = _foreground_box(sl, p.margin + 1)
         if box is None:
             continue
         cr, re = fusion_maps(sl[box], p)
-        index: list[Any] = [slice(None)] * 3
-        index[axis] = k
         inplane = [a for a in range(3) if a != axis]
         index[inplane[0]], index[inplane[1]] = box
         cr_vol[tuple(index)] = cr
@@ -718,19 +738,26 @@ def volume_fusion_maps(
     return cr_vol, re_vol
 
 
-def maps_cache_key(volume: Any, params: FusionMapParams | None = None, *, axis: int = 2) -> str:
+def maps_cache_key(volume: Any, params: FusionMapParams | None = None, *, axis: int = 2,
+                   slices: Sequence[int] | None = None) -> str:
     """sha256 (hex) of what a scan's maps depend on.
 
     The volume's content (bytes as float32, shape), the parameters, the axis,
-    :data:`FUSION_MAPS_VERSION` and the numba version of the compiled kernel.
+    the slice indices, :data:`FUSION_MAPS_VERSION` and the numba version of
+    the compiled kernel.
     """
     import numba
 
     p = _check_params(params)
     vol = np.ascontiguousarray(np.asarray(volume, dtype=np.float32))
+    if vol.ndim != 3 or axis not in (0, 1, 2):
+        raise ValueError(f"'volume' must be a 3D array and 'axis' one of [0, 1, 2]; got shape {vol.shape}, "
+                         f"axis {axis!r}")
+    wanted = None if slices is None else _check_slices(slices, vol.shape[axis])
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": FUSION_MAPS_VERSION, "numba": numba.__version__, "params": p.to_dict(),
-                              "axis": int(axis), "shape": list(vol.shape)}, sort_keys=True).encode())
+                              "axis": int(axis), "shape": list(vol.shape), "slices": wanted},
+                             sort_keys=True).encode())
     digest.update(vol.tobytes())
     return digest.hexdigest()
 
@@ -740,6 +767,7 @@ def cached_volume_maps(
     params: FusionMapParams | None = None,
     *,
     axis: int = 2,
+    slices: Sequence[int] | None = None,
     cache_dir: str | os.PathLike | None = None,
     label: str = "scan",
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -751,6 +779,8 @@ def cached_volume_maps(
         3D normalised grey values.
     params : FusionMapParams, optional
     axis : int
+    slices : sequence of int, optional
+        Only these slices (part of the key); default every slice.
     cache_dir : str or path-like, optional
         Cache folder; None computes without caching. Entries are
         ``<cache_dir>/<label>-<key24>.npz`` (float32 ``cr`` and ``re``), written
@@ -765,8 +795,8 @@ def cached_volume_maps(
     """
     p = _check_params(params)
     if cache_dir is None:
-        return volume_fusion_maps(volume, p, axis=axis)
-    key = maps_cache_key(volume, p, axis=axis)
+        return volume_fusion_maps(volume, p, axis=axis, slices=slices)
+    key = maps_cache_key(volume, p, axis=axis, slices=slices)
     safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in str(label)) or "scan"
     path = Path(cache_dir).expanduser() / f"{safe}-{key[:24]}.npz"
     with file_lock(Path(cache_dir).expanduser() / ".locks" / f"{key[:24]}.lock"):
@@ -774,7 +804,7 @@ def cached_volume_maps(
         if hit is not None:
             logger.debug("fusion maps of %s: cached (%s)", label, path.name)
             return hit
-        cr, re = volume_fusion_maps(volume, p, axis=axis)
+        cr, re = volume_fusion_maps(volume, p, axis=axis, slices=slices)
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, cr=cr, re=re, key=np.array(key))
