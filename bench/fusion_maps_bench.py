@@ -42,7 +42,7 @@ TOL = 1e-9
 
 
 def _slice(source: str, size: int) -> tuple[np.ndarray, str]:
-    from msutils.slices import resize_image
+    from msutils.segmentation.slices import resize_image
 
     data = Path(os.environ.get("MSUTILS_TEST_MSLUB", REPO.parent / "shared" / "data" / "open_ms_data"))
     flair_path = data / "MNI" / "patient07" / "FLAIR.nii.gz"

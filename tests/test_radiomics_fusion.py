@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from msutils.cohort import ManifestError, load_cohort, write_manifest
+from msutils.data.cohort import ManifestError, load_cohort, write_manifest
 from msutils.features.fusion_maps import FusionMapParams, fusion_maps
-from msutils.leakage import FitLog
-from msutils.splits import validate_splits
+from msutils.data.leakage import FitLog
+from msutils.data.splits import validate_splits
 from msutils.studies import radiomics_fusion as RF
 
 TINY_NETS = dict(

@@ -85,7 +85,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from msutils.io import atomic_path, file_lock
+from msutils.core.io import atomic_path, file_lock
+from msutils.core.validation import check_choice, check_int
 
 __all__ = [
     "FUSION_MAPS_VERSION",
@@ -120,22 +121,10 @@ MAP_NAMES: tuple[str, ...] = ("cr", "re")
 # --------------------------------------------------------------------------------------
 # parameters
 # --------------------------------------------------------------------------------------
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"'{name}' must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"'{name}' must be one of {list(allowed)}; got {value!r}")
-    return str(value)
-
-
 def _check_cr(s: Any, num: Any, m: Any) -> tuple[int, int, int]:
-    s = _check_int("s", s, 1)
-    num = _check_int("num", num, 1)
-    m = _check_int("m", m, 0)
+    s = check_int("s", s, 1)
+    num = check_int("num", num, 1)
+    m = check_int("m", m, 0)
     n = (2 * s + 1) ** 2
     if num + m > n:
         raise ValueError(f"'num' + 'm' must be <= N = (2s + 1)^2 = {n}; got num={num}, m={m}")
@@ -222,15 +211,15 @@ class FusionMapParams:
 
     def __post_init__(self) -> None:
         _check_cr(self.cr_s, self.cr_num, self.cr_m)
-        _check_int("re_s", self.re_s, 1)
+        check_int("re_s", self.re_s, 1)
         object.__setattr__(self, "alpha", _check_alpha(self.alpha))
         object.__setattr__(self, "log_base", _check_log_base(self.log_base))
-        _check_int("levels", self.levels, 2)
+        check_int("levels", self.levels, 2)
         object.__setattr__(self, "value_range", _check_value_range(self.value_range))
         if not isinstance(self.symmetric, (bool, np.bool_)):
             raise ValueError(f"'symmetric' must be True or False; got {self.symmetric!r}")
-        _check_choice("diagonal", self.diagonal, DIAGONALS)
-        _check_choice("pad_mode", self.pad_mode, PAD_MODES)
+        check_choice("diagonal", self.diagonal, DIAGONALS)
+        check_choice("pad_mode", self.pad_mode, PAD_MODES)
         offsets = glcm_offsets(self.distances, self.angles, self.diagonal)  # validates both
         if max(max(abs(dr), abs(dc)) for dr, dc in offsets) > 2 * self.re_s:
             raise ValueError(f"every GLCM offset must fit in the RE window (2 * re_s = {2 * self.re_s} pixels); "
@@ -291,7 +280,7 @@ def quantize(image: Any, levels: int = 256, value_range: Sequence[float] = (0.0,
     numpy.ndarray
         int32 levels, same shape.
     """
-    levels = _check_int("levels", levels, 2)
+    levels = check_int("levels", levels, 2)
     lo, hi = _check_value_range(value_range)
     arr = np.asarray(image, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
@@ -326,8 +315,8 @@ def glcm_offsets(
     list of (int, int)
         Ordered distance by distance, then angle by angle.
     """
-    _check_choice("diagonal", diagonal, DIAGONALS)
-    dist = [_check_int("distances", d, 1) for d in np.atleast_1d(np.asarray(distances, dtype=object))]
+    check_choice("diagonal", diagonal, DIAGONALS)
+    dist = [check_int("distances", d, 1) for d in np.atleast_1d(np.asarray(distances, dtype=object))]
     if not dist or len(set(dist)) != len(dist):
         raise ValueError(f"'distances' must be distinct positive integers; got {list(distances)!r}")
     ang = list(np.atleast_1d(np.asarray(angles, dtype=object)))
@@ -387,8 +376,8 @@ def concentration_rate(
     """
     img = _as_slice(image).astype(np.float64)
     s, num, m = _check_cr(s, num, m)
-    _check_choice("pad_mode", pad_mode, PAD_MODES)
-    chunk_rows = _check_int("chunk_rows", chunk_rows, 1)
+    check_choice("pad_mode", pad_mode, PAD_MODES)
+    chunk_rows = check_int("chunk_rows", chunk_rows, 1)
     size = 2 * s + 1
     n = size * size
     lo, hi = n - num - m, n - m - 1  # 0-based ascending positions of X_(N-num-m+1) .. X_(N-m)
@@ -412,7 +401,7 @@ def concentration_rate_reference(
     """
     img = _as_slice(image).astype(np.float64)
     s, num, m = _check_cr(s, num, m)
-    _check_choice("pad_mode", pad_mode, PAD_MODES)
+    check_choice("pad_mode", pad_mode, PAD_MODES)
     size = 2 * s + 1
     n = size * size
     padded = np.pad(img, s, mode=pad_mode)
@@ -537,12 +526,12 @@ def renyi_entropy(
         float64 map, same shape: ``log_b(sum_kl f_kl^alpha) / (1 - alpha)`` with
         ``f`` the window's summed GLCM normalised to probabilities.
     """
-    levels = _check_int("levels", levels, 2)
+    levels = check_int("levels", levels, 2)
     lv = _check_levels_image(levels_img, levels)
-    s = _check_int("s", s, 1)
+    s = check_int("s", s, 1)
     alpha = _check_alpha(alpha)
     log_base = _check_log_base(log_base)
-    _check_choice("pad_mode", pad_mode, PAD_MODES)
+    check_choice("pad_mode", pad_mode, PAD_MODES)
     if not isinstance(symmetric, (bool, np.bool_)):
         raise ValueError(f"'symmetric' must be True or False; got {symmetric!r}")
     offsets = np.asarray(glcm_offsets(distances, angles, diagonal), dtype=np.int64)
@@ -581,12 +570,12 @@ def renyi_entropy_reference(
     """
     from skimage.feature import graycomatrix
 
-    levels = _check_int("levels", levels, 2)
+    levels = check_int("levels", levels, 2)
     lv = _check_levels_image(levels_img, levels)
-    s = _check_int("s", s, 1)
+    s = check_int("s", s, 1)
     alpha = _check_alpha(alpha)
     log_base = _check_log_base(log_base)
-    _check_choice("pad_mode", pad_mode, PAD_MODES)
+    check_choice("pad_mode", pad_mode, PAD_MODES)
     offsets = glcm_offsets(distances, angles, diagonal)  # validates
     dist = [int(d) for d in np.atleast_1d(distances)]
     ang = [int(a) for a in np.atleast_1d(angles)]

@@ -59,6 +59,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from msutils.core.validation import check_int
+
 __all__ = [
     "NETS",
     "PAPER_CONFIGS",
@@ -84,12 +86,6 @@ PAPER_CONFIGS: dict[str, dict[str, Any]] = {
     "attention_unet": {"down_blocks": (5, 5, 5, 5, 5), "up_blocks": (5, 5, 5, 5, 5), "bottleneck_layers": 5,
                        "growth_rate": 12, "first_channels": 48, "dropout": 0.2, "sa_after_last_block": True},
 }
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"'{name}' must be a positive integer; got {value!r}")
-    return value
 
 
 def _int_tuple(name: str, value: Any, length: int | None = None) -> tuple[int, ...]:
@@ -174,11 +170,11 @@ class ResNeXtEncoder(nn.Module):
     def __init__(self, in_channels: int = 3, stem_channels: int = 64, layers: Sequence[int] = (3, 4, 6, 3),
                  cardinality: int = 32, base_width: int = 4) -> None:
         super().__init__()
-        in_channels = _positive_int("in_channels", in_channels)
-        stem_channels = _positive_int("stem_channels", stem_channels)
+        in_channels = check_int("in_channels", in_channels, 1)
+        stem_channels = check_int("stem_channels", stem_channels, 1)
         layers = _int_tuple("layers", layers, 4)
-        cardinality = _positive_int("cardinality", cardinality)
-        base_width = _positive_int("base_width", base_width)
+        cardinality = check_int("cardinality", cardinality, 1)
+        base_width = check_int("base_width", base_width, 1)
         self.in_channels = in_channels
         self.conv1 = nn.Conv2d(in_channels, stem_channels, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_channels)
@@ -239,7 +235,7 @@ class ResNeXtUNet(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 1, *, stem_channels: int = 64,
                  layers: Sequence[int] = (3, 4, 6, 3), cardinality: int = 32, base_width: int = 4) -> None:
         super().__init__()
-        out_channels = _positive_int("out_channels", out_channels)
+        out_channels = check_int("out_channels", out_channels, 1)
         self.encoder = ResNeXtEncoder(in_channels, stem_channels, layers, cardinality, base_width)
         c1, c2, c3, c4 = self.encoder.channels
         self.decoder4 = DecoderBlock(c4, c3)
@@ -344,7 +340,7 @@ class SqueezeAttention(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        channels = _positive_int("channels", channels)
+        channels = check_int("channels", channels, 1)
         self.conv = _ConvBNReLU2(channels, channels)
         self.conv_att = _ConvBNReLU2(channels, channels)
 
@@ -438,13 +434,13 @@ class FCDenseNetSA(nn.Module):
                  first_channels: int = 48, dropout: float = 0.2, use_sa: bool = True,
                  sa_after_last_block: bool = True) -> None:
         super().__init__()
-        in_channels = _positive_int("in_channels", in_channels)
-        out_channels = _positive_int("out_channels", out_channels)
+        in_channels = check_int("in_channels", in_channels, 1)
+        out_channels = check_int("out_channels", out_channels, 1)
         down_blocks = _int_tuple("down_blocks", down_blocks)
         up_blocks = _int_tuple("up_blocks", up_blocks, len(down_blocks))
-        bottleneck_layers = _positive_int("bottleneck_layers", bottleneck_layers)
-        growth_rate = _positive_int("growth_rate", growth_rate)
-        first_channels = _positive_int("first_channels", first_channels)
+        bottleneck_layers = check_int("bottleneck_layers", bottleneck_layers, 1)
+        growth_rate = check_int("growth_rate", growth_rate, 1)
+        first_channels = check_int("first_channels", first_channels, 1)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"'dropout' must be in [0, 1); got {dropout!r}")
         self.in_channels = in_channels

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from msutils.core.validation import check_choice
+
 __all__ = [
     "RECIPES",
     "TrainConfig",
@@ -125,8 +127,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("loss", _LOSSES), ("optimizer", _OPTIMIZERS), ("schedule", _SCHEDULES),
                               ("device", _DEVICES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"'{name}' must be one of {list(allowed)}; got {getattr(self, name)!r}")
+            check_choice(name, getattr(self, name), allowed)
         for name in ("epochs", "batch_size", "image_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -18,7 +18,7 @@ Patients and folds (:func:`study_patients`, :func:`cv_splits`)
 Slices (:func:`prepare_scan`, :func:`select_slices`)
     Per scan: skull strip (the manifest's brain mask; an already skull-stripped
     image's non-zero voxels; else the documented fallback mask, see
-    :func:`msutils.segstudy.brain_mask_for`), min-max normalisation of the
+    :func:`msutils.studies.flair_nnunet.brain_mask_for`), min-max normalisation of the
     volume to [0, 1] inside the brain ("intensity normalisation before the
     radiomics"), then the study slices: axial slices with at least
     ``min_lesion_pixels`` lesion pixels, non-adjacent (``slice_gap``; the
@@ -39,7 +39,7 @@ Training and test (:func:`run_fold`)
     Dice, prediction of the test patients' slices (sigmoid, threshold 0.5,
     nearest-neighbour resize back to the native grid, padding cropped), and
     per-slice Dice, precision and sensitivity against the native masks
-    (:mod:`msutils.metrics`). The subjects each network was fitted on and
+    (:mod:`msutils.segmentation.metrics`). The subjects each network was fitted on and
     chose its checkpoint on are recorded for the leakage audit.
 Statistics (:func:`metrics_table`, :func:`dice_by_fold`, :func:`sdd_table`, :func:`inside_outside`)
     Tables 1 and 3: per arm, mean +/- SD over the folds of the per-fold mean
@@ -73,10 +73,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from msutils.core.validation import check_int
 from msutils.features.fusion_maps import FusionMapParams
 
 if TYPE_CHECKING:  # pragma: no cover
-    from msutils.cohort import Cohort
+    from msutils.data.cohort import Cohort
     from msutils.segmentation.training import TrainConfig
 
 __all__ = [
@@ -132,13 +133,6 @@ _DEVICES = ("auto", "cpu", "cuda")
 # --------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------
-def _check_positive_int(name: str, value: Any, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"'{name}' must be a positive integer{' or None' if optional else ''}; got {value!r}")
-
-
 @dataclass(frozen=True)
 class FusionConfig:
     """Every setting of the study (defaults: the seed's).
@@ -175,7 +169,7 @@ class FusionConfig:
     val_fraction : float
         Share of a fold's training patients used for validation (at least one).
     brain_source : {"auto", "manifest", "nonzero", "estimate"}
-        Skull-stripping mask (see :func:`msutils.segstudy.brain_mask_for`).
+        Skull-stripping mask (see :func:`msutils.studies.flair_nnunet.brain_mask_for`).
     axis : int
         Slicing axis (2: axial for RAS+ arrays).
     maps : FusionMapParams
@@ -229,9 +223,9 @@ class FusionConfig:
         for name in ("resnext_image_size", "attention_image_size", "resnext_epochs", "attention_epochs",
                      "resnext_batch_size", "attention_batch_size", "min_lesion_pixels", "slice_gap",
                      "n_examples"):
-            _check_positive_int(name, getattr(self, name))
-        _check_positive_int("max_slices_per_patient", self.max_slices_per_patient, optional=True)
-        _check_positive_int("num_threads", self.num_threads, optional=True)
+            check_int(name, getattr(self, name), 1)
+        check_int("max_slices_per_patient", self.max_slices_per_patient, 1, optional=True)
+        check_int("num_threads", self.num_threads, 1, optional=True)
         if isinstance(self.warmup_iters, bool) or not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
             raise ValueError(f"'warmup_iters' must be an integer >= 0; got {self.warmup_iters!r}")
         for name in ("resnext_lr", "attention_lr"):
@@ -298,7 +292,7 @@ def study_patients(cohort: Cohort, n_folds: int, *, max_patients: int | None = N
 
     Parameters
     ----------
-    cohort : msutils.cohort.Cohort
+    cohort : msutils.data.cohort.Cohort
     n_folds : int
         Cross-validation folds by patient (>= 2); at least as many patients are needed.
     max_patients : int, optional
@@ -316,10 +310,8 @@ def study_patients(cohort: Cohort, n_folds: int, *, max_patients: int | None = N
         Naming every problem at once: no FLAIR column / images, no lesion-mask
         column / masks, patients without one of them, fewer patients than folds.
     """
-    _check_positive_int("n_folds", n_folds)
-    if n_folds < 2:
-        raise ValueError(f"'n_folds' must be an integer >= 2; got {n_folds!r}")
-    _check_positive_int("max_patients", max_patients, optional=True)
+    check_int("n_folds", n_folds, 2)
+    check_int("max_patients", max_patients, 1, optional=True)
     table = cohort.table
     where = f"cohort {cohort.manifest_path}"
     problems = []
@@ -369,11 +361,11 @@ def cv_splits(patients: pd.DataFrame, n_folds: int, *, val_fraction: float = 0.1
     Returns
     -------
     list of dict
-        :mod:`msutils.splits` splits ``fold0 ...``: ``train`` / ``test``
+        :mod:`msutils.data.splits` splits ``fold0 ...``: ``train`` / ``test``
         subjects, ``val_unit`` and (``val_unit == "patient"``) ``inner``:
         ``[{"name": "val", "train": fitted subjects, "test": validation subjects}]``.
     """
-    from msutils.splits import grouped_kfold
+    from msutils.data.splits import grouped_kfold
 
     if not 0 < val_fraction < 1:
         raise ValueError(f"'val_fraction' must be in (0, 1); got {val_fraction!r}")
@@ -417,9 +409,9 @@ def select_slices(lesion: Any, *, axis: int = 2, min_lesion_pixels: int = 10, ga
         raise ValueError(f"'lesion' must be a 3D mask; got shape {les.shape}")
     if axis not in (0, 1, 2):
         raise ValueError(f"'axis' must be one of [0, 1, 2]; got {axis!r}")
-    _check_positive_int("min_lesion_pixels", min_lesion_pixels)
-    _check_positive_int("gap", gap)
-    _check_positive_int("max_slices", max_slices, optional=True)
+    check_int("min_lesion_pixels", min_lesion_pixels, 1)
+    check_int("gap", gap, 1)
+    check_int("max_slices", max_slices, 1, optional=True)
     counts = les.sum(axis=tuple(a for a in range(3) if a != axis))
     taken: list[int] = []
     for k in np.flatnonzero(counts >= min_lesion_pixels):
@@ -481,7 +473,7 @@ def prepare_scan(cohort: Cohort, scan_id: str, config: FusionConfig, *,
 
     Parameters
     ----------
-    cohort : msutils.cohort.Cohort
+    cohort : msutils.data.cohort.Cohort
     scan_id : str
     config : FusionConfig
     cache_dir : path-like, optional
@@ -492,8 +484,8 @@ def prepare_scan(cohort: Cohort, scan_id: str, config: FusionConfig, *,
     FusionScan
     """
     from msutils.features.fusion_maps import cached_volume_maps
-    from msutils.segstudy import brain_mask_for
-    from msutils.slices import binarize_mask, estimate_brain_mask, normalize_intensity, skull_strip
+    from msutils.studies.flair_nnunet import brain_mask_for
+    from msutils.segmentation.slices import binarize_mask, estimate_brain_mask, normalize_intensity, skull_strip
 
     flair = cohort.array(scan_id, "flair")
     lesion = binarize_mask(cohort.array(scan_id, "lesion_mask"))
@@ -573,10 +565,10 @@ class NetInputs:
 
 def network_inputs(scans: Sequence[FusionScan], size: int) -> NetInputs:
     """Pad each native slice to a square, resize to ``size`` and scale per slice (see the module docstring)."""
-    from msutils.segstudy import pad_to_square
-    from msutils.slices import resize_image, resize_mask
+    from msutils.segmentation.slices import resize_image, resize_mask
+    from msutils.studies.flair_nnunet import pad_to_square
 
-    _check_positive_int("size", size)
+    check_int("size", size, 1)
     xs, ys, rows = [], [], []
     for scan in scans:
         if len(scan) == 0:
@@ -599,7 +591,7 @@ def to_native(binary: Any, native_shape: Sequence[int]) -> np.ndarray:
     The inverse of :func:`network_inputs`' geometry: resize to the padded
     square side ``max(X, Y)``, then crop the centred zero padding.
     """
-    from msutils.slices import resize_mask
+    from msutils.segmentation.slices import resize_mask
 
     b = np.asarray(binary)
     if b.ndim != 2 or b.shape[0] != b.shape[1]:
@@ -612,8 +604,8 @@ def to_native(binary: Any, native_shape: Sequence[int]) -> np.ndarray:
 
 
 def slice_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Dice, precision (PPV) and sensitivity of one native slice (:mod:`msutils.metrics` conventions)."""
-    from msutils.metrics import dice, ppv, sensitivity
+    """Dice, precision (PPV) and sensitivity of one native slice (:mod:`msutils.segmentation.metrics` conventions)."""
+    from msutils.segmentation.metrics import dice, ppv, sensitivity
 
     return {"dice": dice(pred, truth), "precision": ppv(pred, truth), "sensitivity": sensitivity(pred, truth)}
 
@@ -672,7 +664,7 @@ def run_fold(scans: Mapping[str, FusionScan], split: Mapping[str, Any], config: 
     -------
     dict
         ``fold``, ``val_unit``, ``fit_subjects``, ``val_subjects``,
-        ``test_subjects``, ``fit_log`` (:class:`msutils.leakage.FitLog` as a
+        ``test_subjects``, ``fit_log`` (:class:`msutils.data.leakage.FitLog` as a
         dict: ``<net>/<arm>/weights`` = fitted subjects,
         ``<net>/<arm>/checkpoint`` = subjects the checkpoint was chosen on),
         ``n_slices`` (fit / val / test) and ``runs[net][arm]``: ``history``,
@@ -684,7 +676,7 @@ def run_fold(scans: Mapping[str, FusionScan], split: Mapping[str, Any], config: 
     """
     import torch
 
-    from msutils.leakage import FitLog
+    from msutils.data.leakage import FitLog
     from msutils.segmentation.nets import build_net, count_parameters
     from msutils.segmentation.training import predict_proba, train_net
 
@@ -910,7 +902,7 @@ def inside_outside(scans: Sequence[FusionScan], *, maps: Sequence[str] = ("cr", 
     """
     from scipy.stats import mannwhitneyu
 
-    _check_positive_int("max_values", max_values)
+    check_int("max_values", max_values, 1)
     rng = np.random.default_rng(seed)
     rows = {}
     for name in maps:
