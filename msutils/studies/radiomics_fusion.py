@@ -321,9 +321,10 @@ def study_patients(cohort: Cohort, n_folds: int, *, max_patients: int | None = N
                             f"segments lesions on FLAIR against lesion masks")
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))
+    from msutils.data.cohort import first_session
+
     ms = table[table["group"].astype(str) == "MS"] if "group" in table.columns else table
-    ordered = ms.sort_values(["subject_id", "session"], kind="stable") if "session" in ms.columns else ms
-    first = ordered[~ordered["subject_id"].duplicated()]
+    first = first_session(ms)
     for col in ("flair", "lesion_mask"):
         lacking = [str(s) for s, v in first[col].items() if not _has(v)]
         if lacking:
