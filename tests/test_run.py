@@ -47,7 +47,7 @@ def _lines(path: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- profiles
 def test_packaged_profiles() -> None:
-    assert profiles.notebook_names() == ["00_cohort", "02_edss_regression", "03_flair_nnunet"]
+    assert profiles.notebook_names() == ["00_cohort", "02_edss_regression", "03_flair_nnunet", "04_radiomics_fusion"]
     all_p = profiles.load_profiles()
     for nb in all_p:
         assert sorted(all_p[nb]) == ["paper", "quick", "smoke"]
@@ -57,6 +57,9 @@ def test_packaged_profiles() -> None:
     assert profiles.profile_folds("02_edss_regression", "paper") == [f"cv{i}" for i in range(10)]
     assert profiles.profile_folds("03_flair_nnunet", "smoke") == ["fold0", "fold1"]
     assert profiles.profile_folds("03_flair_nnunet", "quick") == [f"fold{i}" for i in range(5)] + ["fold0-noaug"]
+    assert profiles.profile_folds("04_radiomics_fusion", "smoke") == ["fold0", "fold1"]
+    assert profiles.profile_folds("04_radiomics_fusion", "quick") == [f"fold{i}" for i in range(6)]
+    assert profiles.profile_folds("04_radiomics_fusion", "paper") == [f"fold{i}" for i in range(6)]
     assert profiles.get_profile("02_edss_regression", "quick").parameters == {"preset": "edss-quick"}
     assert profiles.get_profile("00_cohort", "paper").parameters == {"preset": "paper"}
     assert profiles.get_profile("03_flair_nnunet", "smoke").parameters["preset"] == "smoke"

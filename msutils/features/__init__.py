@@ -1,1 +1,1 @@
-"""Features computed from images: radiomics, selection, reliability (ICC), volumes."""
+"""Features computed from images: radiomics, selection, reliability (ICC), volumes, CR / RE fusion maps."""
