@@ -1,7 +1,7 @@
 """Run profiles: which papermill parameters and folds each notebook gets.
 
 A profiles file is YAML shaped ``{notebook: {profile: {parameters: {...}, folds: [...]}}}``.
-The packaged ``msutils/profiles.yaml`` defines ``smoke``, ``quick`` and ``paper`` for
+The packaged ``msutils/pipeline/profiles.yaml`` defines ``smoke``, ``quick`` and ``paper`` for
 every notebook; ``$MSUTILS_PROFILES`` (or an explicit ``path``) points at another file.
 The file is validated as a whole on load and every problem is reported at once.
 """
