@@ -129,6 +129,7 @@ def test_tune_resnet_picks_the_early_stopping_epoch():
             eval_set=(sc.transform(X.loc[va, sel.per_fold[k]]), y[va].to_numpy()))
         curves.append(m.history_["val_loss"])
     assert res.params["epochs"] == int(np.argmin(np.mean(curves, axis=0))) + 1
+    assert isinstance(res.params["width"], int) and isinstance(res.params["epochs"], int)
 
 
 def test_oof_predictions_keep_synthetic_rows_of_validation_subjects_out():

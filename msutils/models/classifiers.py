@@ -495,7 +495,7 @@ def tune(name: str, X: pd.DataFrame, y: pd.Series, subjects: pd.Series, folds: S
     """
     _check_choice("classifier", name, CLASSIFIERS)
     keys = list(grid)
-    rows = []
+    rows, points = [], []
     for values in itertools.product(*(grid[k] for k in keys)):
         params = dict(zip(keys, values))
         aucs, curves, probas, ys = [], [], [], []
@@ -519,24 +519,15 @@ def tune(name: str, X: pd.DataFrame, y: pd.Series, subjects: pd.Series, folds: S
             best_epoch = int(np.argmin(np.mean(curves, axis=0)))
             aucs = [_auc(yk, pk[best_epoch]) for yk, pk in zip(ys, probas)]
             params = {**params, "epochs": best_epoch + 1}
+        points.append(params)
         rows.append({**{f"param_{k}": v for k, v in params.items()}, "mean_auc": float(np.nanmean(aucs)),
                      "sd_auc": float(np.nanstd(aucs, ddof=1)) if len(aucs) > 1 else float("nan")})
     scores = pd.DataFrame(rows)
     best = int(np.nanargmax(scores["mean_auc"].to_numpy()))
-    chosen = {k[len("param_"):]: _plain(v) for k, v in scores.iloc[best].items() if k.startswith("param_")}
+    chosen = points[best]
     logger.info("tuning %s: %d grid points, best %s (inner AUC %.3f)", name, len(scores), chosen,
                 scores["mean_auc"].iloc[best])
     return TuningResult(name, chosen, scores)
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return None if np.isnan(v) else float(v)
-    if isinstance(v, float) and np.isnan(v):
-        return None
-    return v
 
 
 def fit_final(name: str, params: Mapping[str, Any], X: pd.DataFrame, y: pd.Series, subjects: pd.Series,
