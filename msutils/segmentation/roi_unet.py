@@ -9,7 +9,8 @@ extracted from.
 
 Training (:func:`train_roi_unet`)
     MONAI :class:`~monai.networks.nets.UNet` (3D, residual units, instance
-    norm), Dice + cross-entropy loss (:class:`~monai.losses.DiceCELoss`), Adam.
+    norm), Dice + cross-entropy loss (:class:`~monai.losses.DiceCELoss`), Adam
+    with a polynomial learning-rate decay.
     Random cubic patches of ``patch_size`` voxels; a fraction ``fg_fraction``
     of the patches is centred on a deep-GM voxel (the small nuclei would
     otherwise be rare); patches get random intensity changes (gamma, contrast,
@@ -108,7 +109,8 @@ class RoiUNetConfig:
         Edge of the cubic training patches (voxels; a multiple of 2 ** (levels - 1)).
     batch_size : int
     lr : float
-        Adam learning rate.
+        Initial Adam learning rate, decayed as ``lr * (1 - step / max_steps) ** 0.9``
+        (nnU-Net's polynomial schedule).
     max_steps : int
         Upper bound of optimiser steps.
     val_every : int
@@ -131,7 +133,7 @@ class RoiUNetConfig:
     num_res_units: int = 1
     patch_size: int = 48
     batch_size: int = 2
-    lr: float = 2e-3
+    lr: float = 3e-3
     max_steps: int = 600
     val_every: int = 50
     patience: int = 4
@@ -321,6 +323,7 @@ def train_roi_unet(
     net = _network(config).to(dev)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1.0 - s / config.max_steps) ** 0.9)
     hist: dict[str, list[float]] = {"step": [], "train_loss": [], "val_dice": []}
     best, best_step, best_state, stale, running = -1.0, 0, None, 0, []
     bar = tqdm(total=config.max_steps, desc="ROI U-Net", unit="step", disable=not progress)
@@ -339,6 +342,7 @@ def train_roi_unet(
         loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
+        sched.step()
         running.append(float(loss.detach()))
         bar.update(1)
         if step % config.val_every == 0 or step == config.max_steps:
