@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msutils.cohort import load_cohort
-from msutils.leakage import FitLog, assert_no_leak
+from msutils.data.cohort import load_cohort
+from msutils.data.leakage import FitLog, assert_no_leak
 from msutils.segmentation.roi_unet import ROI_NAMES, RoiUNetConfig
 from msutils.studies import gan_augmentation as S
 

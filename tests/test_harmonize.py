@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from msutils.data.harmonize import ComBat, eb_parametric
-from msutils.leakage import FitLog
+from msutils.data.leakage import FitLog
 
 
 def _simulate(n_per_batch: dict[str, int], n_features: int = 40, seed: int = 0,
@@ -151,7 +151,7 @@ def test_bad_inputs():
         ComBat(covariates=("age",)).fit(X, batch, C.assign(age=1.0))
     Xn = X.copy()
     Xn.iloc[0, 1] = np.nan
-    with pytest.raises(ValueError, match=r"'X' has missing or infinite values in columns \['f1'\]"):
+    with pytest.raises(ValueError, match=r"'X' has missing or infinite values in 1 column\(s\) \['f1'\] \(rows \['s000'\]\)"):
         ComBat().fit(Xn, batch, C)
     model = ComBat().fit(X, batch, C)
     with pytest.raises(ValueError, match=r"batch 'Z' needs >= 2 scans"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from msutils import run
+from msutils.pipeline import runner as run
 
 NOTEBOOK = "01_gan_augmentation"
 pytestmark = pytest.mark.xdist_group("notebook_01")

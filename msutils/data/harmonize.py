@@ -37,7 +37,7 @@ estimates (tested), so seen and unseen centers go through one algorithm.
 
 Covariates
 ----------
-Numeric columns (encode sex as 0/1 first, e.g. with ``msutils.volumes.encode_sex``;
+Numeric columns (encode sex as 0/1 first, e.g. with ``msutils.features.volumes.encode_sex``;
 a 0/1 column is what neuroCombat's one-hot coding of a two-level categorical
 gives). The diagnosis (or any outcome) must never be a covariate: it would be
 needed at transform time, i.e. the held-out labels would be read; names in
@@ -62,6 +62,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
+
+from msutils.core.validation import check_frame
 
 __all__ = [
     "FORBIDDEN_COVARIATES",
@@ -184,20 +186,6 @@ def eb_parametric(
     return g_hat, d_hat, g_new, d_new, {"gamma_bar": g_bar, "tau2": t2, "a": a, "b": b, "iterations": it}
 
 
-def _check_frame(X: Any, name: str) -> pd.DataFrame:
-    if not isinstance(X, pd.DataFrame):
-        raise TypeError(f"'{name}' must be a pandas DataFrame; got {type(X).__name__}")
-    non_numeric = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
-    if non_numeric:
-        raise ValueError(f"'{name}' has non-numeric columns {non_numeric[:5]}; encode them first")
-    values = X.to_numpy(dtype=float)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        raise ValueError(f"'{name}' has missing or infinite values in columns "
-                         f"{X.columns[bad.any(axis=0)].tolist()[:5]} (rows {X.index[bad.any(axis=1)].tolist()[:5]})")
-    return X
-
-
 class ComBat(BaseEstimator):
     """ComBat fitted on training batches; unseen batches get the new-site step.
 
@@ -211,7 +199,7 @@ class ComBat(BaseEstimator):
         False uses the per-batch location/scale as they are.
     conv : float
         Convergence tolerance of the EB fixed point (neuroCombat: 1e-4).
-    fit_log : msutils.leakage.FitLog, optional
+    fit_log : msutils.data.leakage.FitLog, optional
         Records the subjects of :meth:`fit` under ``"combat"`` and those whose
         unlabelled features estimated a new site under ``"combat.new_site"``.
 
@@ -255,7 +243,7 @@ class ComBat(BaseEstimator):
         return names
 
     def _inputs(self, X: Any, batch: Any, covariates: Any) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-        X = _check_frame(X, "X")
+        X = check_frame(X, "X")
         names = self._covariate_names()
         b = np.asarray(batch.reindex(X.index) if isinstance(batch, pd.Series) else batch, dtype=object)
         if b.shape != (len(X),):
@@ -266,7 +254,7 @@ class ComBat(BaseEstimator):
         if names:
             if covariates is None:
                 raise ValueError(f"'covariates' data with columns {names} is required")
-            cov = _check_frame(covariates, "covariates")
+            cov = check_frame(covariates, "covariates")
             missing = [c for c in names if c not in cov.columns]
             if missing:
                 raise ValueError(f"'covariates' lacks the columns {missing}; it has {list(cov.columns)}")

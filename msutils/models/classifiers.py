@@ -35,7 +35,7 @@ Pieces
 - :func:`explain`: SHAP values of P(MS) with the transformed training data as
   background (permutation explainer).
 
-Every fit can record its subjects in a :class:`msutils.leakage.FitLog`.
+Every fit can record its subjects in a :class:`msutils.data.leakage.FitLog`.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+
+from msutils.core.validation import check_choice
 
 __all__ = [
     "SCALERS",
@@ -99,16 +101,11 @@ GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
 maximum; the inner folds choose the number actually used)."""
 
 
-def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"'{name}' must be one of {list(allowed)}; got {value!r}")
-
-
 def make_scaler(name: str) -> TransformerMixin:
     """A fresh scaler: ``robust``, ``minmax`` or ``zscore``."""
     from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
-    _check_choice("scaler", name, SCALERS)
+    check_choice("scaler", name, SCALERS)
     return {"robust": RobustScaler, "minmax": MinMaxScaler, "zscore": StandardScaler}[name]()
 
 
@@ -162,7 +159,7 @@ class TabularResNet(ClassifierMixin, BaseEstimator):
     def _device(self) -> Any:
         import torch
 
-        _check_choice("device", self.device, ("cpu", "cuda", "auto"))
+        check_choice("device", self.device, ("cpu", "cuda", "auto"))
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
@@ -194,7 +191,7 @@ class TabularResNet(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"'{name}' must be an integer >= {lo}; got {v!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"'dropout' must be in [0, 1); got {self.dropout!r}")
-        _check_choice("class_weight", self.class_weight, ("balanced", None))
+        check_choice("class_weight", self.class_weight, ("balanced", None))
         Xa = np.asarray(X, dtype=np.float32)
         self.classes_, yi = np.unique(np.asarray(y), return_inverse=True)
         if len(self.classes_) != 2:
@@ -285,7 +282,7 @@ def make_classifier(name: str, params: Mapping[str, Any] | None = None, *, seed:
     from sklearn.model_selection import StratifiedKFold
     from sklearn.svm import SVC
 
-    _check_choice("classifier", name, CLASSIFIERS)
+    check_choice("classifier", name, CLASSIFIERS)
     params = dict(params or {})
     if name == "svm":  # Platt scaling on 5-fold cross-validated decision values, SVC refitted on all rows
         return CalibratedClassifierCV(SVC(class_weight="balanced", random_state=seed, **params), method="sigmoid",
@@ -493,7 +490,7 @@ def tune(name: str, X: pd.DataFrame, y: pd.Series, subjects: pd.Series, folds: S
     log-loss over the folds is the early-stopping point, and the AUC at that
     epoch is the grid point's score.
     """
-    _check_choice("classifier", name, CLASSIFIERS)
+    check_choice("classifier", name, CLASSIFIERS)
     keys = list(grid)
     rows, points = [], []
     for values in itertools.product(*(grid[k] for k in keys)):

@@ -90,7 +90,7 @@ def class_map(labels: np.ndarray, roi_sets: Mapping[str, Sequence[int]]) -> np.n
 
 def dice_per_roi(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Dice of every ROI between two class maps (1.0 when both are empty)."""
-    from msutils.metrics import dice
+    from msutils.segmentation.metrics import dice
 
     return {name: dice(pred == k, truth == k) for k, name in enumerate(ROI_NAMES, start=1)}
 

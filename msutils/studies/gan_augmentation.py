@@ -6,14 +6,14 @@ other centers only:
 
 1. splits the training subjects into inner 5-fold (80/20, subject-level,
    stratified by diagnosis) folds (:func:`loco_split`, the splits module's
-   :func:`~msutils.splits.nested_loco`: all visits of a subject together, a
+   :func:`~msutils.data.splits.nested_loco`: all visits of a subject together, a
    subject also scanned at the held-out center excluded from training);
 2. trains the 3D ROI U-Net (:mod:`msutils.segmentation.roi_unet`) on the
    training T1 scans and their ten-ROI maps, early-stopped on the validation
    subjects of inner fold 0, and segments the held-out scans with it (held-out
    features never use the true labels; Dice against them is reported);
 3. extracts the 107 x 10 = 1,070 pyradiomics features (``seed000`` settings of
-   :mod:`msutils.radiomics`) of the training scans (true label maps) and of the
+   :mod:`msutils.features.radiomics`) of the training scans (true label maps) and of the
    held-out scans (predicted maps); features undefined on the training scans
    are dropped, a held-out ROI the U-Net missed gets the training medians;
 4. harmonizes with ComBat fitted on the training centers (covariates age and
@@ -33,7 +33,7 @@ other centers only:
    and scores a classifier given the cohort's true generative variables
    (ceiling), when the manifest has them.
 
-Every fitted step records the subjects it saw in a :class:`~msutils.leakage.FitLog`
+Every fitted step records the subjects it saw in a :class:`~msutils.data.leakage.FitLog`
 (``combat.new_site`` records the held-out subjects whose *unlabelled* features
 estimated the new site's location and scale; it never sees a diagnosis).
 
@@ -68,7 +68,7 @@ import pandas as pd
 
 from msutils.data.augment import TdaParams, traditional_augment
 from msutils.data.harmonize import ComBat
-from msutils.leakage import FitLog
+from msutils.data.leakage import FitLog
 from msutils.models import classifiers as clf
 from msutils.segmentation.roi_unet import (ROI_NAMES, RoiSegmenter, RoiUNetConfig, class_map, class_rois,
                                            dice_per_roi, train_roi_unet)
@@ -156,7 +156,7 @@ class StudyConfig:
     covariates : tuple of str
         ComBat covariates (age and sex).
     radiomics_params : str
-        Preset of :data:`msutils.radiomics.PARAMS`.
+        Preset of :data:`msutils.features.radiomics.PARAMS`.
     n_jobs : int
         Radiomics worker processes.
     seed : int
@@ -286,7 +286,7 @@ def check_design(cohort: Any, heldout_centers: Sequence[str]) -> None:
 
 def study_table(cohort: Any) -> pd.DataFrame:
     """One row per scan: ``subject_id``, ``center``, ``group``, ``y`` (1 = MS), ``age``, ``sex`` (M = 1), paths, gt."""
-    from msutils.volumes import encode_sex
+    from msutils.features.volumes import encode_sex
 
     t = cohort.table.copy()
     t["subject_id"] = t["subject_id"].astype(str)
@@ -299,7 +299,7 @@ def study_table(cohort: Any) -> pd.DataFrame:
 
 def loco_split(table: pd.DataFrame, heldout: str, *, n_inner: int = 5, seed: int = 0) -> dict[str, Any]:
     """The LOCO split holding ``heldout`` out, with ``n_inner`` inner folds over its training subjects."""
-    from msutils.splits import nested_loco
+    from msutils.data.splits import nested_loco
 
     return nested_loco(table, n_inner, seed, stratify="group", centers=[heldout])[0]
 
@@ -307,14 +307,14 @@ def loco_split(table: pd.DataFrame, heldout: str, *, n_inner: int = 5, seed: int
 # --------------------------------------------------------------------------- features
 @dataclass
 class _ImageTable:
-    """The minimal cohort-like object :func:`msutils.radiomics.extract` reads (``table`` of paths)."""
+    """The minimal cohort-like object :func:`msutils.features.radiomics.extract` reads (``table`` of paths)."""
 
     table: pd.DataFrame
 
 
 def _extract(table: pd.DataFrame, rois: Mapping[str, Sequence[int]], config: StudyConfig,
              cache_dir: Path | None, progress: bool) -> pd.DataFrame:
-    from msutils import radiomics
+    from msutils.features import radiomics
 
     if table.empty:
         return pd.DataFrame()
@@ -329,7 +329,7 @@ def real_features(cohort: Any, config: StudyConfig, cache_dir: Path | None = Non
     Used for *training* rows only: a LOCO iteration takes the rows of its
     training scans; held-out scans are featurized from their U-Net segmentation.
     """
-    from msutils import radiomics
+    from msutils.features import radiomics
 
     rois = {r: cohort.roi_sets[r] for r in ROI_NAMES}
     return radiomics.extract(cohort, rois, config.radiomics_params, n_jobs=config.n_jobs, cache_dir=cache_dir,
@@ -455,7 +455,7 @@ def run_loco(cohort: Any, heldout: str, config: StudyConfig, work_dir: str | os.
 
     Parameters
     ----------
-    cohort : msutils.cohort.Cohort
+    cohort : msutils.data.cohort.Cohort
     heldout : str
         The held-out center.
     config : StudyConfig
