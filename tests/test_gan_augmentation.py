@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -114,11 +114,10 @@ def test_leakage_canary_permuted_heldout_diagnoses(smoke_cohort, smoke_features,
     """Permuting the held-out center's diagnoses changes no fitted object and no threshold."""
     work = tmp_path / "a"
     r1 = S.run_loco(smoke_cohort, "B", TINY, work, features=smoke_features, progress=False)
-    permuted = copy.copy(smoke_cohort)
-    permuted.table = smoke_cohort.table.copy()
-    rows = permuted.table["center"] == "B"
-    groups = permuted.table.loc[rows, "group"].to_numpy()
-    permuted.table.loc[rows, "group"] = np.where(groups == "MS", "HC", "MS")  # every held-out label flipped
+    table = smoke_cohort.table.copy()
+    rows = table["center"] == "B"
+    table.loc[rows, "group"] = np.where(table.loc[rows, "group"] == "MS", "HC", "MS")  # every held-out label flipped
+    permuted = dataclasses.replace(smoke_cohort, table=table)
     r2 = S.run_loco(permuted, "B", TINY, tmp_path / "b", features=smoke_features, progress=False)
     assert (r1["predictions"]["y"] != r2["predictions"]["y"]).all()
     assert S.fitted_fingerprint(r1) == S.fitted_fingerprint(r2)
