@@ -733,7 +733,9 @@ def friedman_posthoc(scores: pd.DataFrame, *, alpha: float = 0.05) -> dict[str, 
         raise ValueError(f"'scores' needs >= 2 blocks and >= 2 methods; got shape {scores.shape}")
     if not np.isfinite(scores.to_numpy(dtype=float)).all():
         raise ValueError("'scores' has missing values")
-    long = (scores.rename_axis("block").reset_index().melt(id_vars="block", var_name="method", value_name="score"))
+    wide = scores.reset_index(drop=True)  # blocks may carry a MultiIndex (e.g. LOCO iteration x repetition)
+    wide.columns = [str(c) for c in wide.columns]
+    long = wide.rename_axis("block").reset_index().melt(id_vars="block", var_name="method", value_name="score")
     long["method"] = long["method"].astype(str)
     values = scores.to_numpy(dtype=float)
     if np.all(values == values[:, :1]):  # every block ties all methods: Friedman undefined

@@ -84,3 +84,13 @@ def test_friedman_not_significant_has_no_posthoc():
     assert out["posthoc"] is None
     tied = friedman_posthoc(pd.DataFrame({"a": [1.0, 1.0], "b": [1.0, 1.0]}))
     assert tied["friedman"]["p"] == 1.0
+
+
+def test_friedman_blocks_with_a_multiindex():
+    idx = pd.MultiIndex.from_product([["B", "C"], range(3)], names=["loco", "repetition"])
+    scores = pd.DataFrame({"svm": [0.7, 0.72, 0.71, 0.8, 0.81, 0.79], "rf": [0.75, 0.77, 0.74, 0.85, 0.86, 0.84],
+                           "resnet": [0.9, 0.91, 0.92, 0.95, 0.96, 0.94]}, index=idx)
+    out = friedman_posthoc(scores)
+    ref = ss.friedmanchisquare(scores["svm"], scores["rf"], scores["resnet"])
+    assert out["friedman"]["n_blocks"] == 6 and out["friedman"]["Q"] == pytest.approx(ref.statistic)
+    assert out["posthoc"] is not None and len(out["posthoc"]) == 3
