@@ -158,3 +158,29 @@ def test_bad_inputs():
         model.transform(X.iloc[:1], ["Z"], C.iloc[:1])
     with pytest.raises(ValueError, match=r"'X' must have the fitted feature columns in order"):
         model.transform(X[X.columns[::-1]], batch, C)
+
+
+def test_broken_features_at_a_new_site_do_not_flatten_the_others():
+    p = 60
+    X, batch, C, alpha, sigma = _simulate({"A": 40, "B": 40, "C": 30}, n_features=p, seed=11)
+    train = batch != "C"
+    Xc = X[~train].copy()
+    Xc.iloc[:, :3] = Xc.iloc[:, :3] * 1e6  # three features broken at the new site (variance x 1e12)
+    model = ComBat().fit(X[train], batch[train], C[train])
+    out = model.transform(Xc, batch[~train], C[~train])
+    est = model.new_sites_["C"]
+    assert est.priors["n_outliers"] >= 3
+    assert est.priors["b"] < 10  # the inverse-gamma prior is not blown up by the broken features
+    # harmonized data should follow the training fit: grand mean + covariate effects, pooled SD
+    truth = model.grand_mean_.to_numpy() + C.loc[~train, ["age", "sex"]].to_numpy() @ model.beta_.to_numpy()
+
+    def errors(h):  # healthy features: median |mean error| and median SD ratio, in units of sigma
+        resid = (h - truth).iloc[:, 3:]
+        return float(np.median(np.abs(resid.mean() / sigma[3:]))), float((h.iloc[:, 3:].std() / sigma[3:]).median())
+
+    loc_err, sd_ratio = errors(out)
+    assert loc_err < 0.3 and 0.8 < sd_ratio < 1.3
+    naive = ComBat(outlier_mads=None).fit(X[train], batch[train], C[train])
+    loc_naive, sd_naive = errors(naive.transform(Xc, batch[~train], C[~train]))
+    assert naive.new_sites_["C"].priors["gamma_bar"] > 1e4  # the priors are dominated by three features
+    assert loc_naive > 3 * loc_err or sd_naive < 0.6

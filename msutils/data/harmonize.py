@@ -23,6 +23,10 @@ For feature ``g``, scan ``j`` of batch (center) ``i``::
 
 A harmonized value is ``(z - gamma*) / sqrt(delta*) * sigma + alpha + c' beta``.
 
+One safeguard beyond neuroCombat (``outlier_mads``): features whose batch
+location or log scale is far out of line with the batch's other features keep
+their own estimates and stay out of the priors (see :class:`ComBat`).
+
 The new-site step
 -----------------
 A leave-one-center-out test center is a batch the fit has never seen (plain
@@ -132,6 +136,23 @@ def _bprior(delta_hat: np.ndarray) -> float:
     return (m * s2 + m**3) / s2
 
 
+def _outlying(z: np.ndarray, k: float) -> np.ndarray:
+    """Features whose batch mean or log variance is beyond ``k`` robust SDs of the batch's median."""
+    g = z.mean(axis=0)
+    d = z.var(axis=0, ddof=1)
+    logd = np.log(np.where(d > 0, d, np.nan))
+    out = np.zeros(z.shape[1], dtype=bool)
+    for v in (g, logd):
+        finite = np.isfinite(v)
+        if finite.sum() < 3:
+            continue
+        med = np.median(v[finite])
+        mad = 1.4826 * np.median(np.abs(v[finite] - med))
+        if mad > 0:
+            out |= finite & (np.abs(v - med) > k * mad)
+    return out
+
+
 def eb_parametric(
     z: np.ndarray,
     *,
@@ -199,6 +220,16 @@ class ComBat(BaseEstimator):
         False uses the per-batch location/scale as they are.
     conv : float
         Convergence tolerance of the EB fixed point (neuroCombat: 1e-4).
+    outlier_mads : float or None
+        A feature whose batch location ``gamma_hat`` or log scale
+        ``log delta_hat`` lies more than this many (normal-consistent) MADs from
+        the batch's median over features keeps its own location and scale and
+        is left out of the priors (None: never). The method-of-moments priors
+        are not robust: at a new site one broken feature (e.g. a radiomic
+        feature of a failed segmentation, variance 1e12 x the training's) would
+        otherwise inflate the inverse-gamma prior and shrink *every* feature's
+        scale towards it, flattening the whole site. Well-behaved data (and the
+        neuroCombat comparison of the tests) have no such feature.
     fit_log : msutils.data.leakage.FitLog, optional
         Records the subjects of :meth:`fit` under ``"combat"`` and those whose
         unlabelled features estimated a new site under ``"combat.new_site"``.
@@ -221,10 +252,11 @@ class ComBat(BaseEstimator):
     """
 
     def __init__(self, covariates: Sequence[str] = ("age", "sex"), eb: bool = True, conv: float = 1e-4,
-                 fit_log: Any = None) -> None:
+                 outlier_mads: float | None = 8.0, fit_log: Any = None) -> None:
         self.covariates = covariates
         self.eb = eb
         self.conv = conv
+        self.outlier_mads = outlier_mads
         self.fit_log = fit_log
 
     # ------------------------------------------------------------------ validation
@@ -332,6 +364,10 @@ class ComBat(BaseEstimator):
             raise ValueError(f"batch {batch!r} needs >= 2 scans to estimate its location and scale; got {z.shape[0]}")
         cols = pd.Index(self.feature_names_in_)
         live = ~cols.isin(self.constant_)
+        outliers = np.zeros(len(cols), dtype=bool)
+        if self.eb and self.outlier_mads is not None:
+            outliers[live] = _outlying(z[:, live], float(self.outlier_mads))
+            live &= ~outliers
         g_hat = np.zeros(len(cols))
         d_hat = np.ones(len(cols))
         g_star = np.zeros(len(cols))
@@ -346,6 +382,16 @@ class ComBat(BaseEstimator):
             priors = {"gamma_bar": float("nan"), "tau2": float("nan"), "a": float("nan"), "b": float("nan"),
                       "iterations": 0}
         g_hat[live], d_hat[live], g_star[live], d_star[live] = gh, dh, gs, ds
+        if self.eb and outliers.any():  # their own location/scale, no shrinkage, no part in the priors
+            zo = z[:, outliers]
+            g_hat[outliers] = g_star[outliers] = zo.mean(axis=0)
+            d = zo.var(axis=0, ddof=1)
+            d[d == 0] = 1.0
+            d_hat[outliers] = d_star[outliers] = d
+            logger.warning("ComBat batch %r: %d feature(s) with an outlying location or scale (beyond %g MADs) were "
+                           "left out of the empirical-Bayes priors: %s", batch, int(outliers.sum()),
+                           self.outlier_mads, cols[outliers].tolist()[:5])
+        priors["n_outliers"] = int(outliers.sum())
         s = lambda v: pd.Series(v, index=cols)  # noqa: E731
         return SiteEstimates(str(batch), int(z.shape[0]), s(g_hat), s(d_hat), s(g_star), s(d_star), priors, seen)
 
