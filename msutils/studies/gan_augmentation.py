@@ -617,7 +617,7 @@ def run_loco(cohort: Any, heldout: str, config: StudyConfig, work_dir: str | os.
     logger.info("LOCO %s done in %.0f s", heldout, seconds["total"])
     return {
         "heldout": heldout,
-        "split": {k: v for k, v in split.items() if k != "inner"} | {"inner": inner},
+        "split": split,
         "n_scans": {"train": int(len(train)), "test": int(len(test))},
         "segmentation": {"dice": dice, "history": segmenter.history, "best_step": segmenter.best_step,
                          "seconds": segmenter.seconds, "config": asdict(unet_cfg), "segmenter": segmenter},
