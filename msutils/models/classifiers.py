@@ -609,7 +609,7 @@ def explain(pipe: Any, X_background: pd.DataFrame, X_explain: pd.DataFrame, *, m
         bg = bg[rng.choice(len(bg), max_background, replace=False)]
     masker = shap.maskers.Independent(bg, max_samples=len(bg))
     explainer = shap.explainers.Permutation(lambda a: clf.predict_proba(a)[:, 1], masker, seed=seed)
-    res = explainer(xe, max_evals=max(2 * xe.shape[1] + 1, 10 * xe.shape[1]))
+    res = explainer(xe, max_evals=max(2 * xe.shape[1] + 1, 10 * xe.shape[1]), silent=True)
     vals = np.asarray(res.values)
     if vals.ndim == 3:  # (n, features, classes) when the output is multi-class
         vals = vals[..., 1]
