@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,6 @@ __all__ = [
     "RoiSegmenter",
     "class_map",
     "class_rois",
-    "config_dict",
     "dice_per_roi",
     "train_roi_unet",
 ]
@@ -368,8 +367,3 @@ def train_roi_unet(
                 hist["step"][-1], seconds, best, best_step)
     return RoiSegmenter(config, best_state, hist, best_step, [str(s) for s in subjects],
                         [str(s) for s in val_subjects], seconds)
-
-
-def config_dict(config: RoiUNetConfig) -> dict[str, Any]:
-    """Plain dict of a config (for summaries)."""
-    return asdict(config)
