@@ -7,6 +7,12 @@
   paired post hoc tests (seed 001, Table 3).
 * :func:`exact_ci_proportion` (Clopper-Pearson), :func:`bootstrap_ci`
   (percentile bootstrap over units, e.g. patients), :func:`regression_metrics`.
+* :func:`youden_threshold`, :func:`diagnostic_utility` — a decision threshold at
+  the maximum of Youden's J and the clinical-utility analysis of seed 000
+  (sensitivity, specificity, PPV, NPV with exact CIs, likelihood ratios,
+  post-test probabilities at given prevalences).
+* :func:`friedman_posthoc` — Friedman test across methods over repeated blocks
+  with post hoc Wilcoxon signed-rank tests, Holm-corrected (seed 000).
 * :func:`format_p` — p-values as printed in the tables.
 """
 
@@ -27,12 +33,15 @@ __all__ = [
     "BootstrapCI",
     "RMAnovaResult",
     "bootstrap_ci",
+    "diagnostic_utility",
     "exact_ci_proportion",
+    "friedman_posthoc",
     "format_p",
     "format_table1",
     "regression_metrics",
     "rm_anova_errors",
     "table1",
+    "youden_threshold",
 ]
 
 logger = logging.getLogger(__name__)
@@ -592,3 +601,154 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
         r, pr = float(res.statistic), float(res.pvalue)
     return {"n": int(t.size), "pearson_r": r, "pearson_p": pr, "r2": float(r2_score(t, p)),
             "r_squared": r * r, "mae": float(mean_absolute_error(t, p))}
+
+
+# --------------------------------------------------------------------------- diagnostic utility
+
+
+def _binary_inputs(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).ravel()
+    s = np.asarray(score, dtype=float).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"'y_true' has {y.size} values but 'score' has {s.size}")
+    if not np.isin(y, [0, 1]).all():
+        raise ValueError(f"'y_true' must hold 0/1 labels; got {sorted(set(y.tolist()))[:5]}")
+    if not np.isfinite(s).all():
+        raise ValueError("'score' has non-finite values")
+    return y.astype(int), s
+
+
+def youden_threshold(y_true: Any, score: Any) -> tuple[float, float]:
+    """Decision threshold at the maximum of Youden's J = sensitivity + specificity - 1.
+
+    A case is called positive when ``score >= threshold``. Candidate thresholds are
+    the observed scores (:func:`sklearn.metrics.roc_curve`); among ties in J the
+    highest threshold wins.
+
+    Returns
+    -------
+    (threshold, J)
+    """
+    from sklearn.metrics import roc_curve
+
+    y, s = _binary_inputs(y_true, score)
+    if y.min() == y.max():
+        raise ValueError("'y_true' needs both classes to choose a threshold")
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    j = tpr - fpr
+    finite = np.isfinite(thr)
+    best = int(np.flatnonzero(finite)[np.argmax(j[finite])])
+    return float(thr[best]), float(j[best])
+
+
+def diagnostic_utility(
+    y_true: Any,
+    score: Any,
+    threshold: float,
+    *,
+    prevalences: Sequence[float] = (0.1, 0.3, 0.5),
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Clinical utility at a fixed threshold (seed 000).
+
+    Parameters
+    ----------
+    y_true : array-like of 0/1
+        1 = disease (MS).
+    score : array-like of float
+        Predicted probability of disease; positive when ``score >= threshold``.
+    threshold : float
+        Chosen beforehand (e.g. :func:`youden_threshold` on validation folds).
+    prevalences : sequence of float in (0, 1)
+        Pre-test probabilities for the post-test projection.
+    alpha : float
+        1 - confidence level of the Clopper-Pearson intervals.
+
+    Returns
+    -------
+    dict
+        ``tp, fp, tn, fn, n``; ``sensitivity, specificity, ppv, npv`` each with
+        ``_ci_low`` / ``_ci_high`` (NaN when undefined); ``youden_j``,
+        ``error_rate``, ``lr_pos`` = sens / (1 - spec) (inf when spec = 1),
+        ``lr_neg`` = (1 - sens) / spec; ``post_test``: ``{prevalence: {"positive",
+        "negative"}}`` from pre-test odds x LR.
+    """
+    y, s = _binary_inputs(y_true, score)
+    if not np.isfinite(threshold):
+        raise ValueError(f"'threshold' must be finite; got {threshold!r}")
+    for p in prevalences:
+        if not 0 < p < 1:
+            raise ValueError(f"'prevalences' must be in (0, 1); got {p!r}")
+    pred = s >= threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    tn = int(np.sum(~pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    out: dict[str, Any] = {"threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": int(y.size)}
+    for name, (k, n) in {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp),
+                         "ppv": (tp, tp + fp), "npv": (tn, tn + fn)}.items():
+        out[name] = k / n if n else float("nan")
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (exact_ci_proportion(k, n, alpha) if n
+                                                         else (float("nan"), float("nan")))
+    sens, spec = out["sensitivity"], out["specificity"]
+    out["youden_j"] = sens + spec - 1
+    out["error_rate"] = (fp + fn) / y.size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["lr_pos"] = float(np.divide(sens, 1 - spec)) if np.isfinite(sens) and np.isfinite(spec) else float("nan")
+        out["lr_neg"] = float(np.divide(1 - sens, spec)) if np.isfinite(sens) and np.isfinite(spec) else float("nan")
+    post: dict[float, dict[str, float]] = {}
+    for p in prevalences:
+        odds = p / (1 - p)
+        pos, neg = odds * out["lr_pos"], odds * out["lr_neg"]
+        post[float(p)] = {"positive": 1.0 if np.isinf(pos) else pos / (1 + pos),
+                          "negative": neg / (1 + neg) if np.isfinite(neg) else float("nan")}
+    out["post_test"] = post
+    return out
+
+
+# --------------------------------------------------------------------------- Friedman + Wilcoxon-Holm
+
+
+def friedman_posthoc(scores: pd.DataFrame, *, alpha: float = 0.05) -> dict[str, Any]:
+    """Friedman test across methods (columns) over blocks (rows), then Wilcoxon-Holm.
+
+    Seed 000 compares classifiers by their F1 over the repetitions of a scenario:
+    rows = repetitions (blocks), columns = classifiers. When the Friedman p is
+    below ``alpha``, every pair of columns gets a two-sided Wilcoxon signed-rank
+    test (exact for small samples; with 5 pairs the smallest possible p is
+    0.0625), Holm-corrected (:func:`pingouin.pairwise_tests`).
+
+    Returns
+    -------
+    dict
+        ``friedman``: ``{"Q", "ddof", "p", "n_blocks", "n_methods"}``;
+        ``posthoc``: DataFrame (``A``, ``B``, ``W``, ``p_unc``, ``p_holm``) or None
+        when the Friedman test is not significant (or undefined).
+    """
+    import pingouin as pg
+
+    if not isinstance(scores, pd.DataFrame):
+        raise TypeError(f"'scores' must be a DataFrame (rows = blocks, columns = methods); got {type(scores).__name__}")
+    if scores.shape[0] < 2 or scores.shape[1] < 2:
+        raise ValueError(f"'scores' needs >= 2 blocks and >= 2 methods; got shape {scores.shape}")
+    if not np.isfinite(scores.to_numpy(dtype=float)).all():
+        raise ValueError("'scores' has missing values")
+    wide = scores.reset_index(drop=True)  # blocks may carry a MultiIndex (e.g. LOCO iteration x repetition)
+    wide.columns = [str(c) for c in wide.columns]
+    long = wide.rename_axis("block").reset_index().melt(id_vars="block", var_name="method", value_name="score")
+    long["method"] = long["method"].astype(str)
+    values = scores.to_numpy(dtype=float)
+    if np.all(values == values[:, :1]):  # every block ties all methods: Friedman undefined
+        fr = {"Q": 0.0, "ddof": scores.shape[1] - 1, "p": 1.0}
+    else:
+        res = pg.friedman(data=long, dv="score", within="method", subject="block")
+        fr = {"Q": float(res["Q"].iloc[0]), "ddof": int(res["ddof1"].iloc[0]), "p": float(res["p_unc"].iloc[0])}
+    fr.update(n_blocks=int(scores.shape[0]), n_methods=int(scores.shape[1]))
+    posthoc = None
+    if np.isfinite(fr["p"]) and fr["p"] < alpha:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pw = pg.pairwise_tests(data=long, dv="score", within="method", subject="block", parametric=False,
+                                   padjust="holm")
+        posthoc = pw.rename(columns={"W_val": "W", "p_corr": "p_holm"})[["A", "B", "W", "p_unc", "p_holm"]]
+    return {"friedman": fr, "posthoc": posthoc}

@@ -47,7 +47,8 @@ def _lines(path: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- profiles
 def test_packaged_profiles() -> None:
-    assert profiles.notebook_names() == ["00_cohort", "02_edss_regression", "03_flair_nnunet", "04_radiomics_fusion"]
+    assert profiles.notebook_names() == ["00_cohort", "01_gan_augmentation", "02_edss_regression", "03_flair_nnunet",
+                                         "04_radiomics_fusion"]
     all_p = profiles.load_profiles()
     for nb in all_p:
         assert sorted(all_p[nb]) == ["paper", "quick", "smoke"]
@@ -63,6 +64,7 @@ def test_packaged_profiles() -> None:
     assert profiles.get_profile("02_edss_regression", "quick").parameters == {"preset": "edss-quick"}
     assert profiles.get_profile("00_cohort", "paper").parameters == {"preset": "paper"}
     assert profiles.get_profile("03_flair_nnunet", "smoke").parameters["preset"] == "smoke"
+    assert profiles.profile_folds("01_gan_augmentation", "quick") == ["B", "C"]
 
 
 def test_unknown_profile_and_notebook_messages() -> None:
