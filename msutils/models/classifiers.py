@@ -43,7 +43,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 
 from msutils.core.validation import check_choice
+from msutils.data.leakage import record_fit
 
 __all__ = [
     "SCALERS",
@@ -368,11 +369,6 @@ def _fold_rows(subjects: pd.Series, fold: Mapping[str, Any]) -> tuple[np.ndarray
     return tr, va
 
 
-def _record(fit_log: Any, step: str, ids: Iterable[Any]) -> None:
-    if fit_log is not None:
-        fit_log.record(step, list(dict.fromkeys(str(i) for i in ids)))
-
-
 @dataclass
 class InnerSelection:
     """LASSO selections of the inner folds and the final list.
@@ -435,9 +431,9 @@ def inner_selection(X: pd.DataFrame, y: pd.Series, subjects: pd.Series, folds: S
         tr, _ = _fold_rows(subjects, fold)
         sc = make_scaler(scaler).set_output(transform="pandas")
         Xs = sc.fit_transform(X[tr])
-        _record(fit_log, "scaler", subjects[tr])
+        record_fit(fit_log, "scaler", subjects[tr])
         sel = L1LogisticSelector(Cs=Cs, seed=seed + k).fit(Xs, y[tr])
-        _record(fit_log, "lasso", subjects[tr])
+        record_fit(fit_log, "lasso", subjects[tr])
         per_fold.append(list(sel.get_feature_names_out()))
         coefs.append(sel.coef_.abs())
         cs.append(sel.C_)
@@ -511,7 +507,7 @@ def tune(name: str, X: pd.DataFrame, y: pd.Series, subjects: pd.Series, folds: S
             else:
                 clf.fit(xtr, y[tr].to_numpy())
                 aucs.append(_auc(y[va].to_numpy(), clf.predict_proba(xva)[:, 1]))
-            _record(fit_log, f"tuning.{name}", subjects[tr])
+            record_fit(fit_log, f"tuning.{name}", subjects[tr])
         if name == "resnet":
             best_epoch = int(np.argmin(np.mean(curves, axis=0)))
             aucs = [_auc(yk, pk[best_epoch]) for yk, pk in zip(ys, probas)]
@@ -538,8 +534,8 @@ def fit_final(name: str, params: Mapping[str, Any], X: pd.DataFrame, y: pd.Serie
     pipe = Pipeline([("scaler", make_scaler(scaler)),
                      ("clf", make_classifier(name, params, seed=seed, device=device))])
     pipe.fit(X.loc[:, list(features)].to_numpy(dtype=float), y.to_numpy())
-    _record(fit_log, f"{step}.scaler", subjects)
-    _record(fit_log, step, subjects)
+    record_fit(fit_log, f"{step}.scaler", subjects)
+    record_fit(fit_log, step, subjects)
     return pipe
 
 
