@@ -19,6 +19,7 @@ import pytest
 from msutils.pipeline import book, kernel, notebook_file, profiles
 from msutils.pipeline import runner as run
 from msutils.pipeline.cache import FoldCache
+from msutils.pipeline.kernel import default_cohort_identity
 from msutils.pipeline.runner import FoldFailed
 
 NB_DIR = Path(__file__).resolve().parent / "notebooks"
@@ -259,7 +260,7 @@ def test_local_run_then_resume_from_cache(tmp_path: Path, caplog: pytest.LogCapt
     status = run.fold_status("t_folds", profile="smoke", overrides=over, notebooks_dir=NB_DIR,
                              profiles_file=PROFILES, out_dir=out)
     cache = FoldCache("t_folds", {**notebook_file.read_parameters(NB_DIR / "t_folds.ipynb"), **over},
-                      out_dir=out, notebook_path=NB_DIR / "t_folds.ipynb")
+                      out_dir=out, notebook_path=NB_DIR / "t_folds.ipynb", default_identity=default_cohort_identity)
     assert status == {"a": cache.entry_dir("a"), "b": cache.entry_dir("b")}
 
     # second run: nothing recomputed, only the aggregate re-executes

@@ -113,6 +113,7 @@ __all__ = [
     "make_params",
     "validate_params",
     "params_hash",
+    "code_digest",
     "feature_names",
     "extract_arrays",
     "extract_masks",
@@ -1015,6 +1016,15 @@ def reasons(df: pd.DataFrame) -> pd.DataFrame:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
+def code_digest() -> str:
+    """sha256 of this module's source: the extraction code, part of every cache key.
+
+    A change to the engine (cropping, mesh code, feature naming) recomputes the
+    cached (scan, ROI) features without anyone having to bump :data:`ENGINE_VERSION`.
+    """
+    return _file_digest(__file__)
+
+
 def _file_digest(path: str) -> str:
     """sha256 of a file's content (memoised per path, size and mtime)."""
     st = os.stat(path)
@@ -1182,9 +1192,10 @@ def extract(
         ``if __name__ == "__main__":`` guard (notebooks do not).
     cache_dir : path-like, optional
         Per (scan, ROI) JSON files keyed by the params, the ROI's labels, the
-        sha256 of the image / label map / subtract files, margin, min_voxels,
-        pyradiomics and engine versions: a re-run with the same inputs recomputes
-        nothing, a changed param dict recomputes. Written atomically.
+        sha256 of the image / label map / subtract files, margin, min_voxels, the
+        pyradiomics version and the engine's source (:func:`code_digest`): a re-run
+        with the same inputs and code recomputes nothing; a changed param dict, a
+        new pyradiomics or an edited engine recomputes. Written atomically.
     margin, min_voxels
         As in :func:`extract_arrays`.
     progress : bool
@@ -1255,7 +1266,8 @@ def extract(
             key = ""
             if cache is not None:
                 key = hashlib.sha256(_canonical({
-                    "engine": ENGINE_VERSION, "pyradiomics": _rad.__version__, "params": phash,
+                    "engine": ENGINE_VERSION, "code": code_digest(), "pyradiomics": _rad.__version__,
+                    "params": phash,
                     "labels": labs, "files": ident, "margin": margin, "min_voxels": min_voxels,
                 }).encode()).hexdigest()
                 hit = _read_cache(_cache_path(cache, sid, roi, key), key, names)

@@ -21,6 +21,8 @@ from msutils.pipeline.notebook_file import read_parameters, source_notebook
 
 __all__ = [
     "notebook_params",
+    "default_cohort_identity",
+    "cohort_manifest",
     "fold_cache",
     "summary_path",
     "write_summary",
@@ -63,19 +65,77 @@ def notebook_params(
     return {n: namespace[n] for n in names}
 
 
+def _default_preset(params: Mapping[str, Any]) -> Any:
+    return params.get("preset", params.get("profile"))
+
+
+def default_cohort_identity(params: Mapping[str, Any]) -> str:
+    """Identity of the synthetic cohort a notebook uses when its ``manifest`` is None.
+
+    ``"synthetic:preset=<preset>:seed=<seed>:params=<first 16 hex of the generator
+    parameter hash>"``: the default cohort is a pure function of the preset's
+    parameters, the seed and the generator code (which the fold cache's library
+    fingerprint covers). Nothing is generated. An unknown preset gives
+    ``params=unknown`` (the notebook reports the bad name when it runs).
+
+    Parameters
+    ----------
+    params : mapping
+        Notebook parameters: ``preset`` (falling back to ``profile``) and ``seed``.
+    """
+    from msutils import synth
+
+    preset = _default_preset(params)
+    try:
+        version = synth.params_hash(synth.get_params(preset))[:16]
+    except ValueError:
+        version = "unknown"
+    return f"synthetic:preset={preset}:seed={params.get('seed')}:params={version}"
+
+
+def cohort_manifest(params: Mapping[str, Any]) -> Path:
+    """The manifest a notebook reads: ``params["manifest"]``, or the default synthetic cohort.
+
+    With ``manifest`` None the cohort of ``preset`` (falling back to ``profile``) and
+    ``seed`` is generated on first use (:func:`msutils.synth.default_cohort`, cached
+    by its parameters).
+    """
+    if params.get("manifest"):
+        return Path(params["manifest"]).expanduser()
+    from msutils import synth
+
+    return synth.default_cohort(_default_preset(params), seed=params.get("seed", 0))
+
+
 def fold_cache(
     notebook: str,
     params: Mapping[str, Any],
     *,
+    cohort_hash: str | None = None,
     notebook_path: str | os.PathLike | None = None,
 ) -> FoldCache:
-    """The :class:`~msutils.pipeline.cache.FoldCache` for ``params`` (manifest and out_dir taken from them)."""
+    """The :class:`~msutils.pipeline.cache.FoldCache` for ``params`` (manifest and out_dir taken from them).
+
+    Parameters
+    ----------
+    notebook : str
+        Notebook name.
+    params : mapping
+        :func:`notebook_params`.
+    cohort_hash : str, optional
+        ``Cohort.content_hash()`` of the loaded cohort: entries computed for other
+        cohort content are recomputed.
+    notebook_path : str or path-like, optional
+        Source notebook (default :func:`msutils.pipeline.notebook_file.source_notebook`).
+    """
     return FoldCache(
         notebook,
         params,
         manifest=params.get("manifest"),
         out_dir=params.get("out_dir"),
         notebook_path=notebook_path,
+        default_identity=default_cohort_identity,
+        cohort_hash=cohort_hash,
     )
 
 

@@ -45,7 +45,7 @@ from typing import Any, Mapping, Sequence
 from msutils.core.environ import temporary_environ
 from msutils.core.io import atomic_write_json, atomic_write_text
 from msutils.pipeline.cache import FoldCache
-from msutils.pipeline.kernel import summary_path
+from msutils.pipeline.kernel import default_cohort_identity, summary_path
 from msutils.pipeline.notebook_file import (
     FOLD_END_TAG,
     PARAMETER_TAGS,
@@ -380,7 +380,8 @@ def _plan(
                 f"notebook {nb_path} has folds but no code cell tagged {FOLD_END_TAG!r}: tag the cell "
                 f"that calls cache.get_or_compute(fold, ...) so fold runs stop there"
             )
-    cache = FoldCache(name, params, manifest=params["manifest"], out_dir=out, notebook_path=nb_path)
+    cache = FoldCache(name, params, manifest=params["manifest"], out_dir=out, notebook_path=nb_path,
+                      default_identity=default_cohort_identity)
     env = {"MSUTILS_PROFILES": str(Path(profiles_file).expanduser().resolve())} if profiles_file else {}
     return {"profile": prof, "nb_dir": nb_dir, "nb_path": nb_path, "params": params, "folds": run_folds,
             "out_dir": out, "cache": cache, "env": env}
