@@ -14,6 +14,7 @@ from scipy import stats as sps
 
 from msutils.studies import edss_regression as edss
 from msutils.data.leakage import FitLog, assert_no_leak
+from msutils.data.splits import internal_external_cv
 from msutils.features.reliability import perturbed_mask
 
 ROIS = {"thalamus_L": [1], "caudate_L": [3], "gm_001": [101], "gm_030": [130]}
@@ -228,7 +229,7 @@ def test_study_rois():
 def test_study_split_and_cv_folds():
     subjects = pd.DataFrame({"center": ["site1"] * 50 + ["site2"] * 12},
                             index=pd.Index([f"s{i:02d}" for i in range(62)], name="subject_id"))
-    split = edss.study_split(subjects, test_size=0.2, n_folds=5, seed=1)
+    split = internal_external_cv(subjects.reset_index(), test_size=0.2, n_folds=5, seed=1)
     assert split["internal_center"] == "site1"
     assert split["external"] == [f"s{i:02d}" for i in range(50, 62)]
     assert len(split["test"]) == 10 and len(split["train"]) == 40
@@ -241,6 +242,10 @@ def test_study_split_and_cv_folds():
         assert not set(tr) & set(te)
     with pytest.raises(ValueError, match="absent from the training rows"):
         edss.cv_folds(split, split["train"][:-1])
+    few = internal_external_cv(subjects.reset_index().iloc[:6], test_size=0.2, n_folds=5, seed=1)
+    assert few["fold_unit"] == "slab"
+    with pytest.raises(ValueError, match=r"has no subject-level folds \('inner'; fold_unit 'slab'\)"):
+        edss.cv_folds(few, few["train"])
 
 
 def test_study_config_validation():

@@ -90,7 +90,6 @@ __all__ = [
     "disconnection_proxy",
     "cohort_disconnection",
     "load_study_data",
-    "study_split",
     "cv_folds",
     "icc_subset",
     "resegmented_mask",
@@ -589,44 +588,16 @@ def load_study_data(cohort: Any, config: StudyConfig, *, cache_dir: str | os.Pat
 
 
 # ---------------------------------------------------------------------------- splits
-def study_split(subjects: pd.DataFrame, *, internal_center: str | None = None, test_size: float = 0.2,
-                n_folds: int = 10, seed: int = 0) -> dict[str, Any]:
-    """The seed's design: internal center split 80/20, other centers external, k CV folds.
-
-    Parameters
-    ----------
-    subjects : DataFrame
-        :func:`subject_table` (index subject_id, column ``center``).
-    internal_center : str, optional
-        Default: the center with the most subjects.
-    test_size : float
-        Internal test fraction (seed: 0.2).
-    n_folds : int
-        Cross-validation folds over the training subjects (seed: 10), stored as
-        the split's ``inner`` list (``fold0`` ...).
-    seed : int
-
-    Returns
-    -------
-    dict
-        A split (see :mod:`msutils.data.splits`) with ``train``, ``test``,
-        ``external``, ``internal_center`` and ``inner``.
-    """
-    from msutils.data.splits import grouped_kfold, internal_external_split
-
-    table = subjects.reset_index()[["subject_id", "center"]].astype(str)
-    if internal_center is None:
-        counts = table["center"].value_counts()
-        internal_center = str(min(counts[counts == counts.max()].index))
-    split = internal_external_split(table, str(internal_center), test_size, seed=seed,
-                                    name=f"internal-{internal_center}")
-    split["inner"] = grouped_kfold(table, check_int("n_folds", n_folds, 2), stratify=None, seed=seed,
-                                   subjects=split["train"])
-    return split
-
-
 def cv_folds(split: Mapping[str, Any], train_index: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Positional ``(train, validation)`` pairs of the split's inner folds over ``train_index``."""
+    """Positional ``(train, validation)`` pairs of the split's inner folds over ``train_index``.
+
+    ``split`` is a :func:`msutils.data.splits.internal_external_cv` split with subject
+    folds (``inner``).
+    """
+    if "inner" not in split:
+        raise ValueError(f"split {split.get('name')!r} has no subject-level folds ('inner'; fold_unit "
+                         f"{split.get('fold_unit')!r}): the models' cross-validation needs at least as many "
+                         "training subjects as folds")
     pos = {str(s): i for i, s in enumerate(train_index)}
     out = []
     for inner in split["inner"]:

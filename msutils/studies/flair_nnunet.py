@@ -3,14 +3,13 @@
 The notebook ``03_flair_nnunet`` chains these steps; each is reusable and tested
 on its own. The design follows the paper (Darestani et al., Sci Rep 2025):
 
-Patients and split (:func:`study_scans`, :func:`study_split`)
+Patients and split (:func:`study_scans`, :func:`msutils.data.splits.internal_external_cv`)
     MS patients only (healthy controls have no lesion slices), one scan per
     patient (the first session: the paper has one FLAIR volume per patient).
     25 % of the main center's patients form the **internal test** set
-    (:func:`msutils.data.splits.internal_external_split`, seeded); the remaining
-    patients are split into the cross-validation folds
-    (:func:`msutils.data.splits.grouped_kfold`, subject-level); the patients of the
-    other center(s) form the **external test** set. With fewer training
+    (seeded); the remaining patients are split into the cross-validation folds
+    (subject-level); the patients of the other center(s) form the **external
+    test** set. With fewer training
     patients than folds (e.g. a 2-patient real sample: 1 trains, 1 tests) the
     folds cannot be built from patients; they are then contiguous blocks of
     axial slices of the training patients (``fold_unit="slab"``): the test
@@ -78,7 +77,7 @@ import numpy as np
 import pandas as pd
 
 from msutils.core.validation import check_int
-from msutils.segmentation.slice_classification import DEFAULT_THRESHOLDS
+from msutils.segmentation.slice_classification import DEFAULT_THRESHOLDS, draw_negatives
 from msutils.core.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -106,7 +105,6 @@ __all__ = [
     "SegConfig",
     "TrainingSlices",
     "brain_mask_for",
-    "draw_negatives",
     "eval_slices",
     "evaluate_test_set",
     "fold_fit_log",
@@ -118,11 +116,9 @@ __all__ = [
     "paper_vs_ours_rows",
     "predict_slices",
     "prepare_workspace",
-    "resolve_centers",
     "resolve_device",
     "scan_slices",
     "study_scans",
-    "study_split",
     "train_fold",
     "training_slices",
     "workspace_key",
@@ -308,96 +304,6 @@ def study_scans(cohort: Cohort) -> pd.DataFrame:
     from msutils.data.cohort import first_session
 
     return first_session(ms)
-
-
-def resolve_centers(
-    scans: pd.DataFrame, main_center: str | None = None, external_center: str | None = None
-) -> tuple[str, list[str]]:
-    """The main (internal) center and the external center(s).
-
-    ``main_center=None``: the center with the most patients (ties: first in
-    sorted order). ``external_center=None``: every other center, pooled (the
-    paper's external patients came from two other centers); a name picks one.
-    """
-    counts = scans.groupby("center")["subject_id"].nunique()
-    centers = sorted(counts.index.astype(str))
-    if main_center is None:
-        main = str(counts.sort_index().idxmax())
-    else:
-        if str(main_center) not in centers:
-            raise ValueError(f"'main_center' must be one of {centers}; got {main_center!r}")
-        main = str(main_center)
-    others = [c for c in centers if c != main]
-    if external_center is None:
-        external = others
-    else:
-        if str(external_center) not in others:
-            raise ValueError(f"'external_center' must be one of {others} (not the main center); got "
-                             f"{external_center!r}")
-        external = [str(external_center)]
-    return main, external
-
-
-def study_split(
-    scans: pd.DataFrame,
-    *,
-    main_center: str,
-    external_centers: Sequence[str] = (),
-    n_folds: int = 5,
-    test_size: float = 0.25,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Internal train/test split of the main center, CV folds, external test patients.
-
-    Parameters
-    ----------
-    scans : DataFrame
-        :func:`study_scans` (one row per patient, columns ``subject_id``, ``center``).
-    main_center : str
-    external_centers : sequence of str
-        Centers whose patients form the external test set (others are unused).
-    n_folds : int
-        Cross-validation folds (>= 2).
-    test_size : float
-        Fraction of the main center's patients in the internal test set.
-    seed : int
-
-    Returns
-    -------
-    dict
-        A split (:mod:`msutils.data.splits` format): ``train`` (CV pool), ``test``
-        (internal test), ``external``, ``excluded``, ``internal_center``,
-        ``external_centers``, ``fold_unit`` (``"subject"`` or ``"slab"``) and,
-        for subject folds, ``inner``: the :func:`msutils.data.splits.grouped_kfold`
-        folds (``test`` = the fold's validation patients).
-    """
-    from msutils.data.splits import grouped_kfold, internal_external_split
-
-    check_int("n_folds", n_folds, 2)
-    n_main = scans.loc[scans["center"].astype(str) == str(main_center), "subject_id"].nunique()
-    if n_main < 2:
-        raise ValueError(f"the main center {main_center!r} has {n_main} MS patient(s); the internal train/test "
-                         "split needs at least 2")
-    split = internal_external_split(scans, str(main_center), test_size, seed=seed, name="seed003")
-    ext_set = set(map(str, external_centers))
-    ext_subjects = set(scans.loc[scans["center"].astype(str).isin(ext_set), "subject_id"].astype(str))
-    split["unused"] = sorted(set(split["external"]) - ext_subjects)
-    split["external"] = sorted(set(split["external"]) & ext_subjects)
-    split["external_centers"] = sorted(ext_set)
-    split["seed"] = int(seed)
-    split["test_size"] = float(test_size)
-    split["n_folds"] = int(n_folds)
-    if len(split["train"]) >= n_folds:
-        split["fold_unit"] = "subject"
-        split["inner"] = grouped_kfold(scans, n_folds, stratify=None, seed=seed, subjects=split["train"])
-    else:
-        split["fold_unit"] = "slab"
-        logger.warning(
-            "%d training patient(s) for %d folds: folds are blocks of axial slices within patients "
-            "(validation Dice is then within-patient and optimistic); the test patients stay unseen",
-            len(split["train"]), n_folds,
-        )
-    return split
 
 
 # --------------------------------------------------------------------------- slices
@@ -739,7 +645,7 @@ def prepare_workspace(
     ----------
     cohort : Cohort
     split : dict
-        From :func:`study_split`.
+        From :func:`msutils.data.splits.internal_external_cv`.
     config : SegConfig
     root_dir : path-like
         Folder under the run's output folder (nnU-Net writes below it).
@@ -927,25 +833,6 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
 
 
 # --------------------------------------------------------------------------- test sets
-def draw_negatives(eligible: np.ndarray, n_positive: int, ratio: float = 1.0, seed: int = 0) -> np.ndarray:
-    """Indices of the negative slices to evaluate, drawn like :mod:`msutils.segmentation.lesions` does.
-
-    ``round(ratio * n_positive)`` indices (all eligible ones if fewer exist, with
-    a warning) drawn by ``numpy.random.default_rng(seed).choice`` without
-    replacement from ``flatnonzero(eligible)``, returned sorted.
-    """
-    elig = np.flatnonzero(np.asarray(eligible, dtype=bool))
-    if not np.isfinite(ratio) or ratio < 0:
-        raise ValueError(f"'ratio' must be a non-negative number; got {ratio!r}")
-    n_want = int(round(ratio * int(n_positive)))
-    if n_want > elig.size:
-        logger.warning("only %d negative slices available for %d requested; using all of them", elig.size, n_want)
-        n_want = elig.size
-    if n_want == 0:
-        return np.array([], dtype=int)
-    return np.sort(np.random.default_rng(seed).choice(elig, size=n_want, replace=False))
-
-
 @dataclass(frozen=True)
 class EvalSlices:
     """The evaluated slices of one test set (positives and drawn negatives).
@@ -978,7 +865,8 @@ def eval_slices(cohort: Cohort, scan_ids: Sequence[str], config: SegConfig, *, n
 
     Positives: lesion slices passing the entropy check. Negatives:
     :meth:`ScanSlices.negatives` of every scan pooled, then
-    :func:`draw_negatives` (``config.negative_ratio`` per positive, ``config.seed``).
+    :func:`msutils.segmentation.slice_classification.draw_negatives`
+    (``config.negative_ratio`` per positive, ``config.seed``).
     """
     rows, images, masks, counts = [], [], [], []
     cand_rows, cand_images, cand_masks = [], [], []
