@@ -563,14 +563,27 @@ def bootstrap_ci(
 
 
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
-    """Regression agreement metrics (seed 001, Table 3).
+    """Agreement of predictions with observed values (seed 001, Table 3): the one regression scorer.
+
+    Two different "R2" are in use and both are returned, under names that say which:
+
+    - ``pearson_r2``: the squared Pearson correlation, the "R2" of seed 001's Table 3
+      (there R2 = r**2 in every cell, e.g. r 0.797 -> 0.635); blind to bias and scale;
+    - ``r2_score``: the coefficient of determination (:func:`sklearn.metrics.r2_score`),
+      lower than ``pearson_r2`` when predictions are biased (e.g. at another site) and
+      negative when they are worse than the mean.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like
+        Observed and predicted values, same length (>= 2), finite.
 
     Returns
     -------
-    dict with ``n``, ``pearson_r``, ``pearson_p``, ``r2`` (coefficient of
-    determination, :func:`sklearn.metrics.r2_score`), ``r_squared`` (the
-    squared Pearson r -- the "R2" of seed 001's Table 3, e.g. r 0.797 ->
-    0.636) and ``mae``.
+    dict
+        ``n``, ``r`` (Pearson correlation), ``r_pvalue`` (its two-sided p-value, NaN
+        for fewer than 3 pairs), ``pearson_r2``, ``r2_score`` and ``mae`` (mean absolute
+        error). ``r``, ``r_pvalue`` and ``pearson_r2`` are NaN when either input is constant.
     """
     from scipy import stats
     from sklearn.metrics import mean_absolute_error, r2_score
@@ -582,13 +595,16 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
     bad = np.flatnonzero(~(np.isfinite(t) & np.isfinite(p)))
     if bad.size:
         raise ValueError(f"non-finite value(s) at position(s) {bad[:10].tolist()}")
-    if t.size < 3:
-        raise ValueError(f"need >= 3 pairs; got {t.size}")
+    if t.size < 2:
+        raise ValueError(f"need >= 2 pairs; got {t.size}")
+    r = pr = float("nan")
     if np.ptp(t) == 0 or np.ptp(p) == 0:
-        r, pr = np.nan, np.nan
-        logger.warning("regression_metrics: constant input, Pearson r undefined")
+        logger.debug("regression_metrics: constant input, Pearson r undefined")
     else:
-        res = stats.pearsonr(t, p)
-        r, pr = float(res.statistic), float(res.pvalue)
-    return {"n": int(t.size), "pearson_r": r, "pearson_p": pr, "r2": float(r2_score(t, p)),
-            "r_squared": r * r, "mae": float(mean_absolute_error(t, p))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.pearsonr(t, p)
+        r = float(res.statistic)
+        pr = float(res.pvalue) if t.size >= 3 else float("nan")
+    return {"n": int(t.size), "r": r, "r_pvalue": pr, "pearson_r2": r * r, "r2_score": float(r2_score(t, p)),
+            "mae": float(mean_absolute_error(t, p))}

@@ -15,6 +15,7 @@ from scipy import stats as sps
 from msutils.studies import edss_regression as edss
 from msutils.data.leakage import FitLog, assert_no_leak
 from msutils.data.splits import internal_external_cv
+from msutils.studies import paper_numbers
 from msutils.features.reliability import perturbed_mask
 
 ROIS = {"thalamus_L": [1], "caudate_L": [3], "gm_001": [101], "gm_030": [130]}
@@ -151,18 +152,20 @@ def test_table2_rows():
 
 
 def test_table3_layout_and_paper_rows():
-    scores = {"internal": {m: {"r": 0.5 + i / 10, "r2": (0.5 + i / 10) ** 2, "mae": 1.0 - i / 10}
+    scores = {"internal": {m: {"r": 0.5 + i / 10, "pearson_r2": (0.5 + i / 10) ** 2, "r2_score": -1.0,
+                               "mae": 1.0 - i / 10}
                            for i, m in enumerate(edss.MODEL_ORDER)}}
     t = edss.table3(scores, {"internal": 0.0004})
     assert t.index.tolist() == ["Internal test"]
     assert t.loc["Internal test", ("Gaussian process", "r")] == 0.6
-    assert t.loc["Internal test", ("Random forest", "R2")] == pytest.approx(0.64)
+    assert t.loc["Internal test", ("Random forest", "R² (= r²)")] == pytest.approx(0.64)  # not r2_score
     assert t.loc["Internal test", ("", "P value")] == "<0.001"
-    paper = edss.table3(edss.PAPER_TABLE3, {"internal": 0.001})
+    paper = edss.table3(paper_numbers.load("001")["table3"], {"internal": 0.001})
     assert paper.loc["External test", ("", "P value")] == "-"
     assert paper.loc["Training (cross-validation)", ("Support-vector machine", "MAE")] == 0.710
     rows = edss.paper_table3_long()
-    assert len(rows) == 12 and rows["External test / Gaussian process"] == {"r": 0.799, "r2": 0.638, "mae": 1.247}
+    assert len(rows) == 12
+    assert rows["External test / Gaussian process"] == {"r": 0.799, "R² (= r²)": 0.638, "MAE": 1.247}
 
 
 def test_abs_errors_long_format():

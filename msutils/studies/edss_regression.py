@@ -64,6 +64,7 @@ import pandas as pd
 
 from msutils.core.parallel import process_map
 from msutils.core.validation import check_choice, check_int
+from msutils.data.cohort import DEEP_GM_LABELS, DEEP_GM_STRUCTURES, MS_COURSES, PARCEL_OFFSET, WM_LABEL
 
 __all__ = [
     "MODEL_ORDER",
@@ -74,11 +75,6 @@ __all__ = [
     "DISCONNECTION_PREFIX",
     "NAWM_ROI",
     "DRIVER_RULES",
-    "PAPER_TABLE1",
-    "PAPER_TABLE3",
-    "PAPER_ANOVA",
-    "PAPER_SELECTION",
-    "PAPER_CLINICAL_ONLY",
     "StudyConfig",
     "StudyData",
     "SelectionResult",
@@ -103,6 +99,7 @@ __all__ = [
     "fit_study",
     "predictions",
     "abs_errors",
+    "TABLE3_METRICS",
     "table3",
     "paper_table3_long",
     "driver_values",
@@ -132,10 +129,6 @@ VOLUME_PREFIX = "volume__"
 DISCONNECTION_PREFIX = "disconnection__"
 NAWM_ROI = "nawm"
 _WBV = "wbv"
-_DEEP_GM_LABELS = range(1, 9)
-_WM_LABEL = 9
-_PARCEL_MIN_LABEL = 101
-_DEEP_GM_NAMES = ("thalamus", "caudate", "putamen", "pallidum")
 
 DRIVER_RULES: dict[str, str] = {
     "age": "the clinical feature 'age'",
@@ -148,60 +141,6 @@ DRIVER_RULES: dict[str, str] = {
                           "deep-GM nuclei"),
 }
 """How a selected feature is mapped to a true EDSS driver of the synthetic cohort."""
-
-# ---------------------------------------------------------------------------- paper numbers
-PAPER_TABLE1: dict[str, dict[str, str]] = {
-    "n": {"site 1": "500", "site 2": "104", "P value": ""},
-    "age, mean (SD), y": {"site 1": "37.5 (10.9)", "site 2": "38.3 (9.8)", "P value": ".49"},
-    "female sex, n (%)": {"site 1": "349 (69.8)", "site 2": "80 (76.9)", "P value": ".16"},
-    "secondary-progressive, n (%)": {"site 1": "72 (14.4)", "site 2": "20 (19.2)", "P value": ".23"},
-    "disease duration, mean (SD), y": {"site 1": "9.3 (8.1)", "site 2": "9.2 (8.5)", "P value": ".83"},
-    "EDSS, median (IQR)": {"site 1": "2.5 (2.0-4.0)", "site 2": "2.0 (1.5-4.0)", "P value": ".03"},
-    "T2 lesion volume, mean (SD), mL": {"site 1": "10.6 (13.4)", "site 2": "7.2 (8.6)", "P value": ".05"},
-    "WBV, mean (SD), mL": {"site 1": "1026.1 (116.3)", "site 2": "1042.6 (117.4)", "P value": ".48"},
-}
-"""Seed 001, Table 1 (site 1 = Naples, site 2 = Rome)."""
-
-PAPER_TABLE3: dict[str, dict[str, dict[str, float]]] = {
-    "training": {
-        "ridge": {"r": 0.797, "r2": 0.636, "mae": 0.651},
-        "gaussian_process": {"r": 0.795, "r2": 0.632, "mae": 0.814},
-        "svr": {"r": 0.797, "r2": 0.635, "mae": 0.710},
-        "random_forest": {"r": 0.790, "r2": 0.624, "mae": 0.656},
-    },
-    "internal": {
-        "ridge": {"r": 0.741, "r2": 0.549, "mae": 0.725},
-        "gaussian_process": {"r": 0.733, "r2": 0.537, "mae": 0.874},
-        "svr": {"r": 0.734, "r2": 0.538, "mae": 0.754},
-        "random_forest": {"r": 0.734, "r2": 0.539, "mae": 0.740},
-    },
-    "external": {
-        "ridge": {"r": 0.755, "r2": 0.570, "mae": 1.155},
-        "gaussian_process": {"r": 0.799, "r2": 0.638, "mae": 1.247},
-        "svr": {"r": 0.794, "r2": 0.631, "mae": 1.112},
-        "random_forest": {"r": 0.775, "r2": 0.600, "mae": 1.162},
-    },
-}
-"""Seed 001, Table 3: ``{cohort: {model: {r, r2, mae}}}`` (training = 10-fold CV)."""
-
-PAPER_ANOVA: dict[str, dict[str, float]] = {
-    "internal": {"F": 7.94, "df1": 1.82, "df2": 180.39, "p": 0.001, "np2": 0.07, "eps": 0.61},
-    "external": {"F": 5.25, "df1": 1.70, "df2": 175.52, "p": 0.009, "np2": 0.05, "eps": 0.57},
-}
-"""Seed 001: 1-way RM-ANOVA of absolute errors across the four models (GG corrected)."""
-
-PAPER_SELECTION: dict[str, int] = {
-    "radiomic features": 125_580, "dropped by ICC < 0.90": 43, "low variance": 4_907,
-    "collinear (|r| > 0.8)": 99_312, "after LASSO": 21, "after CFS": 9,
-}
-"""Seed 001: feature counts of the selection chain."""
-
-PAPER_CLINICAL_ONLY: dict[str, dict[str, float]] = {
-    "ridge": {"r": 0.813, "mae": 1.005},
-    "svr": {"r": 0.814, "mae": 0.945},
-}
-"""Seed 001, ancillary clinical-only models: best results on the external test set."""
-
 
 @dataclass(frozen=True)
 class StudyConfig:
@@ -316,7 +255,7 @@ def subject_table(cohort: Any) -> pd.DataFrame:
     first = first_session(ms).copy()
     first.insert(0, "scan_id", first.index.astype(str))
     incomplete = first[["age", "disease_duration", "edss"]].isna().any(axis=1)
-    incomplete |= ~first["course"].astype(str).isin(["RR", "SP", "PP", "CIS"])
+    incomplete |= ~first["course"].astype(str).isin(MS_COURSES)
     if incomplete.any():
         logger.warning("subject_table: %d patient(s) without complete clinical data left out: %s",
                        int(incomplete.sum()), first.loc[incomplete, "subject_id"].tolist()[:10])
@@ -345,8 +284,8 @@ def study_rois(cohort: Any, n_gm_parcels: int | None = None) -> dict[str, list[i
         ROI name -> ``[label]``, deep GM first.
     """
     labels = cohort.labels
-    deep = {name: [v] for v, name in sorted(labels.items()) if v in _DEEP_GM_LABELS}
-    parcels = [(v, name) for v, name in sorted(labels.items()) if v >= _PARCEL_MIN_LABEL]
+    deep = {name: [v] for v, name in sorted(labels.items()) if v in DEEP_GM_LABELS}
+    parcels = [(v, name) for v, name in sorted(labels.items()) if v > PARCEL_OFFSET]
     if n_gm_parcels is not None:
         parcels = parcels[: int(n_gm_parcels)]
     if not deep and not parcels:
@@ -401,7 +340,7 @@ def extract_radiomics(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Se
               "cache_dir": cache_dir, "progress": progress}
     parts = [rad.extract(cohort, dict(rois), **common)]
     if config.nawm:
-        parts.append(rad.extract(cohort, {NAWM_ROI: [_WM_LABEL]}, subtract="lesion_mask", **common))
+        parts.append(rad.extract(cohort, {NAWM_ROI: [WM_LABEL]}, subtract="lesion_mask", **common))
     reasons = pd.concat([rad.reasons(p) for p in parts], ignore_index=True)
     feats = pd.concat(parts, axis=1)
     feats.index = pd.Index(subjects.index, name="subject_id")
@@ -429,7 +368,7 @@ def volume_table(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Sequenc
 
 
 def disconnection_proxy(labels: np.ndarray, lesion: np.ndarray, spacing: Sequence[float],
-                        rois: Mapping[str, Sequence[int]], *, wm_labels: Sequence[int] = (_WM_LABEL,),
+                        rois: Mapping[str, Sequence[int]], *, wm_labels: Sequence[int] = (WM_LABEL,),
                         radius_mm: float = 10.0) -> dict[str, float]:
     """Lesion-disconnection proxy of each GM ROI: lesion fraction of its nearby WM.
 
@@ -551,7 +490,7 @@ class StudyData:
     @property
     def deep_gm_rois(self) -> list[str]:
         """Names of the deep-GM ROIs (labels 1-8)."""
-        return [n for n, v in self.rois.items() if any(x in _DEEP_GM_LABELS for x in v)]
+        return [n for n, v in self.rois.items() if any(x in DEEP_GM_LABELS for x in v)]
 
     def with_edss(self, edss: pd.Series) -> StudyData:
         """A copy whose subjects carry other EDSS values (for permutation checks)."""
@@ -749,7 +688,7 @@ def retest_radiomics(cohort: Any, data: StudyData, retest_scans: Mapping[str, st
         feats, _ = extract_radiomics(cohort, subjects, data.rois, config, scan_ids=list(retest_scans.values()),
                                      cache_dir=cache_dir, progress=progress)
         return feats[list(data.radiomics.columns)]
-    rois = {**data.rois, **({NAWM_ROI: [_WM_LABEL]} if config.nawm else {})}
+    rois = {**data.rois, **({NAWM_ROI: [WM_LABEL]} if config.nawm else {})}
     names = rad.feature_names(config.radiomics_params)
     table = cohort.table
     tasks = []
@@ -1092,16 +1031,23 @@ _COHORT_LABELS = {"training": "Training (cross-validation)", "internal": "Intern
                   "external": "External test"}
 
 
+#: Table 3's metric columns: score key -> column label. Its "R2" is the squared Pearson r.
+TABLE3_METRICS: dict[str, str] = {"r": "r", "pearson_r2": "R² (= r²)", "mae": "MAE"}
+
+
 def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
            pvalues: Mapping[str, float] | None = None, *, models: Sequence[str] = MODEL_ORDER,
            labels: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """The seed's Table 3 layout: one row per cohort, (model, r / R2 / MAE) columns, P value.
+    """The seed's Table 3 layout: one row per cohort, (model, r / R² / MAE) columns, P value.
+
+    The R² column is the squared Pearson correlation (``pearson_r2``), as in the
+    seed's table, not the coefficient of determination (``r2_score``).
 
     Parameters
     ----------
     scores : mapping
-        ``{cohort: {model: {"r", "r2", "mae"}}}`` (cohorts ``training``,
-        ``internal``, ``external``).
+        ``{cohort: {model: {"r", "pearson_r2", "mae"}}}`` (cohorts ``training``,
+        ``internal``, ``external``), e.g. :func:`msutils.stats.regression_metrics` values.
     pvalues : mapping, optional
         ``{cohort: RM-ANOVA p}`` (shown formatted; missing -> "-").
     models : sequence of str
@@ -1112,10 +1058,10 @@ def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
     from msutils.stats import format_p
 
     labels = {**_COHORT_LABELS, **dict(labels or {})}
-    cols = pd.MultiIndex.from_tuples([(MODELS[m].label, k) for m in models for k in ("r", "R2", "MAE")])
+    cols = pd.MultiIndex.from_tuples([(MODELS[m].label, label) for m in models for label in TABLE3_METRICS.values()])
     rows, index = [], []
     for cohort, per_model in scores.items():
-        rows.append([per_model.get(m, {}).get(k, np.nan) for m in models for k in ("r", "r2", "mae")])
+        rows.append([per_model.get(m, {}).get(k, np.nan) for m in models for k in TABLE3_METRICS])
         index.append(labels.get(cohort, cohort))
     out = pd.DataFrame(rows, index=pd.Index(index, name="cohort"), columns=cols).astype(float).round(3)
     p = dict(pvalues or {})
@@ -1125,12 +1071,13 @@ def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 def paper_table3_long(scores: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None
                       ) -> dict[str, dict[str, float]]:
-    """``{"<cohort> / <model>": {"r", "r2", "mae"}}`` rows (the paper's by default) for
-    :func:`msutils.pipeline.report.paper_vs_ours`."""
+    """``{"<cohort> / <model>": {"r", "R² (= r²)", "MAE"}}`` rows (the paper's Table 3 by default)
+    for :func:`msutils.pipeline.report.paper_vs_ours`."""
     from msutils.models.regression import MODELS
+    from msutils.studies import paper_numbers
 
-    src = PAPER_TABLE3 if scores is None else scores
-    return {f"{_COHORT_LABELS.get(c, c)} / {MODELS[m].label}": {k: float(v[k]) for k in ("r", "r2", "mae")}
+    src = paper_numbers.load("001")["table3"] if scores is None else scores
+    return {f"{_COHORT_LABELS.get(c, c)} / {MODELS[m].label}": {label: float(v[k]) for k, label in TABLE3_METRICS.items()}
             for c, per in src.items() for m, v in per.items()}
 
 
@@ -1185,7 +1132,7 @@ def driver_of_feature(name: str, deep_gm_rois: Sequence[str] | None = None) -> s
     if group == "volume":
         return "thalamus_volume" if name[len(VOLUME_PREFIX):].startswith("thalamus") else None
     roi = name.split("__")[0]
-    deep = (roi in deep_gm_rois) if deep_gm_rois is not None else roi.startswith(_DEEP_GM_NAMES)
+    deep = (roi in deep_gm_rois) if deep_gm_rois is not None else roi.startswith(DEEP_GM_STRUCTURES)
     return "texture_amplitude" if deep else None
 
 

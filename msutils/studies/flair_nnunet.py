@@ -92,10 +92,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BRAIN_SOURCES",
-    "PAPER_SLICE_COUNTS",
-    "PAPER_TABLE4",
-    "PAPER_TABLE5_PRINTED",
-    "PAPER_VOXEL",
     "SEGSTUDY_VERSION",
     "VARIANTS",
     "EvalSlices",
@@ -139,33 +135,6 @@ _DEVICES = ("auto", "cpu", "cuda")
 _MARKER = "prepared.json"
 _CASES = "cases.csv"
 _SLICES = "training_slices.npz"
-#: TP overlap thresholds of Figs 4-5: 0.05, 0.10, ..., 0.95.
-#: Seed 003 Table 4: validation DSC (%) per fold.
-PAPER_TABLE4: dict[str, float] = {"fold 1": 83.5, "fold 2": 89.4, "fold 3": 88.4, "fold 4": 87.5, "fold 5": 84.5}
-#: Seed 003 Table 5 exactly as printed (%, HD95 in mm); see :data:`PAPER_SLICE_COUNTS` for the label swap.
-PAPER_TABLE5_PRINTED: dict[str, dict[str, str]] = {
-    "center 1 (internal)": {
-        "accuracy": "83.3 (79.5-86.5)", "sensitivity": "99.5 (98.3-99.9)", "PPV": "75.1 (70.8-78.9)",
-        "NPV": "99.3 (98.0-99.8)", "DSC": "70.3 (68.3-72.3)", "voxel PPV": "75.3 (73.2-77.3)",
-        "IoU": "56.0 (53.9-58.1)", "voxel sensitivity": "71.1 (68.4-73.8)", "HD95": "28.3 (23.5-33.1)",
-    },
-    "center 2 (external)": {
-        "accuracy": "76.1 (62.1-86.1)", "sensitivity": "100 (92.3-100)", "PPV": "67.7 (53.2-79.4)",
-        "NPV": "100 (92.3-100)", "DSC": "74.8 (70.6-78.9)", "voxel PPV": "88.9 (83.7-94.2)",
-        "IoU": "60.5 (55.6-65.5)", "voxel sensitivity": "68.1 (60.6-75.5)", "HD95": "31.5 (15.0-48.0)",
-    },
-}
-#: Slice counts given in the seed's text. They reproduce the printed Table 5 only if its
-#: "sensitivity" is the specificity, its "PPV" the NPV and its "NPV" the PPV (labels swapped).
-PAPER_SLICE_COUNTS: dict[str, dict[str, int]] = {
-    "center 1 (internal)": {"tp": 146, "fp": 1, "tn": 217, "fn": 72},
-    "center 2 (external)": {"tp": 12, "fp": 0, "tn": 23, "fn": 11},
-}
-#: Seed 003 Table 5, voxel level (fractions; HD95 in mm).
-PAPER_VOXEL: dict[str, dict[str, float]] = {
-    "center 1 (internal)": {"dice": 0.703, "ppv": 0.753, "iou": 0.560, "sensitivity": 0.711, "hd95": 28.3},
-    "center 2 (external)": {"dice": 0.748, "ppv": 0.889, "iou": 0.605, "sensitivity": 0.681, "hd95": 31.5},
-}
 
 
 # --------------------------------------------------------------------------- configuration
@@ -1002,10 +971,15 @@ def evaluate_test_set(
 
 # --------------------------------------------------------------------------- paper comparison
 def paper_slice_metrics() -> dict[str, dict[str, float]]:
-    """The paper's slice-level metrics recomputed from the counts in its text (labels as they should be)."""
-    from msutils.segmentation.metrics import classification_metrics
+    """The paper's slice-level metrics recomputed from the counts in its text (labels as they should be).
 
-    return {row: classification_metrics(**c) for row, c in PAPER_SLICE_COUNTS.items()}
+    The counts are ``slice_counts`` of :func:`msutils.studies.paper_numbers.load` ``("003")``; they
+    reproduce the printed Table 5 only with its sensitivity / PPV / NPV labels swapped.
+    """
+    from msutils.segmentation.metrics import classification_metrics
+    from msutils.studies import paper_numbers
+
+    return {row: classification_metrics(**c) for row, c in paper_numbers.load("003")["slice_counts"].items()}
 
 
 def paper_vs_ours_rows(evaluations: Mapping[str, Evaluation | None]) -> tuple[dict, dict]:
@@ -1019,10 +993,13 @@ def paper_vs_ours_rows(evaluations: Mapping[str, Evaluation | None]) -> tuple[di
              "npv": "NPV"}
     vnames = {"dice": "DSC", "ppv": "voxel PPV", "iou": "IoU", "sensitivity": "voxel sensitivity",
               "hd95": "HD95 (mm)"}
+    from msutils.studies import paper_numbers
+
+    voxel = paper_numbers.load("003")["voxel"]
     paper: dict[str, dict[str, float]] = {}
     for row, m in paper_slice_metrics().items():
         paper[row] = {names[k]: m[k] for k in names}
-        paper[row].update({vnames[k]: v for k, v in PAPER_VOXEL[row].items()})
+        paper[row].update({vnames[k]: v for k, v in voxel[row].items()})
     ours: dict[str, dict[str, float]] = {}
     for row, ev in evaluations.items():
         if ev is None:
