@@ -7,7 +7,8 @@
   paired post hoc tests (seed 001, Table 3).
 * :func:`exact_ci_proportion` (Clopper-Pearson), :func:`bootstrap_ci`
   (percentile bootstrap over units, e.g. patients), :func:`regression_metrics`.
-* :func:`format_p` — p-values as printed in the tables.
+* :func:`format_p` — p-values as printed in the tables; :func:`format_ci` — an
+  estimate with its interval, "83.3 (79.5-86.5)".
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "RMAnovaResult",
     "bootstrap_ci",
     "exact_ci_proportion",
+    "format_ci",
     "format_p",
     "format_table1",
     "regression_metrics",
@@ -53,6 +55,33 @@ def format_p(p: float, digits: int = 3) -> str:
     if p < 10.0**-digits:
         return f"<{10.0**-digits:.{digits}f}"
     return f"{p:.{digits}f}"
+
+
+def format_ci(value: float | None, low: float | None, high: float | None, *, scale: float = 100.0,
+              decimals: int = 1) -> str:
+    """An estimate with its confidence interval as the seed papers print it: ``"83.3 (79.5-86.5)"``.
+
+    Parameters
+    ----------
+    value, low, high : float or None
+        Estimate and interval bounds (e.g. fractions).
+    scale : float
+        Multiplier before printing (100: fractions as percent; 1 for mm).
+    decimals : int
+        Decimals printed.
+
+    Returns
+    -------
+    str
+        ``"n/a"`` when the estimate is missing or not finite (e.g. a ratio with a zero
+        denominator); a missing bound prints as ``"n/a"`` inside the parentheses.
+    """
+    def num(x: float | None) -> str:
+        return "n/a" if x is None or not np.isfinite(x) else f"{scale * float(x):.{decimals}f}"
+
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return f"{num(value)} ({num(low)}-{num(high)})"
 
 
 # --------------------------------------------------------------------------- Table 1

@@ -358,6 +358,17 @@ def test_evaluate_known_counts(cohort):
     assert (res.curve["tp"] == 3).all() and (res.curve["fp"] == 1).all()
     with pytest.raises(ValueError, match="'preds' shape"):
         S.evaluate_test_set(ev, pred[:-1], CFG)
+    # Table 5: counts, exact CIs and bootstrap CIs formatted per test set; an absent set is left out
+    t5 = S.table5({"toy": res, "absent": None})
+    assert list(t5.columns) == ["toy"]
+    m = res.slice_metrics
+    assert t5.at["TP / FN / TN / FP", "toy"] == "3 / 1 / 3 / 1"
+    assert t5.at["slice sensitivity (%)", "toy"] == (
+        f"75.0 ({100 * m['sensitivity_ci_low']:.1f}-{100 * m['sensitivity_ci_high']:.1f})")
+    lo, hi = res.voxel_summary.loc["dice", ["ci_low", "ci_high"]]
+    assert t5.at["voxel DSC (%)", "toy"] == f"75.0 ({100 * lo:.1f}-{100 * hi:.1f})"
+    assert t5.at["voxel HD95 (mm)", "toy"] == "0.0 (0.0-0.0)"
+    assert t5.at["slices (HD95 defined) / patients", "toy"] == "4 (3) / 2"
 
 
 def test_paper_counts_reproduce_printed_table5_with_swapped_labels():

@@ -326,6 +326,13 @@ def test_regression_metrics_by_hand():
         ms.regression_metrics([1.0], [2.0])
 
 
+def test_format_ci():
+    assert ms.format_ci(0.8333, 0.795, 0.865) == "83.3 (79.5-86.5)"
+    assert ms.format_ci(28.31, 23.5, 33.14, scale=1) == "28.3 (23.5-33.1)"
+    assert ms.format_ci(0.5, None, np.nan, decimals=0) == "50 (n/a-n/a)"
+    assert ms.format_ci(None, 0.1, 0.2) == ms.format_ci(np.nan, 0.1, 0.2) == "n/a"
+
+
 def test_regression_metrics_bias_and_constant_prediction():
     y = np.array([1.0, 2.0, 3.0, 4.0])
     s = ms.regression_metrics(y, y + 2.0)   # perfectly correlated but biased (another site)

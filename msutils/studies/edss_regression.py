@@ -57,6 +57,7 @@ import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,7 @@ __all__ = [
     "StudyData",
     "SelectionResult",
     "StudyFit",
+    "SharedStage",
     "subject_table",
     "study_rois",
     "extract_radiomics",
@@ -97,6 +99,9 @@ __all__ = [
     "feature_matrix",
     "fit_models",
     "fit_study",
+    "shared_stage",
+    "tune_fold",
+    "choose_hyperparameters",
     "predictions",
     "abs_errors",
     "TABLE3_METRICS",
@@ -972,42 +977,243 @@ def fit_models(selection: SelectionResult, data: StudyData,
 
 @dataclass
 class StudyFit:
-    """:func:`fit_study` output: the selection and the fitted models per feature set."""
+    """:func:`fit_study` output: the selection, the fitted models and their predictions.
+
+    Attributes
+    ----------
+    selection : SelectionResult
+    models : dict
+        ``{feature_set: {model: fitted pipeline}}`` (fitted on all training subjects).
+    predictions : dict
+        ``{feature_set: {cohort: DataFrame}}`` (index subject_id, one column per
+        model): ``"training"`` holds the out-of-fold predictions of the
+        cross-validation (when folds were given), then one entry per test set.
+    """
 
     selection: SelectionResult
     models: dict[str, dict[str, Any]]
+    predictions: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
 
     def predict(self, data: StudyData, subjects: Sequence[str], feature_set: str = "selected") -> pd.DataFrame:
         """Predicted EDSS of ``subjects``: one column per model."""
         X = feature_matrix(self.selection, data, subjects, feature_set)
         return predictions(self.models[feature_set], X)
 
+    def scores(self, edss: pd.Series) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+        """:func:`msutils.stats.regression_metrics` of every prediction against the observed ``edss``.
+
+        Returns
+        -------
+        dict
+            ``{feature_set: {cohort: {model: metrics}}}`` (Table 3's cells).
+        """
+        from msutils.stats import regression_metrics
+
+        y = pd.Series(edss, dtype=float)
+        return {fs: {c: {m: regression_metrics(y.loc[p.index], p[m]) for m in p} for c, p in per.items()}
+                for fs, per in self.predictions.items()}
+
 
 def fit_study(data: StudyData, train_subjects: Iterable[str], config: StudyConfig, *,
-              retest: pd.DataFrame | None = None,
+              retest: pd.DataFrame | None = None, selection: SelectionResult | None = None,
               hyperparameters: Mapping[str, Mapping[str, Mapping[str, Any] | None]] | None = None,
+              folds: Sequence[Mapping[str, Any]] | None = None,
+              test_sets: Mapping[str, Sequence[str]] | None = None,
               feature_sets: Sequence[str] = FEATURE_SETS, models: Sequence[str] = MODEL_ORDER,
               fit_log: Any = None) -> StudyFit:
-    """Everything fitted in the study, in one call: selection, then the models.
+    """Everything fitted in the study, in one call: selection, final models, their predictions.
+
+    1. :func:`select_features` on the training subjects (or the given ``selection``,
+       which must have been fitted on the same subjects);
+    2. per feature set, every model refitted with its hyper-parameters on all training
+       subjects (:func:`fit_models`);
+    3. with ``folds``: the out-of-fold predictions of the training subjects (the
+       seed's cross-validated "training" row of Table 3,
+       :func:`msutils.models.regression.cross_val_predictions`);
+    4. with ``test_sets``: the final models' predictions of each test set.
 
     Only the training subjects' EDSS and features are used; test subjects' values
-    can change without changing anything returned (the leakage canary).
+    can change without changing anything fitted or predicted (the leakage canary of
+    the tests calls this function twice, as the notebook calls it once).
 
     Parameters
     ----------
     data, train_subjects, config, retest, fit_log
         See :func:`select_features`.
+    selection : SelectionResult, optional
+        An already fitted selection of these training subjects (the notebook's
+        shared stage); ``retest`` is then unused.
     hyperparameters : mapping, optional
         ``{feature_set: {model: params}}``; default hyper-parameters otherwise.
+    folds : sequence of splits, optional
+        The cross-validation folds over the training subjects (the split's ``inner``).
+    test_sets : mapping, optional
+        ``{name: subject ids}``, e.g. ``{"internal": split["test"], "external": split["external"]}``.
     feature_sets : sequence of str
         Among :data:`FEATURE_SETS`.
     models : sequence of str
     """
-    selection = select_features(data, train_subjects, config, retest=retest, fit_log=fit_log)
+    from msutils.models.regression import cross_val_predictions
+
+    train = [str(s) for s in train_subjects]
+    if selection is None:
+        selection = select_features(data, train, config, retest=retest, fit_log=fit_log)
+    elif sorted(selection.train_subjects) != sorted(train):
+        raise ValueError("'selection' was fitted on other subjects than 'train_subjects'")
     hp = dict(hyperparameters or {})
     fitted = {fs: fit_models(selection, data, hp.get(fs), feature_set=fs, models=models, seed=config.seed,
                              fit_log=fit_log) for fs in feature_sets}
-    return StudyFit(selection=selection, models=fitted)
+    preds: dict[str, dict[str, pd.DataFrame]] = {}
+    for fs in feature_sets:
+        preds[fs] = {}
+        if folds is not None:
+            X = feature_matrix(selection, data, selection.train_subjects, fs)
+            y = data.edss.loc[selection.train_subjects]
+            cv = cv_folds({"name": "folds", "inner": list(folds)}, selection.train_subjects)
+            preds[fs]["training"] = pd.DataFrame(
+                {m: cross_val_predictions(m, (hp.get(fs) or {}).get(m), X, y, cv, seed=config.seed,
+                                          fit_log=fit_log) for m in models}, index=X.index)
+        for name, ids in (test_sets or {}).items():
+            preds[fs][name] = predictions(fitted[fs], feature_matrix(selection, data, ids, fs))
+    return StudyFit(selection=selection, models=fitted, predictions=preds)
+
+
+@dataclass(frozen=True)
+class SharedStage:
+    """What every cross-validation fold of the study shares (:func:`shared_stage`).
+
+    Attributes
+    ----------
+    data : StudyData
+    split : dict
+        The study split (:func:`msutils.data.splits.internal_external_cv`), as read
+        back from its splits file.
+    retest_scans : dict
+        Training subject -> re-processed scan (:func:`icc_subset`).
+    retest : DataFrame
+        :func:`retest_radiomics`.
+    selection : SelectionResult
+        Fitted on the training subjects.
+    fit_log : dict
+        :meth:`msutils.data.leakage.FitLog.to_dict` of the fitted steps.
+    seconds : dict
+        ``features``, ``icc_reprocessing``, ``total``.
+    """
+
+    data: StudyData
+    split: dict[str, Any]
+    retest_scans: dict[str, str]
+    retest: pd.DataFrame
+    selection: SelectionResult
+    fit_log: dict[str, Any]
+    seconds: dict[str, float]
+
+    @property
+    def train(self) -> list[str]:
+        """Training subjects, in the selection's order."""
+        return list(self.selection.train_subjects)
+
+    @property
+    def test_sets(self) -> dict[str, list[str]]:
+        """``{"internal": split["test"], "external": split["external"]}``."""
+        return {"internal": list(self.split["test"]), "external": list(self.split["external"])}
+
+
+def shared_stage(cohort: Any, config: StudyConfig, work_dir: str | os.PathLike, *,
+                 internal_center: str | None = None, test_size: float = 0.2, n_folds: int = 10,
+                 progress: bool = True) -> SharedStage:
+    """The study's steps before the model tuning, in one call.
+
+    1. :func:`load_study_data` (radiomics cached per scan and ROI under
+       ``<work_dir>/radiomics_cache``);
+    2. the split: the internal center's subjects 80/20 (``test_size``), the other
+       center external, ``n_folds`` CV folds over the training subjects, written once
+       to ``<work_dir>/splits_*.json`` and reused
+       (:func:`msutils.data.splits.load_or_create_internal_external_cv`);
+    3. the stability re-extraction of ``config.icc_subjects`` training subjects
+       (:func:`icc_subset`, :func:`retest_radiomics`);
+    4. :func:`select_features` on the training subjects, recording every fitted step.
+
+    Parameters
+    ----------
+    cohort : msutils.data.cohort.Cohort
+    config : StudyConfig
+        ``config.seed`` also seeds the split.
+    work_dir : path-like
+        The notebook's output folder.
+    internal_center : str, optional
+        Default: the center with the most patients.
+    test_size : float
+        Internal test share (seed: 0.2).
+    n_folds : int
+        Cross-validation folds (seed: 10).
+    progress : bool
+        Progress lines of the extraction.
+    """
+    import time
+
+    from msutils.data.leakage import FitLog
+    from msutils.data.splits import load_or_create_internal_external_cv
+
+    work = Path(work_dir)
+    t0 = time.perf_counter()
+    data = load_study_data(cohort, config, cache_dir=work / "radiomics_cache", progress=progress)
+    t_features = time.perf_counter() - t0
+    split = load_or_create_internal_external_cv(
+        work, data.subjects.reset_index(), cohort.content_hash(), internal_center=internal_center,
+        test_size=test_size, n_folds=n_folds, seed=config.seed)
+    retest_scans = icc_subset(cohort, data, split["train"], config)
+    retest = retest_radiomics(cohort, data, retest_scans, config, cache_dir=work / "radiomics_cache",
+                              progress=progress)
+    t_retest = time.perf_counter() - t0 - t_features
+    log = FitLog()
+    selection = select_features(data, split["train"], config, retest=retest, fit_log=log)
+    return SharedStage(data=data, split=split, retest_scans=retest_scans, retest=retest, selection=selection,
+                       fit_log=log.to_dict(), seconds={"features": t_features, "icc_reprocessing": t_retest,
+                                                       "total": time.perf_counter() - t0})
+
+
+def tune_fold(shared: SharedStage, fold: int, *, grid: str = "small", seed: int = 0,
+              feature_sets: Sequence[str] = FEATURE_SETS, models: Sequence[str] = MODEL_ORDER) -> dict[str, Any]:
+    """One cross-validation fold of the hyper-parameter search (one papermill fold run).
+
+    Every grid point of every model (:func:`msutils.models.regression.cv_fold_scores`)
+    fitted on the fold's training part and scored on its validation part, per feature set.
+
+    Returns
+    -------
+    dict
+        ``scores`` (one row per feature set, model and grid point) and ``fit_log``
+        (:meth:`msutils.data.leakage.FitLog.to_dict`).
+    """
+    from msutils.data.leakage import FitLog
+    from msutils.models.regression import cv_fold_scores
+
+    train = shared.train
+    y = shared.data.edss.loc[train]
+    cv = cv_folds(shared.split, train)
+    log = FitLog()
+    scores = [cv_fold_scores(m, feature_matrix(shared.selection, shared.data, train, fs), y, cv, int(fold),
+                             grid=grid, seed=seed, fit_log=log).assign(feature_set=fs)
+              for fs in feature_sets for m in models]
+    return {"scores": pd.concat(scores, ignore_index=True), "fit_log": log.to_dict()}
+
+
+def choose_hyperparameters(cv_scores: pd.DataFrame, n_folds: int, *,
+                           feature_sets: Sequence[str] = FEATURE_SETS, models: Sequence[str] = MODEL_ORDER
+                           ) -> dict[str, dict[str, Any]]:
+    """The winning grid point of every model and feature set over the folds of :func:`tune_fold`.
+
+    Returns
+    -------
+    dict
+        ``{feature_set: {model: msutils.models.regression.HyperparameterChoice}}``.
+    """
+    from msutils.models.regression import select_hyperparameters
+
+    return {fs: {m: select_hyperparameters(cv_scores[(cv_scores["feature_set"] == fs) & (cv_scores["model"] == m)],
+                                           n_folds=n_folds)
+                 for m in models} for fs in feature_sets}
 
 
 def predictions(models: Mapping[str, Any], X: pd.DataFrame) -> pd.DataFrame:

@@ -97,9 +97,11 @@ __all__ = [
     "EvalSlices",
     "Evaluation",
     "PreparedStudy",
+    "SLICE_ROWS",
     "ScanSlices",
     "SegConfig",
     "TrainingSlices",
+    "VOXEL_ROWS",
     "brain_mask_for",
     "eval_slices",
     "evaluate_test_set",
@@ -115,6 +117,7 @@ __all__ = [
     "resolve_device",
     "scan_slices",
     "study_scans",
+    "table5",
     "train_fold",
     "training_slices",
     "workspace_key",
@@ -969,6 +972,47 @@ def evaluate_test_set(
                           voxel_summary=vsum, curve=curve, n_patients=int(test.slices["subject_id"].nunique()))
 
 
+# --------------------------------------------------------------------------- Table 5
+#: Slice-level rows of Table 5: metric key -> label.
+SLICE_ROWS: dict[str, str] = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity",
+                              "ppv": "PPV", "npv": "NPV"}
+#: Voxel-level rows of Table 5 given in percent: metric key -> label (HD95 follows, in mm).
+VOXEL_ROWS: dict[str, str] = {"dice": "DSC", "ppv": "PPV", "iou": "IoU", "sensitivity": "sensitivity"}
+
+
+def table5(evaluations: Mapping[str, Evaluation | None]) -> pd.DataFrame:
+    """The seed's Table 5 layout: one column per test set, estimates with their 95 % intervals.
+
+    Rows: the slice counts, the slice-level ratios with exact (Clopper-Pearson)
+    intervals and the voxel-level means with patient-bootstrap intervals, in percent,
+    HD95 in mm, and the numbers of slices and patients behind them
+    (:func:`msutils.stats.format_ci` formats every cell; ``n/a`` for an undefined value).
+
+    Parameters
+    ----------
+    evaluations : mapping
+        Test-set name -> :class:`Evaluation` (None: the set is absent and left out).
+    """
+    from msutils.stats import format_ci
+
+    cols = {}
+    for name, ev in evaluations.items():
+        if ev is None:
+            continue
+        m, v = ev.slice_metrics, ev.voxel_summary
+        col = {"TP / FN / TN / FP": f"{m['tp']} / {m['fn']} / {m['tn']} / {m['fp']}"}
+        for k, label in SLICE_ROWS.items():
+            col[f"slice {label} (%)"] = format_ci(m[k], m[f"{k}_ci_low"], m[f"{k}_ci_high"])
+        for k, label in VOXEL_ROWS.items():
+            col[f"voxel {label} (%)"] = format_ci(*v.loc[k, ["mean", "ci_low", "ci_high"]]) if k in v.index else "n/a"
+        has_hd = "hd95" in v.index
+        col["voxel HD95 (mm)"] = format_ci(*v.loc["hd95", ["mean", "ci_low", "ci_high"]], scale=1) if has_hd else "n/a"
+        col["slices (HD95 defined) / patients"] = (f"{len(ev.voxel)} ({int(v.loc['hd95', 'n'])}) / {ev.n_patients}"
+                                                   if has_hd else f"0 / {ev.n_patients}")
+        cols[name] = col
+    return pd.DataFrame(cols)
+
+
 # --------------------------------------------------------------------------- paper comparison
 def paper_slice_metrics() -> dict[str, dict[str, float]]:
     """The paper's slice-level metrics recomputed from the counts in its text (labels as they should be).
@@ -989,8 +1033,7 @@ def paper_vs_ours_rows(evaluations: Mapping[str, Evaluation | None]) -> tuple[di
     to a :class:`Evaluation` (or None). The paper's slice-level numbers are
     the ones its counts give (:func:`paper_slice_metrics`).
     """
-    names = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV",
-             "npv": "NPV"}
+    names = SLICE_ROWS
     vnames = {"dice": "DSC", "ppv": "voxel PPV", "iou": "IoU", "sensitivity": "voxel sensitivity",
               "hd95": "HD95 (mm)"}
     from msutils.studies import paper_numbers
