@@ -23,7 +23,7 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing as mp
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Sequence
 
@@ -160,8 +160,8 @@ def process_map(
             futures: dict[Future, int] = {pool.submit(fn, item): i for i, item in enumerate(items)}
             pending: set[Future] = set(futures)
             try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                while pending:  # FIRST_COMPLETED: count each result as it comes (progress lines)
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
                         results[futures[fut]] = fut.result()  # re-raises a worker's error
                         bar.update()

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from msutils.core.io import atomic_write_json
+from msutils.core.progress import LOG_FORMAT
 from msutils.core.serialize import to_jsonable
 from msutils.pipeline.cache import FoldCache
 from msutils.pipeline.notebook_file import read_parameters, source_notebook
 
 __all__ = [
     "LOG_FILE_ENV",
-    "LOG_FORMAT",
     "configure_logging",
     "notebook_params",
     "default_cohort_identity",
@@ -40,8 +40,6 @@ __all__ = [
 
 #: Environment variable naming the log file of a kernel run (set by the runner).
 LOG_FILE_ENV = "MSUTILS_LOG_FILE"
-#: Format of the records in the log file: ``time logger LEVEL: message`` (the runner parses it).
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 _HANDLER_MARK = "_msutils_kernel_handler"
 
 
@@ -191,7 +189,7 @@ def configure_logging(level: int | str = "INFO", *, log_file: str | os.PathLike 
     With a log file (``log_file``, else ``$MSUTILS_LOG_FILE``, which the runner sets)
     every record of ``msutils`` at ``level`` and above, every warning of another
     library and every Python ``warnings.warn`` goes to that file only, as
-    :data:`LOG_FORMAT` lines. Without one (an interactive JupyterLab session) the
+    :data:`msutils.core.progress.LOG_FORMAT` lines. Without one (an interactive JupyterLab session) the
     ``msutils`` records are shown on stderr as before, so an explorer still sees the
     progress of long steps. Idempotent: calling it again replaces its handler.
 

@@ -50,7 +50,7 @@ from typing import Any, Mapping, Sequence
 
 from msutils.core.environ import temporary_environ
 from msutils.core.io import atomic_write_json, atomic_write_text
-from msutils.core.progress import PROGRESS_LOGGER
+from msutils.core.progress import LOG_FORMAT, PROGRESS_LOGGER
 from msutils.pipeline.cache import FoldCache
 from msutils.pipeline.kernel import LOG_FILE_ENV, default_cohort_identity, summary_path
 from msutils.pipeline.notebook_file import (
@@ -156,7 +156,7 @@ def _first_line(source: str | None) -> str | None:
     return None
 
 
-#: A record line of a kernel's log file (:data:`msutils.pipeline.kernel.LOG_FORMAT`).
+#: A record line of a kernel's log file (:data:`msutils.core.progress.LOG_FORMAT`).
 _RECORD_RE = re.compile(r"^(?P<time>\S+) (?P<name>\S+) (?P<level>[A-Z]+): (?P<message>.*)$")
 
 
@@ -224,8 +224,8 @@ def _ipc_kernel_manager() -> type:
 
 
 def _worker_init(level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("papermill").setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    logging.getLogger("msutils").setLevel(level)
 
 
 def _execute_task(task: dict[str, Any]) -> dict[str, Any]:

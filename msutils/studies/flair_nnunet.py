@@ -105,6 +105,7 @@ __all__ = [
     "brain_mask_for",
     "eval_slices",
     "evaluate_test_set",
+    "fold_files",
     "fold_fit_log",
     "fold_groups",
     "fold_index",
@@ -702,6 +703,15 @@ def fold_index(fold: str) -> tuple[int, str]:
     if not m:
         raise ValueError(f"fold names must look like 'fold<k>' or 'fold<k>-noaug'; got {fold!r}")
     return int(m.group(1)), m.group(2) or "aug"
+
+
+def fold_files(result: Mapping[str, Any]) -> list[str]:
+    """Files outside the fold cache entry that a :func:`train_fold` result depends on: its checkpoint.
+
+    Pass as ``requires`` to :meth:`msutils.pipeline.cache.FoldCache.get_or_compute`: a fold
+    whose checkpoint has been deleted since is trained again.
+    """
+    return [str(result["checkpoint"])]
 
 
 def fold_fit_log(prepared: PreparedStudy, fold: int, log: FitLog | None = None) -> FitLog:

@@ -1,0 +1,62 @@
+"""Tests of msutils.core.parallel.process_map: order, errors, progress as results arrive."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import parallel_tasks  # noqa: E402
+
+from msutils.core import parallel  # noqa: E402
+
+
+class _Recorder:
+    """Stands in for msutils.core.progress.Progress: records when each result was counted."""
+
+    instances: list["_Recorder"] = []
+
+    def __init__(self, name: str, total: int, *, unit: str = "", enabled: bool = True) -> None:
+        self.name, self.total, self.times = name, total, []
+        _Recorder.instances.append(self)
+
+    def __enter__(self) -> "_Recorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        self.times.append(time.perf_counter())
+
+
+def test_results_in_task_order_from_two_workers() -> None:
+    tasks = [(i, 0.3 if i == 0 else 0.0) for i in range(6)]  # the first task finishes last
+    out = parallel.process_map(parallel_tasks.sleep_then_square, tasks, n_jobs=2, progress=False)
+    assert [v for v, _ in out] == [i * i for i in range(6)]
+    assert len({pid for _, pid in out}) == 2  # really two worker processes
+    serial = parallel.process_map(parallel_tasks.sleep_then_square, tasks[:2], n_jobs=1, progress=False)
+    assert serial == [(0, os.getpid()), (1, os.getpid())]  # n_jobs=1 runs in this process
+
+
+def test_progress_counts_each_result_as_it_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel, "Progress", _Recorder)
+    _Recorder.instances.clear()
+    t0 = time.perf_counter()
+    parallel.process_map(parallel_tasks.sleep_then_square, [(1, 0.0), (2, 4.0)], n_jobs=2, desc="demo")
+    bar = _Recorder.instances[-1]
+    assert bar.name == "demo" and bar.total == 2 and len(bar.times) == 2
+    # the fast task was counted while the slow one was still running, not both at the end
+    assert bar.times[0] - t0 < bar.times[1] - t0 - 2.0, [t - t0 for t in bar.times]
+
+
+def test_first_worker_error_is_raised() -> None:
+    with pytest.raises(ValueError, match="task 3 failed"):
+        parallel.process_map(parallel_tasks.fail_on_three, range(6), n_jobs=2, progress=False)
+    with pytest.raises(ValueError, match="'n_jobs' must be an integer >= 1; got 0"):
+        parallel.process_map(parallel_tasks.fail_on_three, range(2), n_jobs=0)
