@@ -13,7 +13,8 @@ from its own layer or below (``tests/test_layout.py`` enforces it)::
     segmentation/  nnU-Net bridge, FLAIR slices, overlap metrics, lesion instances,
                    slice-level classification
     models/        regression models (and classifiers)
-    studies/       one module per reproduced paper (edss_regression, flair_nnunet, ...)
+    studies/       one module per reproduced paper (edss_regression, flair_nnunet, ...) and
+                   the papers' published numbers as data (paper_<seed>.yaml, paper_numbers.load)
     pipeline/      notebook kernel helpers, fold cache, profiles, fan-out runner,
                    book build, report helpers
     cli            the ``msutils`` command
