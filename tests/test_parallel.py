@@ -60,3 +60,20 @@ def test_first_worker_error_is_raised() -> None:
         parallel.process_map(parallel_tasks.fail_on_three, range(6), n_jobs=2, progress=False)
     with pytest.raises(ValueError, match="'n_jobs' must be an integer >= 1; got 0"):
         parallel.process_map(parallel_tasks.fail_on_three, range(2), n_jobs=0)
+
+
+def test_fork_only_when_asked_safe_and_preloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parallel.start_method(("json",)) == parallel.START_METHOD  # not asked
+    assert parallel.start_method((), fork_if_safe=True) == parallel.START_METHOD  # nothing to save
+    assert parallel.start_method(("json",), fork_if_safe=True) == "fork"  # imported here, nothing unsafe
+    assert parallel.start_method(("json", "not_imported_mod"), fork_if_safe=True) == parallel.START_METHOD
+    monkeypatch.setitem(sys.modules, "torch", sys.modules["json"])  # an OpenMP/CUDA runtime is loaded
+    assert parallel.start_method(("json",), fork_if_safe=True) == parallel.START_METHOD
+
+
+def test_forked_workers_give_the_same_results() -> None:
+    tasks = [(i, 0.0) for i in range(5)]
+    forked = parallel.process_map(parallel_tasks.sleep_then_square, tasks, n_jobs=2, progress=False,
+                                  preload=("parallel_tasks",), fork_if_safe=True)
+    assert [v for v, _ in forked] == [i * i for i in range(5)]
+    assert all(pid != os.getpid() for _, pid in forked)

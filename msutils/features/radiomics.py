@@ -119,6 +119,8 @@ __all__ = [
     "extract_masks",
     "extract",
     "quiet_pyradiomics",
+    "import_worker_modules",
+    "WORKER_PRELOAD",
     "reasons",
     "parse_column",
     "rename_pyradiomics_key",
@@ -1065,8 +1067,20 @@ def _write_cache(path: Path, key: str, scan_id: str, roi: str, names: Sequence[s
 
 
 #: Modules the radiomics workers' fork server imports once.
-_WORKER_PRELOAD: tuple[str, ...] = ("msutils.features.radiomics", "SimpleITK", "radiomics.featureextractor",
+WORKER_PRELOAD: tuple[str, ...] = ("msutils.features.radiomics", "SimpleITK", "radiomics.featureextractor",
                                     "nibabel", "scipy.ndimage", "scipy.spatial")
+
+
+def import_worker_modules() -> None:
+    """Import what the extraction workers need, in this process (once; later calls are free).
+
+    :func:`msutils.core.parallel.process_map` can then fork the workers from this
+    process instead of starting fresh interpreters that import pyradiomics' stack again.
+    """
+    import importlib
+
+    for name in WORKER_PRELOAD:
+        importlib.import_module(name)
 
 
 def _worker_init() -> None:
@@ -1287,8 +1301,9 @@ def extract(
         with quiet_pyradiomics():
             outs = process_map(_run_scan, tasks, n_jobs=1, desc="radiomics", unit="scans", progress=progress)
     else:
+        import_worker_modules()  # workers then fork from here with them loaded (when safe, see process_map)
         outs = process_map(_run_scan, tasks, n_jobs=n_jobs, desc="radiomics", unit="scans", progress=progress,
-                           initializer=_worker_init, persistent=True, preload=_WORKER_PRELOAD)
+                           initializer=_worker_init, persistent=True, preload=WORKER_PRELOAD, fork_if_safe=True)
     for out in outs:
         results[out["scan_id"]].update(out["results"])
 

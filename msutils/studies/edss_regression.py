@@ -706,8 +706,10 @@ def retest_radiomics(cohort: Any, data: StudyData, retest_scans: Mapping[str, st
             "seed": int(config.seed),
             "key": zlib.crc32(str(subject).encode()),
         })
+    if config.n_jobs > 1:
+        rad.import_worker_modules()
     results = process_map(_perturbed_scan, tasks, n_jobs=config.n_jobs, desc="ICC re-processing", unit="scans",
-                          progress=progress)
+                          progress=progress, preload=rad.WORKER_PRELOAD, fork_if_safe=True)
     rows = []
     for res in results:
         rows.append([v for roi in rois for v in res[roi]])
