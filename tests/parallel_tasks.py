@@ -14,3 +14,8 @@ def fail_on_three(value: int) -> int:
     if value == 3:
         raise ValueError(f"task {value} failed")
     return value
+
+
+def own_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()

@@ -77,3 +77,34 @@ def test_forked_workers_give_the_same_results() -> None:
                                   preload=("parallel_tasks",), fork_if_safe=True)
     assert [v for v, _ in forked] == [i * i for i in range(5)]
     assert all(pid != os.getpid() for _, pid in forked)
+
+
+def test_forked_workers_end_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """A killed caller leaves no worker behind (forked workers would otherwise wait forever)."""
+    import signal
+    import subprocess
+
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "import parallel_tasks\n"
+        "from msutils.core import parallel\n"
+        "if __name__ == '__main__':\n"
+        "    pids = parallel.process_map(parallel_tasks.own_pid, [0.5] * 4, n_jobs=2, persistent=True,\n"
+        "                                progress=False, preload=('parallel_tasks',), fork_if_safe=True)\n"
+        "    print(' '.join(map(str, sorted(set(pids)))), flush=True)\n"
+        "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(parallel.__file__).resolve().parents[2])})
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    alive = workers
+    while alive and time.time() < deadline:
+        time.sleep(0.5)
+        alive = [p for p in workers if Path(f"/proc/{p}").exists() and
+                 Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert alive == []

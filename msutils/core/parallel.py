@@ -27,8 +27,11 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing as mp
+import os
 import signal
 import sys
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Sequence
@@ -77,10 +80,23 @@ def limit_worker_threads() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """Daemon thread body: end this worker once its parent process is gone.
+
+    A forked worker holds copies of its siblings' pipe ends, so it would never see
+    the end-of-file that normally stops an orphaned pool worker.
+    """
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def _init_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
     # Ctrl-C / a kernel shutdown interrupts the caller, which cancels and stops the pool;
     # idle workers must not each print a KeyboardInterrupt traceback on the console
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
     limit_worker_threads()
     if initializer is not None:
         initializer(*initargs)
