@@ -97,10 +97,12 @@ def test_forked_workers_end_when_their_parent_is_killed(tmp_path: Path) -> None:
         "    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(parallel.__file__).resolve().parents[2])})
-    workers = [int(p) for p in proc.stdout.readline().split()]
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     assert len(workers) == 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     deadline = time.time() + 10
     alive = workers
     while alive and time.time() < deadline:
