@@ -83,7 +83,32 @@ LOG_RECORD = re.compile(r"\b\d{2}:\d{2}:\d{2}(?:,\d+)?\s+(?:\w+\s+)?msutils(?:\.
                         r"|\b(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):msutils\b")
 
 
+#: A progress line (msutils.core.progress.Progress): ``radiomics: 3/52 scans (12.0 s)`` or ``(1:05)``.
+PROGRESS_LINE = re.compile(r"\b[\w -]+: \d+/\d+(?: \w+)? \((?:\d+\.\d s|\d+:\d\d)\)")
+
+
 def test_log_record_pattern_catches_the_formats() -> None:
+    import logging
+
+    from msutils.core.progress import LOG_FORMAT, PROGRESS_LOGGER, Progress
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    log = logging.getLogger(PROGRESS_LOGGER)
+    log.addHandler(handler)
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        with Progress("radiomics", total=2, unit="scans") as bar:
+            bar.update(2)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+    lines = [logging.Formatter(LOG_FORMAT, "%H:%M:%S").format(r) for r in records]
+    assert lines and all(PROGRESS_LINE.search(x) and LOG_RECORD.search(x) for x in lines), lines
+    for line in ("radiomics: 3/52 scans (12.0 s)", "ICC re-processing: 10/10 scans (1:05)", "t: 1/2 (0.0 s)"):
+        assert PROGRESS_LINE.search(line), line
     for line in ("11:40:37 msutils.data.manifest_checks: read voxel data of 50/1095 files",
                  "12:00:43 msutils.pipeline.runner INFO: 02: running 3 of 3 folds",
                  "2026-11-30 12:00:51,915 INFO msutils.pipeline.runner: started",
@@ -98,7 +123,7 @@ def test_no_page_shows_a_log_record_or_progress(smoke_book: dict[str, Path]) -> 
     problems = {}
     for page in _toc_files():
         text = _text((html_dir / f"{page}.html").read_text())
-        found = LOG_RECORD.findall(text) + re.findall(r"\b[\w -]+: \d+/\d+ \w+ \(\d+(?:\.\d)? s\)", text)
+        found = LOG_RECORD.findall(text) + PROGRESS_LINE.findall(text)
         if found:
             problems[page] = found[:3]
     assert problems == {}
