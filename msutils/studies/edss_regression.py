@@ -1285,7 +1285,8 @@ def paper_table3_long(scores: Mapping[str, Mapping[str, Mapping[str, float]]] | 
     from msutils.studies import paper_numbers
 
     src = paper_numbers.load("001")["table3"] if scores is None else scores
-    return {f"{_COHORT_LABELS.get(c, c)} / {MODELS[m].label}": {label: float(v[k]) for k, label in TABLE3_METRICS.items()}
+    return {f"{_COHORT_LABELS.get(c, c)} / {MODELS[m].label}":
+            {label: float(v[k]) for k, label in TABLE3_METRICS.items()}
             for c, per in src.items() for m, v in per.items()}
 
 
