@@ -17,14 +17,9 @@ import pytest
 
 import msutils
 from msutils.pipeline import cache as cache_mod
-from msutils.pipeline.cache import (
-    FoldCache,
-    cache_key,
-    code_hash,
-    library_fingerprint,
-    manifest_identity,
-    source_digest,
-)
+from msutils.core import fingerprint
+from msutils.core.fingerprint import library_fingerprint, source_digest
+from msutils.pipeline.cache import FoldCache, cache_key, code_hash, manifest_identity
 from msutils.pipeline.kernel import default_cohort_identity
 from msutils.pipeline.notebook_file import source_notebook
 
@@ -154,9 +149,9 @@ def test_key_changes_with_params_code_manifest_version_not_fold_or_out_dir(
     _write(nb_path, _notebook())
     assert _cache(nb_path, tmp_path / "o1").key("cv0") == base
     # an installed result package's version does
-    monkeypatch.setattr(cache_mod, "_package_version", lambda name: "9.9" if name == "scipy" else "1.0")
+    monkeypatch.setattr(fingerprint, "_package_version", lambda name: "9.9" if name == "scipy" else "1.0")
     other = _cache(nb_path, tmp_path / "o1").key("cv0")
-    monkeypatch.setattr(cache_mod, "_package_version", lambda name: "1.0")
+    monkeypatch.setattr(fingerprint, "_package_version", lambda name: "1.0")
     assert other != _cache(nb_path, tmp_path / "o1").key("cv0")
 
 
@@ -169,7 +164,7 @@ def package_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (repo / "tests").mkdir()
     (repo / "tests" / "test_something.py").write_text("def test_x():\n    assert True\n")
     (repo / "README.md").write_text("# readme\n")
-    monkeypatch.setattr(cache_mod, "PACKAGE_DIR", repo / "msutils")
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", repo / "msutils")
     return repo
 
 

@@ -145,6 +145,17 @@ def test_workspace_key_depends_on_data_settings_only(cohort):
     assert other["train"] != split["train"] and S.workspace_key(cohort, other, CFG) != key
 
 
+def test_workspace_key_changes_with_the_library(cohort, monkeypatch):
+    from msutils.core import fingerprint
+
+    scans = S.study_scans(cohort)
+    split = internal_external_cv(scans, internal_center="A", external_centers=["B"], n_folds=2, seed=0)
+    key = S.workspace_key(cohort, split, CFG)
+    real = fingerprint.library_fingerprint()
+    monkeypatch.setattr(fingerprint, "library_fingerprint", lambda: {**real, "msutils_sources": "edited"})
+    assert S.workspace_key(cohort, split, CFG) != key  # a fixed bug: a new workspace, trained again
+
+
 # --------------------------------------------------------------------------- patients and split
 def test_study_scans_ms_first_session(cohort):
     scans = S.study_scans(cohort)

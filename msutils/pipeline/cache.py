@@ -19,9 +19,9 @@ The key is the sha256 of
   identity of the default cohort, which the caller supplies (the pipeline passes
   :func:`msutils.pipeline.kernel.default_cohort_identity`; this module does not import
   the synthetic generator),
-- the library fingerprint (:func:`library_fingerprint`): a digest of every ``.py`` and
-  ``.yaml`` file of the installed ``msutils`` package and the versions of the packages
-  that compute results (:data:`RESULT_PACKAGES`), so a fixed library bug or another
+- the library fingerprint (:func:`msutils.core.fingerprint.library_fingerprint`): a digest
+  of every ``.py`` and ``.yaml`` file of the installed ``msutils`` package and the versions
+  of the packages that compute results, so a fixed library bug or another
   numpy recomputes every fold, while tests, notebooks' prose or the README do not,
 - the fold.
 
@@ -52,6 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from msutils.core.fingerprint import library_fingerprint
 from msutils.core.io import file_lock
 from msutils.data.cohort import manifest_hash
 from msutils.pipeline.notebook_file import (
@@ -65,12 +66,9 @@ from msutils.pipeline.notebook_file import (
 
 __all__ = [
     "KEY_EXCLUDED_PARAMETERS",
-    "RESULT_PACKAGES",
     "FoldCache",
     "code_hash",
     "manifest_identity",
-    "source_digest",
-    "library_fingerprint",
     "cache_key",
 ]
 
@@ -78,12 +76,6 @@ logger = logging.getLogger(__name__)
 
 #: Parameters that never enter the key (``manifest`` enters through its content hash).
 KEY_EXCLUDED_PARAMETERS: tuple[str, ...] = ("fold", "out_dir", "manifest")
-#: Installed packages whose versions enter every key (they compute the results).
-RESULT_PACKAGES: tuple[str, ...] = ("numpy", "scipy", "scikit-learn", "pyradiomics", "torch", "monai", "nnunetv2")
-#: Library files that enter the source digest.
-SOURCE_SUFFIXES: tuple[str, ...] = (".py", ".yaml")
-#: The msutils package folder whose sources :func:`source_digest` hashes by default.
-PACKAGE_DIR: Path = Path(__file__).resolve().parents[1]
 
 _FOLD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RESULT = "result.pkl"
@@ -155,56 +147,6 @@ def manifest_identity(
     return f"sha256:{manifest_hash(Path(manifest).expanduser())}"
 
 
-def source_digest(package_dir: str | os.PathLike | None = None) -> str:
-    """sha256 (hex) of every ``.py`` / ``.yaml`` file of a package folder, by relative path.
-
-    Parameters
-    ----------
-    package_dir : str or path-like, optional
-        Default: :data:`PACKAGE_DIR`, the imported ``msutils`` package. ``__pycache__`` folders and
-        files with other suffixes (notebooks, docs, data) do not count.
-    """
-    root = Path(package_dir) if package_dir is not None else PACKAGE_DIR
-    if not root.is_dir():
-        raise NotADirectoryError(f"'package_dir' must be a folder; got {root}")
-    digest = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()
-                   and "__pycache__" not in p.relative_to(root).parts)
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def _package_version(name: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def library_fingerprint(package_dir: str | os.PathLike | None = None,
-                        packages: Iterable[str] = RESULT_PACKAGES) -> dict[str, Any]:
-    """What in the software a fold result depends on: msutils' sources and key package versions.
-
-    Parameters
-    ----------
-    package_dir : str or path-like, optional
-        The msutils package folder (default: the one imported).
-    packages : iterable of str
-        Distribution names whose installed versions count (default :data:`RESULT_PACKAGES`).
-
-    Returns
-    -------
-    dict
-        ``{"msutils_sources": source_digest(package_dir), "packages": {name: version}}``.
-    """
-    return {"msutils_sources": source_digest(package_dir),
-            "packages": {name: _package_version(name) for name in packages}}
-
-
 def _key_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in KEY_EXCLUDED_PARAMETERS}
 
@@ -232,7 +174,7 @@ def cache_key(
     fold : str
         Fold name.
     library : mapping, optional
-        :func:`library_fingerprint` (computed when not given).
+        :func:`msutils.core.fingerprint.library_fingerprint` (computed when not given).
     """
     payload = {
         "notebook": notebook,

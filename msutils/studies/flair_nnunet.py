@@ -92,7 +92,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BRAIN_SOURCES",
-    "SEGSTUDY_VERSION",
     "VARIANTS",
     "EvalSlices",
     "Evaluation",
@@ -126,8 +125,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Bump when a change here must invalidate prepared workspaces.
-SEGSTUDY_VERSION = 1
 #: Training-set variants: with the offline augmentation (the paper) or without (Fig. 3, left).
 VARIANTS: tuple[str, ...] = ("aug", "noaug")
 #: Where the skull-stripping mask comes from (see :func:`brain_mask_for`).
@@ -581,15 +578,19 @@ class PreparedStudy:
 
 
 def workspace_key(cohort: Cohort, split: Mapping[str, Any], config: SegConfig) -> str:
-    """16 hex digits naming the workspace: cohort content, split, data settings, versions."""
-    import msutils
+    """16 hex digits naming the workspace: cohort content, split, data settings, library.
+
+    The library is :func:`msutils.core.fingerprint.library_fingerprint` (msutils' sources
+    and the versions of torch, nnU-Net, ...): a fixed bug in the preprocessing, the
+    export or the training wrapper prepares and trains a new workspace.
+    """
+    from msutils.core.fingerprint import library_fingerprint
 
     payload = {
         "cohort": cohort.content_hash(),
         "split": {k: split.get(k) for k in ("train", "inner", "fold_unit", "n_folds")},
         "config": config.data_settings(),
-        "msutils": msutils.__version__,
-        "segstudy": SEGSTUDY_VERSION,
+        "library": library_fingerprint(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
