@@ -17,9 +17,10 @@ pytestmark = pytest.mark.xdist_group("nnunet")
 SIZE = 64
 DATASET_ID = 501
 EPOCHS = 2
-#: test_training_learns_the_lesions: training length and the training-slice Dice it must reach
-#: (measured: see the test; an empty prediction scores 0, the transposed prediction about half).
-LEARN_EPOCHS = 4
+#: test_training_learns_the_lesions: training length and the training-slice Dice it must reach.
+#: Measured (2 CPU cores under load): 2 x 10 iterations -> 0.94 (4 x 10 -> 0.91); the transposed
+#: prediction scores 0.43, an empty one 0, the whole brain about 0.1.
+LEARN_EPOCHS = 2
 LEARN_ITERATIONS = 10
 MIN_TRAINING_DICE = 0.7
 
