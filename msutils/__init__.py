@@ -4,7 +4,8 @@ Subpackages follow the data flow, lower layers first; a module imports only
 from its own layer or below (``tests/test_layout.py`` enforces it)::
 
     core/          atomic I/O, paths, environment, parameter checks (validation),
-                   the one process pool (parallel), progress lines, serialisation
+                   the one process pool (parallel), progress lines and the log format,
+                   serialisation, the library fingerprint cache keys use
     stats          statistics shared by every study (Table 1 tests, ANOVA, CIs)
     data/          cohort manifests and their validation, the MSLUB sample,
                    splits, the leakage audit (FitLog)
