@@ -32,11 +32,11 @@ from msutils.data.leakage import FitLog, assert_no_leak
 from msutils.data.splits import heldout_subjects, internal_external_cv, read_splits
 
 NOTEBOOK = "02_edss_regression"
-#: Ground-truth bounds of the smoke profile: measured values over seeds 0, 1, 2 (see the report of the
-#: layout issue) with margin; a pipeline that lost the EDSS signal (shuffled targets, leaked or wrong
-#: features) falls far below them.
-SMOKE_BOUNDS = {"ceiling_r": (0.5, 1.0), "best_internal_r": 0.3, "best_training_r": 0.3, "n_drivers_recovered": 2}
-pytestmark = pytest.mark.xdist_group("notebook_02")
+#: Ground-truth bounds of the smoke profile. Measured at seeds 0 / 1 / 2 (layout issue, under load):
+#: best out-of-fold training r 0.948 / 0.775 / 0.804, best external-test r 0.741 / 0.868 / 0.684,
+#: drivers recovered 3 / 2 / 4, ceiling r 0.887 each. Set with margin; a pipeline that lost the EDSS
+#: signal (shuffled targets, misaligned subjects, wrong features) stays near r = 0.
+SMOKE_BOUNDS = {"ceiling_r": (0.5, 1.0), "best_training_r": 0.55, "best_external_r": 0.45, "n_drivers_recovered": 1}
 
 
 def _run(tmp_root: Path, profile: str) -> tuple[Path, dict]:
@@ -102,12 +102,11 @@ def test_smoke_ground_truth_bounds(smoke_run):
     _, s = smoke_run
     b = SMOKE_BOUNDS
     assert b["ceiling_r"][0] <= s["ceiling_r"] <= b["ceiling_r"][1]
-    assert s["best_internal_r"] >= b["best_internal_r"], s["metrics"]["internal"]
     best_training_r = max(v["r"] for v in s["metrics"]["training"].values())
     assert best_training_r >= b["best_training_r"], s["metrics"]["training"]
+    best_external_r = max(v["r"] for v in s["metrics"]["external"].values())
+    assert best_external_r >= b["best_external_r"], s["metrics"]["external"]
     assert s["n_drivers_recovered"] >= b["n_drivers_recovered"], s["drivers_recovered"]
-    # the age driver is a clinical column the selection always sees
-    assert "age" in s["selected_features"] or s["drivers_recovered"]["lesion_load"]
 
 
 def test_smoke_fitted_steps_saw_only_their_training_subjects(smoke_run):
