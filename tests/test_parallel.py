@@ -63,6 +63,8 @@ def test_first_worker_error_is_raised() -> None:
 
 
 def test_fork_only_when_asked_safe_and_preloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in parallel.FORK_UNSAFE_MODULES:  # e.g. torch imported by another test of this session
+        monkeypatch.delitem(sys.modules, name, raising=False)
     assert parallel.start_method(("json",)) == parallel.START_METHOD  # not asked
     assert parallel.start_method((), fork_if_safe=True) == parallel.START_METHOD  # nothing to save
     assert parallel.start_method(("json",), fork_if_safe=True) == "fork"  # imported here, nothing unsafe
