@@ -1195,8 +1195,8 @@ def tune_fold(shared: SharedStage, fold: int, *, grid: str = "small", seed: int 
     y = shared.data.edss.loc[train]
     cv = cv_folds(shared.split, train)
     log = FitLog()
-    scores = [cv_fold_scores(m, feature_matrix(shared.selection, shared.data, train, fs), y, cv, int(fold),
-                             grid=grid, seed=seed, fit_log=log).assign(feature_set=fs)
+    X = {fs: feature_matrix(shared.selection, shared.data, train, fs) for fs in feature_sets}
+    scores = [cv_fold_scores(m, X[fs], y, cv, int(fold), grid=grid, seed=seed, fit_log=log).assign(feature_set=fs)
               for fs in feature_sets for m in models]
     return {"scores": pd.concat(scores, ignore_index=True), "fit_log": log.to_dict()}
 
