@@ -132,11 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``msutils`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    from msutils.core.progress import LOG_FORMAT
+
+    # the console shows msutils' own lines (progress included); other libraries only warnings
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format=LOG_FORMAT,
+                        datefmt="%H:%M:%S")
+    logging.getLogger("msutils").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     return int(args.func(args))
 
 

@@ -13,7 +13,8 @@
   post-test probabilities at given prevalences).
 * :func:`friedman_posthoc` — Friedman test across methods over repeated blocks
   with post hoc Wilcoxon signed-rank tests, Holm-corrected (seed 000).
-* :func:`format_p` — p-values as printed in the tables.
+* :func:`format_p` — p-values as printed in the tables; :func:`format_ci` — an
+  estimate with its interval, "83.3 (79.5-86.5)".
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "diagnostic_utility",
     "exact_ci_proportion",
     "friedman_posthoc",
+    "format_ci",
     "format_p",
     "format_table1",
     "regression_metrics",
@@ -62,6 +64,33 @@ def format_p(p: float, digits: int = 3) -> str:
     if p < 10.0**-digits:
         return f"<{10.0**-digits:.{digits}f}"
     return f"{p:.{digits}f}"
+
+
+def format_ci(value: float | None, low: float | None, high: float | None, *, scale: float = 100.0,
+              decimals: int = 1) -> str:
+    """An estimate with its confidence interval as the seed papers print it: ``"83.3 (79.5-86.5)"``.
+
+    Parameters
+    ----------
+    value, low, high : float or None
+        Estimate and interval bounds (e.g. fractions).
+    scale : float
+        Multiplier before printing (100: fractions as percent; 1 for mm).
+    decimals : int
+        Decimals printed.
+
+    Returns
+    -------
+    str
+        ``"n/a"`` when the estimate is missing or not finite (e.g. a ratio with a zero
+        denominator); a missing bound prints as ``"n/a"`` inside the parentheses.
+    """
+    def num(x: float | None) -> str:
+        return "n/a" if x is None or not np.isfinite(x) else f"{scale * float(x):.{decimals}f}"
+
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return f"{num(value)} ({num(low)}-{num(high)})"
 
 
 # --------------------------------------------------------------------------- Table 1
@@ -572,14 +601,27 @@ def bootstrap_ci(
 
 
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
-    """Regression agreement metrics (seed 001, Table 3).
+    """Agreement of predictions with observed values (seed 001, Table 3): the one regression scorer.
+
+    Two different "R2" are in use and both are returned, under names that say which:
+
+    - ``pearson_r2``: the squared Pearson correlation, the "R2" of seed 001's Table 3
+      (there R2 = r**2 in every cell, e.g. r 0.797 -> 0.635); blind to bias and scale;
+    - ``r2_score``: the coefficient of determination (:func:`sklearn.metrics.r2_score`),
+      lower than ``pearson_r2`` when predictions are biased (e.g. at another site) and
+      negative when they are worse than the mean.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like
+        Observed and predicted values, same length (>= 2), finite.
 
     Returns
     -------
-    dict with ``n``, ``pearson_r``, ``pearson_p``, ``r2`` (coefficient of
-    determination, :func:`sklearn.metrics.r2_score`), ``r_squared`` (the
-    squared Pearson r -- the "R2" of seed 001's Table 3, e.g. r 0.797 ->
-    0.636) and ``mae``.
+    dict
+        ``n``, ``r`` (Pearson correlation), ``r_pvalue`` (its two-sided p-value, NaN
+        for fewer than 3 pairs), ``pearson_r2``, ``r2_score`` and ``mae`` (mean absolute
+        error). ``r``, ``r_pvalue`` and ``pearson_r2`` are NaN when either input is constant.
     """
     from scipy import stats
     from sklearn.metrics import mean_absolute_error, r2_score
@@ -591,16 +633,19 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
     bad = np.flatnonzero(~(np.isfinite(t) & np.isfinite(p)))
     if bad.size:
         raise ValueError(f"non-finite value(s) at position(s) {bad[:10].tolist()}")
-    if t.size < 3:
-        raise ValueError(f"need >= 3 pairs; got {t.size}")
+    if t.size < 2:
+        raise ValueError(f"need >= 2 pairs; got {t.size}")
+    r = pr = float("nan")
     if np.ptp(t) == 0 or np.ptp(p) == 0:
-        r, pr = np.nan, np.nan
-        logger.warning("regression_metrics: constant input, Pearson r undefined")
+        logger.debug("regression_metrics: constant input, Pearson r undefined")
     else:
-        res = stats.pearsonr(t, p)
-        r, pr = float(res.statistic), float(res.pvalue)
-    return {"n": int(t.size), "pearson_r": r, "pearson_p": pr, "r2": float(r2_score(t, p)),
-            "r_squared": r * r, "mae": float(mean_absolute_error(t, p))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.pearsonr(t, p)
+        r = float(res.statistic)
+        pr = float(res.pvalue) if t.size >= 3 else float("nan")
+    return {"n": int(t.size), "r": r, "r_pvalue": pr, "pearson_r2": r * r, "r2_score": float(r2_score(t, p)),
+            "mae": float(mean_absolute_error(t, p))}
 
 
 # --------------------------------------------------------------------------- diagnostic utility

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -41,11 +44,95 @@ def test_every_referenced_image_exists(smoke_book: dict[str, Path]) -> None:
     assert n_images["book/executed/00_cohort"] >= 4
 
 
+def _text(html_fragment: str) -> str:
+    """Visible text of an HTML fragment (tags dropped, entities decoded, whitespace collapsed)."""
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", html_fragment, flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
+
+
+def _tables(page: str) -> list[str]:
+    return [_text(t) for t in re.findall(r"<table.*?</table>", page, flags=re.S)]
+
+
 def test_cohort_page_has_table1(smoke_book: dict[str, Path]) -> None:
-    text = (smoke_book["root"] / "_build" / "html" / "book" / "executed" / "00_cohort.html").read_text()
-    assert "Table 1" in text and "Fisher exact test" in text and "median test" in text
-    # parameter cells are removed from the report
-    assert "injected-parameters" not in text
+    """The rendered page holds Table 1 as computed from the cohort, cell by cell."""
+    from msutils import stats
+    from msutils.data.cohort import first_session, load_cohort
+
+    page = (smoke_book["root"] / "_build" / "html" / "book" / "executed" / "00_cohort.html").read_text()
+    assert "Table 1" in page and "injected-parameters" not in page  # parameter cells are removed
+    summary = json.loads((smoke_book["out"] / "00_cohort" / "summary.json").read_text())
+    cohort = load_cohort(summary["manifest"], check_images=False)
+    subjects = first_session(cohort.table)
+    expected = stats.format_table1(stats.table1(
+        subjects, "center", {"age": "continuous", "sex": "categorical", "group": "categorical"}, seed=0))
+    table = next((t for t in _tables(page) if "age, mean (SD)" in t), None)
+    assert table is not None, "no rendered table with the 'age, mean (SD)' row"
+    cells = [str(c) for c in expected.to_numpy().ravel() if str(c)] + list(expected.columns) + list(expected.index)
+    missing = [c for c in cells if " ".join(c.split()) not in table]
+    assert missing == [], missing
+    assert "Fisher exact test" in table
+    # the numbers are the cohort's: e.g. the subjects per center of the summary in the column heads
+    n_center = pd.Series(summary["subjects_per_center_group"]).groupby(lambda k: k.split("/")[0]).sum()
+    assert all(f"{c} (n={n})" in table for c, n in n_center.items())
+
+
+#: What a log record looks like in a page: ``12:00:01 msutils.x...`` or ``msutils.x INFO`` / ``INFO:msutils.x``.
+LOG_RECORD = re.compile(r"\b\d{2}:\d{2}:\d{2}(?:,\d+)?\s+(?:\w+\s+)?msutils(?:\.\w+)*\b"
+                        r"|\bmsutils(?:\.\w+)*:?\s+(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\b"
+                        r"|\b(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):msutils\b")
+
+
+#: A progress line (msutils.core.progress.Progress): ``radiomics: 3/52 scans (12.0 s)`` or ``(1:05)``.
+PROGRESS_LINE = re.compile(r"\b[\w -]+: \d+/\d+(?: \w+)? \((?:\d+\.\d s|\d+:\d\d)\)")
+
+
+def test_log_record_pattern_catches_the_formats() -> None:
+    import logging
+
+    from msutils.core.progress import LOG_FORMAT, PROGRESS_LOGGER, Progress
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    log = logging.getLogger(PROGRESS_LOGGER)
+    log.addHandler(handler)
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        with Progress("radiomics", total=2, unit="scans") as bar:
+            bar.update(2)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+    lines = [logging.Formatter(LOG_FORMAT, "%H:%M:%S").format(r) for r in records]
+    assert lines and all(PROGRESS_LINE.search(x) and LOG_RECORD.search(x) for x in lines), lines
+    for line in ("radiomics: 3/52 scans (12.0 s)", "ICC re-processing: 10/10 scans (1:05)", "t: 1/2 (0.0 s)"):
+        assert PROGRESS_LINE.search(line), line
+    for line in ("11:40:37 msutils.data.manifest_checks: read voxel data of 50/1095 files",
+                 "12:00:43 msutils.pipeline.runner INFO: 02: running 3 of 3 folds",
+                 "2026-11-30 12:00:51,915 INFO msutils.pipeline.runner: started",
+                 "msutils.progress INFO: radiomics: 3/10 scans", "WARNING:msutils.cache:stale"):
+        assert LOG_RECORD.search(line), line
+    for prose in ("the engine (msutils.features.radiomics.PARAMS) bins", "see `msutils.studies.flair_nnunet`."):
+        assert not LOG_RECORD.search(prose), prose
+
+
+def test_no_page_shows_a_log_record_or_progress(smoke_book: dict[str, Path]) -> None:
+    html_dir = smoke_book["root"] / "_build" / "html"
+    problems = {}
+    for page in _toc_files():
+        text = _text((html_dir / f"{page}.html").read_text())
+        found = LOG_RECORD.findall(text) + PROGRESS_LINE.findall(text)
+        if found:
+            problems[page] = found[:3]
+    assert problems == {}
+    # and the executed notebooks carry no stderr stream (log handlers, warnings, progress bars)
+    for nb_path in (smoke_book["root"] / "book" / "executed").glob("*.ipynb"):
+        nb = json.loads(nb_path.read_text())
+        stderr = [o for c in nb["cells"] for o in c.get("outputs", [])
+                  if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+        assert stderr == [], (nb_path.name, stderr[:2])
 
 
 def test_report_opens_in_headless_chromium(smoke_book: dict[str, Path]) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,8 +16,14 @@ import numpy as np
 import pytest
 
 import msutils
+from msutils.pipeline import cache as cache_mod
+from msutils.core import fingerprint
+from msutils.core.fingerprint import library_fingerprint, source_digest
 from msutils.pipeline.cache import FoldCache, cache_key, code_hash, manifest_identity
+from msutils.pipeline.kernel import default_cohort_identity
 from msutils.pipeline.notebook_file import source_notebook
+
+REPO = Path(__file__).resolve().parent.parent
 
 PARAMS = {
     "profile": "smoke", "fold": None, "manifest": None, "seed": 0, "out_dir": None, "preset": "tiny", "alpha": 0.5,
@@ -58,27 +64,36 @@ def nb_path(tmp_path: Path) -> Path:
 
 
 def _cache(nb_path: Path, out: Path, params: dict | None = None, **kw) -> FoldCache:
-    return FoldCache("demo", params or PARAMS, out_dir=out, notebook_path=nb_path, **kw)
+    return FoldCache("demo", params or PARAMS, out_dir=out, notebook_path=nb_path,
+                     default_identity=default_cohort_identity, **kw)
 
 
-def test_cache_key_is_sha256_of_documented_payload() -> None:
-    payload = {
-        "notebook": "demo", "code": "c0de", "params": {"alpha": 0.5, "profile": "smoke"},
-        "manifest": "synthetic:preset=tiny:seed=0", "version": "9.9", "fold": "cv1",
-    }
-    expected = hashlib.sha256(
-        json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+def test_cache_key_depends_on_each_part_and_not_on_dict_order() -> None:
     params = {"alpha": 0.5, "profile": "smoke", "fold": "cv1", "out_dir": "/x", "manifest": "/m.csv"}
-    assert cache_key("demo", "c0de", params, "synthetic:preset=tiny:seed=0", "cv1", version="9.9") == expected
+    lib = {"msutils_sources": "abc", "packages": {"numpy": "2.4.6"}}
+    base = cache_key("demo", "c0de", params, "synthetic:preset=tiny:seed=0", "cv1", library=lib)
+    assert len(base) == 64 and int(base, 16) >= 0
+    reordered = dict(reversed(list(params.items())))
+    assert cache_key("demo", "c0de", reordered, "synthetic:preset=tiny:seed=0", "cv1", library=lib) == base
+    # fold / out_dir / manifest inside params never count (the manifest enters through its identity)
+    same = {**params, "fold": "cv9", "out_dir": "/elsewhere", "manifest": "/other.csv"}
+    assert cache_key("demo", "c0de", same, "synthetic:preset=tiny:seed=0", "cv1", library=lib) == base
+    variants = [
+        ("other", "c0de", params, "synthetic:preset=tiny:seed=0", "cv1", lib),
+        ("demo", "c0df", params, "synthetic:preset=tiny:seed=0", "cv1", lib),
+        ("demo", "c0de", {**params, "alpha": 0.25}, "synthetic:preset=tiny:seed=0", "cv1", lib),
+        ("demo", "c0de", params, "synthetic:preset=tiny:seed=1", "cv1", lib),
+        ("demo", "c0de", params, "synthetic:preset=tiny:seed=0", "cv2", lib),
+        ("demo", "c0de", params, "synthetic:preset=tiny:seed=0", "cv1", {**lib, "msutils_sources": "abd"}),
+        ("demo", "c0de", params, "synthetic:preset=tiny:seed=0", "cv1", {**lib, "packages": {"numpy": "2.5"}}),
+    ]
+    keys = {cache_key(n, c, p, m, f, library=li) for n, c, p, m, f, li in variants}
+    assert len(keys) == len(variants) and base not in keys
 
 
 def test_code_hash_ignores_outputs_metadata_markdown_params_and_after_fold_end(tmp_path: Path) -> None:
     base = code_hash(_notebook())
-    expected = hashlib.sha256(
-        json.dumps(["import math\nx = 1", "if fold is not None:\n    cache.get_or_compute(fold, f)"]).encode()
-    ).hexdigest()
-    assert base == expected
+    assert len(base) == 64
     variants = []
     nb = _notebook()  # outputs, execution counts, metadata (what saving in JupyterLab changes)
     nb["cells"][2].update(execution_count=7, outputs=[{"output_type": "stream", "name": "stdout", "text": "hi"}])
@@ -132,22 +147,74 @@ def test_key_changes_with_params_code_manifest_version_not_fold_or_out_dir(
     _write(nb_path, nb)
     assert _cache(nb_path, tmp_path / "o1").key("cv0") != base
     _write(nb_path, _notebook())
-    # library version does
-    monkeypatch.setattr(msutils, "__version__", "999.0")
-    assert _cache(nb_path, tmp_path / "o1").key("cv0") != base
-    monkeypatch.undo()
     assert _cache(nb_path, tmp_path / "o1").key("cv0") == base
+    # an installed result package's version does
+    monkeypatch.setattr(fingerprint, "_package_version", lambda name: "9.9" if name == "scipy" else "1.0")
+    other = _cache(nb_path, tmp_path / "o1").key("cv0")
+    monkeypatch.setattr(fingerprint, "_package_version", lambda name: "1.0")
+    assert other != _cache(nb_path, tmp_path / "o1").key("cv0")
 
 
-def test_manifest_identity_is_content_hash(tmp_path: Path, nb_path: Path) -> None:
+@pytest.fixture()
+def package_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the repository's msutils sources (plus a tests folder and README) the cache hashes."""
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(msutils.__file__).parent, repo / "msutils",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_something.py").write_text("def test_x():\n    assert True\n")
+    (repo / "README.md").write_text("# readme\n")
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", repo / "msutils")
+    return repo
+
+
+def test_every_key_changes_with_any_library_source_file(tmp_path: Path, nb_path: Path,
+                                                        package_copy: Path) -> None:
+    configs = [PARAMS, {**PARAMS, "alpha": 0.1}, {**PARAMS, "seed": 3}]
+    folds = ["cv0", "cv1", "shared"]
+
+    def keys() -> list[str]:
+        return [_cache(nb_path, tmp_path / "o", p).key(f) for p in configs for f in folds]
+
+    base = keys()
+    assert len(set(base)) == len(base)
+    assert source_digest(package_copy / "msutils") == source_digest()  # the copy hashes like the original
+    # neither a test file, the README, nor a non-source file inside the package count
+    (package_copy / "tests" / "test_something.py").write_text("def test_x():\n    assert 1 == 1\n")
+    (package_copy / "README.md").write_text("# another readme\n")
+    (package_copy / "msutils" / "NOTES.md").write_text("notes\n")
+    pycache = package_copy / "msutils" / "__pycache__"
+    pycache.mkdir()
+    (pycache / "stats.cpython-311.pyc").write_bytes(b"\0compiled")
+    assert keys() == base
+    # one changed library file, anywhere in the package, changes every key
+    for rel in ("stats.py", "features/radiomics.py", "pipeline/profiles.yaml"):
+        path = package_copy / "msutils" / rel
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# a fixed bug\n")
+        changed = keys()
+        assert all(a != b for a, b in zip(base, changed)), rel
+        path.write_bytes(original)
+        assert keys() == base
+    # a new module counts too
+    (package_copy / "msutils" / "core" / "extra.py").write_text("X = 1\n")
+    assert all(a != b for a, b in zip(base, keys()))
+
+
+def test_manifest_identity_is_the_cohort_content_hash(tmp_path: Path, nb_path: Path) -> None:
+    import pandas as pd
+
+    from msutils.data.cohort import Cohort
+
     d1, d2 = tmp_path / "d1", tmp_path / "d2"
     d1.mkdir()
     d2.mkdir()
     for d in (d1, d2):
         (d / "cohort.csv").write_text("subject_id,edss\ns1,2.0\n")
         (d / "cohort.yaml").write_text("name: c\n")
-    expected = hashlib.sha256(b"subject_id,edss\ns1,2.0\n" + b"\0sidecar\0" + b"name: c\n").hexdigest()
-    assert manifest_identity(d1 / "cohort.csv") == f"sha256:{expected}"
+    # one cohort hash: what a cohort reports is what the cache keys on
+    cohort = Cohort(table=pd.DataFrame(), meta={}, manifest_path=d1 / "cohort.csv")
+    assert manifest_identity(d1 / "cohort.csv") == f"sha256:{cohort.content_hash()}"
     k1 = _cache(nb_path, tmp_path / "o", {**PARAMS, "manifest": str(d1 / "cohort.csv")}).key("cv0")
     k2 = _cache(nb_path, tmp_path / "o", {**PARAMS, "manifest": str(d2 / "cohort.csv")}).key("cv0")
     assert k1 == k2  # same content elsewhere: same key
@@ -157,16 +224,72 @@ def test_manifest_identity_is_content_hash(tmp_path: Path, nb_path: Path) -> Non
     (d2 / "cohort.csv").write_text("subject_id,edss\ns1,2.5\n")
     assert _cache(nb_path, tmp_path / "o", {**PARAMS, "manifest": str(d2 / "cohort.csv")}).key("cv0") != k1
     assert k1 != _cache(nb_path, tmp_path / "o").key("cv0")  # vs the synthetic default
-    from msutils import synth
-
-    quick_hash = synth.params_hash(synth.get_params("quick"))[:16]
-    assert manifest_identity(None, {"preset": "quick", "seed": 3}) == (
-        f"synthetic:preset=quick:seed=3:params={quick_hash}")
-    smoke_hash = synth.params_hash(synth.get_params("smoke"))[:16]
-    assert manifest_identity(None, {"profile": "smoke", "seed": 0}) == (
-        f"synthetic:preset=smoke:seed=0:params={smoke_hash}")
     with pytest.raises(FileNotFoundError, match=r"manifest .*missing\.csv does not exist"):
         manifest_identity(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match=r"'manifest' is None: give 'default_identity'"):
+        manifest_identity(None)
+    assert manifest_identity(None, "synthetic:x") == manifest_identity(None, lambda: "synthetic:x")
+
+
+def test_default_cohort_identity_follows_the_generator_parameters() -> None:
+    from msutils import synth
+
+    ids = {default_cohort_identity({"preset": p, "seed": s}) for p in ("quick", "smoke") for s in (0, 3)}
+    assert len(ids) == 4 and all(i.startswith("synthetic:preset=") for i in ids)
+    assert default_cohort_identity({"profile": "smoke", "seed": 0}) == \
+        default_cohort_identity({"preset": "smoke", "seed": 0})
+    assert default_cohort_identity({"preset": "nope", "seed": 0}).endswith(":params=unknown")
+    changed = synth.get_params("smoke").replace(size_factor=0.5)
+    assert synth.params_hash(changed) != synth.params_hash(synth.get_params("smoke"))
+
+
+def test_cache_module_does_not_import_the_generator() -> None:
+    import ast
+
+    tree = ast.parse(Path(cache_mod.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("msutils.synth") for m in imported)
+    assert not any(isinstance(n, ast.ImportFrom) and n.module == "msutils" and
+                   any(a.name == "synth" for a in n.names) for n in ast.walk(tree))
+
+
+def test_stale_entries_are_recomputed(tmp_path: Path, nb_path: Path) -> None:
+    calls: list[str] = []
+
+    def compute(fold: str) -> dict:
+        calls.append(fold)
+        ckpt = tmp_path / f"{fold}.pth"
+        ckpt.write_text("weights")
+        return {"checkpoint": str(ckpt)}
+
+    needs = lambda r: [r["checkpoint"]]  # noqa: E731
+    a = _cache(nb_path, tmp_path / "out", cohort_hash="a" * 64)
+    a.get_or_compute("cv0", compute, requires=needs)
+    assert a.has("cv0") and json.loads((a.entry_dir("cv0") / "meta.json").read_text())["cohort_hash"] == "a" * 64
+    # the same configuration for the same cohort content: cached
+    assert _cache(nb_path, tmp_path / "out", cohort_hash="a" * 64).get_all(["cv0"], compute, requires=needs)
+    assert calls == ["cv0"]
+    # without a cohort hash (the runner, before any cohort is loaded) the entry counts
+    assert _cache(nb_path, tmp_path / "out").has("cv0")
+    # another cohort content under the same key (a default cohort regenerated in place): stale
+    b = _cache(nb_path, tmp_path / "out", cohort_hash="b" * 64)
+    assert not b.has("cv0")
+    with pytest.raises(KeyError, match=r"stale: computed for cohort content aaaaaaaaaaaa"):
+        b.info("cv0")
+    b.get_or_compute("cv0", compute, requires=needs)
+    assert calls == ["cv0", "cv0"] and b.has("cv0") and not a.has("cv0")
+    # a required file deleted since: stale for everyone, the runner too
+    (tmp_path / "cv0.pth").unlink()
+    assert not b.has("cv0") and not _cache(nb_path, tmp_path / "out").has("cv0")
+    with pytest.raises(KeyError, match=r"required file\(s\) deleted since"):
+        b.load("cv0")
+    assert b.get_all(["cv0"], compute, requires=needs)["cv0"]["checkpoint"] == str(tmp_path / "cv0.pth")
+    assert calls == ["cv0"] * 3 and b.has("cv0")
+    assert [p.name for p in b.root.iterdir()] == [b.entry_dir("cv0").name]
+    with pytest.raises(FileNotFoundError, match=r"'requires' names files that do not exist"):
+        b.get_or_compute("cv1", lambda f: {}, requires=lambda r: [tmp_path / "never.pth"])
+    assert not b.has("cv1")
 
 
 def test_get_or_compute_stores_once_and_loads(tmp_path: Path, nb_path: Path) -> None:
@@ -186,6 +309,8 @@ def test_get_or_compute_stores_once_and_loads(tmp_path: Path, nb_path: Path) -> 
     assert meta["notebook"] == "demo" and meta["fold"] == "cv0" and meta["key"] == cache.key("cv0")
     assert meta["parameters"]["alpha"] == 0.5 and "fold" not in meta["parameters"]
     assert meta["msutils_version"] == msutils.__version__
+    assert meta["library"] == library_fingerprint()
+    assert meta["library"]["packages"]["numpy"] == np.__version__
     r2 = _cache(nb_path, tmp_path / "out").get_or_compute("cv0", compute)
     assert calls == ["cv0"]
     np.testing.assert_array_equal(r2["arr"], [0.0, 2.5, 5.0, 7.5])
@@ -292,7 +417,7 @@ def test_concurrent_writer_keeps_the_first_entry(tmp_path: Path, nb_path: Path) 
     def slow(fold: str) -> str:
         # a writer the file lock did not serialise (e.g. another host on a file system
         # without flock) stores the same fold meanwhile
-        second._get_or_compute_locked(fold, second.key(fold), lambda f: "theirs", False)
+        second._get_or_compute_locked(fold, second.key(fold), lambda f: "theirs", False, None)
         return "ours"
 
     assert first.get_or_compute("cv0", slow) == "ours"
@@ -318,6 +443,10 @@ def test_bad_arguments_are_rejected(tmp_path: Path, nb_path: Path) -> None:
         FoldCache("../x", PARAMS, notebook_path=nb_path)
     with pytest.raises(FileNotFoundError, match=r"notebook .*nope\.ipynb does not exist"):
         FoldCache("nope", PARAMS, out_dir=tmp_path, notebook_path=tmp_path / "nope.ipynb")
+    with pytest.raises(ValueError, match=r"'manifest' is None: give 'default_identity'"):
+        FoldCache("demo", PARAMS, out_dir=tmp_path, notebook_path=nb_path)
+    with pytest.raises(TypeError, match=r"'cohort_hash' must be a string or None; got int"):
+        _cache(nb_path, tmp_path, cohort_hash=3)
 
 
 def test_manifest_and_out_dir_default_to_params(tmp_path: Path, nb_path: Path) -> None:
@@ -356,7 +485,8 @@ def test_concurrent_callers_compute_an_entry_once(tmp_path: Path) -> None:
         return {"value": 42}
 
     def worker() -> None:
-        out.append(FoldCache("t_folds", params, notebook_path=nb).get_or_compute("shared", compute))
+        out.append(FoldCache("t_folds", params, notebook_path=nb, default_identity="synthetic:t")
+                   .get_or_compute("shared", compute))
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for t in threads:

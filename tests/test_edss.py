@@ -14,6 +14,8 @@ from scipy import stats as sps
 
 from msutils.studies import edss_regression as edss
 from msutils.data.leakage import FitLog, assert_no_leak
+from msutils.data.splits import internal_external_cv
+from msutils.studies import paper_numbers
 from msutils.features.reliability import perturbed_mask
 
 ROIS = {"thalamus_L": [1], "caudate_L": [3], "gm_001": [101], "gm_030": [130]}
@@ -150,18 +152,20 @@ def test_table2_rows():
 
 
 def test_table3_layout_and_paper_rows():
-    scores = {"internal": {m: {"r": 0.5 + i / 10, "r2": (0.5 + i / 10) ** 2, "mae": 1.0 - i / 10}
+    scores = {"internal": {m: {"r": 0.5 + i / 10, "pearson_r2": (0.5 + i / 10) ** 2, "r2_score": -1.0,
+                               "mae": 1.0 - i / 10}
                            for i, m in enumerate(edss.MODEL_ORDER)}}
     t = edss.table3(scores, {"internal": 0.0004})
     assert t.index.tolist() == ["Internal test"]
     assert t.loc["Internal test", ("Gaussian process", "r")] == 0.6
-    assert t.loc["Internal test", ("Random forest", "R2")] == pytest.approx(0.64)
+    assert t.loc["Internal test", ("Random forest", "R² (= r²)")] == pytest.approx(0.64)  # not r2_score
     assert t.loc["Internal test", ("", "P value")] == "<0.001"
-    paper = edss.table3(edss.PAPER_TABLE3, {"internal": 0.001})
+    paper = edss.table3(paper_numbers.load("001")["table3"], {"internal": 0.001})
     assert paper.loc["External test", ("", "P value")] == "-"
     assert paper.loc["Training (cross-validation)", ("Support-vector machine", "MAE")] == 0.710
     rows = edss.paper_table3_long()
-    assert len(rows) == 12 and rows["External test / Gaussian process"] == {"r": 0.799, "r2": 0.638, "mae": 1.247}
+    assert len(rows) == 12
+    assert rows["External test / Gaussian process"] == {"r": 0.799, "R² (= r²)": 0.638, "MAE": 1.247}
 
 
 def test_abs_errors_long_format():
@@ -228,7 +232,7 @@ def test_study_rois():
 def test_study_split_and_cv_folds():
     subjects = pd.DataFrame({"center": ["site1"] * 50 + ["site2"] * 12},
                             index=pd.Index([f"s{i:02d}" for i in range(62)], name="subject_id"))
-    split = edss.study_split(subjects, test_size=0.2, n_folds=5, seed=1)
+    split = internal_external_cv(subjects.reset_index(), test_size=0.2, n_folds=5, seed=1)
     assert split["internal_center"] == "site1"
     assert split["external"] == [f"s{i:02d}" for i in range(50, 62)]
     assert len(split["test"]) == 10 and len(split["train"]) == 40
@@ -241,6 +245,10 @@ def test_study_split_and_cv_folds():
         assert not set(tr) & set(te)
     with pytest.raises(ValueError, match="absent from the training rows"):
         edss.cv_folds(split, split["train"][:-1])
+    few = internal_external_cv(subjects.reset_index().iloc[:6], test_size=0.2, n_folds=5, seed=1)
+    assert few["fold_unit"] == "slab"
+    with pytest.raises(ValueError, match=r"has no subject-level folds \('inner'; fold_unit 'slab'\)"):
+        edss.cv_folds(few, few["train"])
 
 
 def test_study_config_validation():
@@ -329,23 +337,64 @@ def test_design_matrix_fills_missing_test_values_with_training_medians():
         rad.loc[train, "thalamus_L__firstorder__Variance"].median())
 
 
+def _folds(train, k=4):
+    return [{"name": f"fold{i}", "train": [s for j, s in enumerate(train) if j % k != i],
+             "test": [s for j, s in enumerate(train) if j % k == i]} for i in range(k)]
+
+
 def test_leakage_canary_in_memory():
-    """Permuting the test subjects' EDSS changes nothing fitted; permuting training EDSS does."""
+    """Permuting the test subjects' EDSS changes nothing fitted or predicted; permuting training EDSS does."""
     data, train, test, retest = _study()
     rng = np.random.default_rng(5)
-    fit_a = edss.fit_study(data, train, CONFIG, retest=retest)
+    kw = {"folds": _folds(train), "test_sets": {"internal": test[:12], "external": test[12:]}}
+    log = FitLog()
+    fit_a = edss.fit_study(data, train, CONFIG, retest=retest, fit_log=log, **kw)
+    assert_no_leak(log, test)
+    assert set(fit_a.predictions["selected"]) == {"training", "internal", "external"}
     y = data.edss.copy()
     y.loc[test] = rng.permutation(y.loc[test].to_numpy())[::-1] + 0.5
-    fit_b = edss.fit_study(data.with_edss(y), train, CONFIG, retest=retest)
+    fit_b = edss.fit_study(data.with_edss(y), train, CONFIG, retest=retest, **kw)
     assert fit_a.selection.selected == fit_b.selection.selected
     for fs in edss.FEATURE_SETS:
         pd.testing.assert_frame_equal(fit_a.predict(data, train, fs), fit_b.predict(data, train, fs))
         pd.testing.assert_frame_equal(fit_a.predict(data, test, fs), fit_b.predict(data, test, fs))
+        for cohort in ("training", "internal", "external"):
+            pd.testing.assert_frame_equal(fit_a.predictions[fs][cohort], fit_b.predictions[fs][cohort])
+    # the training row's scores do not move either; the test rows' do (their EDSS changed)
+    sa, sb = fit_a.scores(data.edss), fit_b.scores(y)
+    assert sa["selected"]["training"] == sb["selected"]["training"]
+    assert sa["selected"]["internal"]["ridge"]["mae"] != sb["selected"]["internal"]["ridge"]["mae"]
     # positive control: the canary can fail
     y2 = data.edss.copy()
     y2.loc[train[:5]] += 1.0
-    fit_c = edss.fit_study(data.with_edss(y2), train, CONFIG, retest=retest)
+    fit_c = edss.fit_study(data.with_edss(y2), train, CONFIG, retest=retest, **kw)
     assert not fit_c.predict(data, train).equals(fit_a.predict(data, train))
+    assert not fit_c.predictions["selected"]["internal"].equals(fit_a.predictions["selected"]["internal"])
+
+
+def test_fit_study_with_a_given_selection_is_the_same_fit():
+    data, train, test, retest = _study()
+    kw = {"folds": _folds(train), "test_sets": {"internal": test}}
+    hyper = {"selected": {"ridge": {"model__alpha": 10.0}}, "clinical": {"svr": {"model__C": 3.0}}}
+    full = edss.fit_study(data, train, CONFIG, retest=retest, hyperparameters=hyper, **kw)
+    sel = edss.select_features(data, train, CONFIG, retest=retest)
+    given = edss.fit_study(data, train, CONFIG, selection=sel, hyperparameters=hyper, **kw)
+    assert given.selection is sel and given.selection.selected == full.selection.selected
+    assert given.models["selected"]["ridge"].named_steps["model"].alpha == 10.0
+    assert given.models["clinical"]["svr"].named_steps["model"].C == 3.0
+    for fs in edss.FEATURE_SETS:
+        for cohort in ("training", "internal"):
+            pd.testing.assert_frame_equal(given.predictions[fs][cohort], full.predictions[fs][cohort])
+    # the training row is the out-of-fold prediction: each fold's model never saw its own subjects
+    from msutils.models.regression import make_model
+
+    fold = kw["folds"][1]
+    X = edss.feature_matrix(sel, data, train, "selected")
+    model = make_model("ridge", {"model__alpha": 10.0}).fit(X.loc[fold["train"]], data.edss.loc[fold["train"]])
+    np.testing.assert_allclose(given.predictions["selected"]["training"].loc[fold["test"], "ridge"],
+                               model.predict(X.loc[fold["test"]]), rtol=1e-10)
+    with pytest.raises(ValueError, match="'selection' was fitted on other subjects than 'train_subjects'"):
+        edss.fit_study(data, train[:-1], CONFIG, selection=sel)
 
 
 def test_fit_models_uses_given_hyperparameters():

@@ -143,3 +143,24 @@ def test_assert_disjoint(scans):
     with pytest.raises(LeakageError) as err:
         assert_disjoint(nested)
     assert err.value.leaks == {"fold0:outside-outer-train": ["s3"]}
+
+
+def test_audit_table_counts_from_log_and_split():
+    split = {"name": "s", "train": ["a", "b", "c"], "test": ["d"], "external": ["e", "f"]}
+    log = FitLog()
+    log.record("scaler", ["a", "b", "c"])
+    log.record("cv.fold0", ["a", "b"])
+    log.record("leaky", ["a", "d", "f"])
+    from msutils.data.leakage import audit_table
+
+    t = audit_table(log, split)
+    assert t.index.name == "fitted step" and list(t.index) == ["scaler", "cv.fold0", "leaky"]
+    assert t.to_dict(orient="index") == {
+        "scaler": {"subjects seen": 3, "training subjects among them": 3, "held-out subjects among them": 0},
+        "cv.fold0": {"subjects seen": 2, "training subjects among them": 2, "held-out subjects among them": 0},
+        "leaky": {"subjects seen": 3, "training subjects among them": 1, "held-out subjects among them": 2},
+    }
+    with pytest.raises(LeakageError, match="step 'leaky': 2 subject"):
+        audit_split(log, split)
+    with pytest.raises(TypeError, match="'log' must be a FitLog; got dict"):
+        audit_table({}, split)

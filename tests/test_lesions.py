@@ -349,6 +349,31 @@ def test_negative_subsampling_balanced_and_reproducible():
     assert (half.table["sampled"] & ~half.table["truth_positive"]).sum() == 2
 
 
+def test_draw_negatives_rule():
+    eligible = np.array([1, 0, 1, 1, 0, 1, 1, 1], bool)
+    idx = np.flatnonzero(eligible)
+    expected = np.sort(np.random.default_rng(3).choice(idx, size=4, replace=False))
+    np.testing.assert_array_equal(SC.draw_negatives(eligible, 4, 1.0, seed=3), expected)
+    assert len(SC.draw_negatives(eligible, 2, 1.5, seed=0)) == 3
+    np.testing.assert_array_equal(SC.draw_negatives(eligible, 10, 1.0), idx)  # fewer than wanted: all
+    assert SC.draw_negatives(eligible, 0).size == 0
+    with pytest.raises(ValueError, match=r"'ratio' must be a non-negative number; got -1"):
+        SC.draw_negatives(eligible, 3, -1)
+
+
+def test_classification_samples_the_draw_negatives_slices():
+    """The one negative-sampling rule: slice classification draws exactly draw_negatives' slices."""
+    rng = np.random.default_rng(5)
+    truth = np.zeros((8, 8, 30), bool)
+    truth[2:4, 2:4, rng.choice(30, 7, replace=False)] = True
+    pred = rng.random(truth.shape) > 0.97
+    res = SC.slice_level_classification(pred, truth, negative_ratio=1.0, seed=11)
+    pos = truth.reshape(-1, 30).any(axis=0)
+    expected = SC.draw_negatives(~pos, int(pos.sum()), 1.0, seed=11)
+    sampled_neg = np.flatnonzero(res.table["sampled"].to_numpy() & ~pos)
+    np.testing.assert_array_equal(sampled_neg, expected)
+
+
 def test_negative_subsampling_independent_of_prediction():
     pred, truth = _hand_volume()
     a = SC.slice_level_classification(pred, truth, seed=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -300,6 +301,27 @@ def test_extract_cache_reuses_and_recomputes_on_param_change(cohort, tmp_path, m
     assert len(calls) == 6 and changed.attrs["n_computed"] == 6
     assert not np.allclose(changed.filter(like="glcm").to_numpy(), first.filter(like="glcm").to_numpy())
     assert_array_equal(changed["thalamus_L__firstorder__Mean"], first["thalamus_L__firstorder__Mean"])
+
+
+def test_extract_cache_keys_on_engine_source_and_pyradiomics_version(cohort, tmp_path, monkeypatch):
+    import radiomics
+
+    rois = {"thalamus_L": [1]}
+    first = rad.extract(cohort, rois, FO_PARAMS, n_jobs=1, cache_dir=tmp_path / "c", progress=False)
+    assert first.attrs["n_computed"] == 3
+    assert rad.extract(cohort, rois, FO_PARAMS, n_jobs=1, cache_dir=tmp_path / "c",
+                       progress=False).attrs["n_cached"] == 3
+    edited = tmp_path / "radiomics_edited.py"  # the engine's source with one more line
+    edited.write_text(Path(rad.__file__).read_text() + "\n# a fixed bug\n")
+    with monkeypatch.context() as mp:
+        mp.setattr(rad, "__file__", str(edited))
+        again = rad.extract(cohort, rois, FO_PARAMS, n_jobs=1, cache_dir=tmp_path / "c", progress=False)
+    assert again.attrs["n_computed"] == 3 and again.attrs["n_cached"] == 0
+    with monkeypatch.context() as mp:
+        mp.setattr(radiomics, "__version__", "9.9.9")
+        again = rad.extract(cohort, rois, FO_PARAMS, n_jobs=1, cache_dir=tmp_path / "c", progress=False)
+    assert again.attrs["n_computed"] == 3 and again.attrs["n_cached"] == 0
+    pd.testing.assert_frame_equal(again, first)
 
 
 def test_extract_parallel_equals_serial(cohort):

@@ -19,6 +19,7 @@ import pytest
 from msutils.pipeline import book, kernel, notebook_file, profiles
 from msutils.pipeline import runner as run
 from msutils.pipeline.cache import FoldCache
+from msutils.pipeline.kernel import default_cohort_identity
 from msutils.pipeline.runner import FoldFailed
 
 NB_DIR = Path(__file__).resolve().parent / "notebooks"
@@ -264,7 +265,7 @@ def test_local_run_then_resume_from_cache(tmp_path: Path, caplog: pytest.LogCapt
     status = run.fold_status("t_folds", profile="smoke", overrides=over, notebooks_dir=NB_DIR,
                              profiles_file=PROFILES, out_dir=out)
     cache = FoldCache("t_folds", {**notebook_file.read_parameters(NB_DIR / "t_folds.ipynb"), **over},
-                      out_dir=out, notebook_path=NB_DIR / "t_folds.ipynb")
+                      out_dir=out, notebook_path=NB_DIR / "t_folds.ipynb", default_identity=default_cohort_identity)
     assert status == {"a": cache.entry_dir("a"), "b": cache.entry_dir("b")}
 
     # second run: nothing recomputed, only the aggregate re-executes
@@ -280,6 +281,68 @@ def test_local_run_then_resume_from_cache(tmp_path: Path, caplog: pytest.LogCapt
     # a profile without folds: only the aggregate run
     summary = run.run_notebook("t_folds", profile="nofolds", **kw)
     assert json.loads(summary.read_text()) == {"total": 0, "folds": []}
+
+
+def test_configure_logging_file_or_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
+    import warnings
+
+    log = logging.getLogger("msutils.test_kernel")
+    root_level = logging.getLogger().level
+    try:
+        monkeypatch.setenv(kernel.LOG_FILE_ENV, str(tmp_path / "logs" / "run.log"))
+        assert kernel.configure_logging() == tmp_path / "logs" / "run.log"
+        assert kernel.configure_logging() == tmp_path / "logs" / "run.log"  # idempotent: one handler
+        log.info("to the file")
+        logging.getLogger("otherlib").info("not at INFO")
+        logging.getLogger("otherlib").warning("other warning")
+        warnings.warn("a python warning", UserWarning)
+        text = (tmp_path / "logs" / "run.log").read_text()
+        assert text.count("msutils.test_kernel INFO: to the file") == 1
+        assert "not at INFO" not in text and "otherlib WARNING: other warning" in text
+        assert "py.warnings WARNING" in text and "a python warning" in text
+        assert "to the file" not in capsys.readouterr().err
+        monkeypatch.delenv(kernel.LOG_FILE_ENV)
+        assert kernel.configure_logging() is None  # interactive: msutils records on stderr
+        log.info("on stderr")
+        assert "msutils.test_kernel: on stderr" in capsys.readouterr().err
+        assert "on stderr" not in (tmp_path / "logs" / "run.log").read_text()
+    finally:
+        for lg in (logging.getLogger(), logging.getLogger("msutils")):
+            for h in [h for h in lg.handlers if getattr(h, "_msutils_kernel_handler", False)]:
+                lg.removeHandler(h)
+                h.close()
+        logging.getLogger().setLevel(root_level)
+        logging.captureWarnings(False)
+
+
+@pytest.mark.slow
+def test_kernel_logs_go_to_the_log_file_and_progress_to_the_console(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture
+) -> None:
+    """No log record in any executed notebook; the run's log files hold them; progress reaches the console."""
+    kw = _kw(tmp_path)
+    caplog.set_level(logging.INFO, logger="msutils")
+    # fold a in a worker process, fold b computed by the aggregate run in this process
+    run.run_notebook("t_folds", profile="smoke", folds=["a"], **kw)
+    executed = tmp_path / "out" / "executed" / "t_folds"
+    for name in ("a", "aggregate"):
+        nb = json.loads((executed / f"{name}.ipynb").read_text())
+        text = json.dumps([c.get("outputs", []) for c in nb["cells"]])
+        assert "computing fold" not in text and "msutils" not in text and "2/2 parts" not in text, name
+    log_a = (executed / "a.log").read_text()
+    assert "msutils.t_folds WARNING: computing fold a" in log_a
+    assert "msutils.progress INFO: t_folds step a: 2/2 parts" in log_a
+    log_agg = (executed / "aggregate.log").read_text()
+    assert "computing fold b" in log_agg and "computing fold a" not in log_agg  # a was cached
+    # the aggregate kernel's progress line was relayed by this process, labelled
+    relayed = [r.getMessage() for r in caplog.records if r.name == "msutils.progress"]
+    assert any(m.startswith("t_folds aggregate: t_folds step b: 2/2 parts") for m in relayed), relayed
+    record = json.loads((tmp_path / "out" / "t_folds" / "run.json").read_text())
+    assert record["folds"]["a"]["log"] == str(executed / "a.log")
+    assert record["aggregate"]["log"] == str(executed / "aggregate.log")
+    # kernels run on IPC sockets: no TCP-transport warning on the console
+    assert "without encryption" not in capfd.readouterr().err
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ import pytest
 from msutils.studies import flair_nnunet as S
 from msutils.segmentation import slice_classification as SC
 from msutils.data.cohort import load_cohort, write_manifest
+from msutils.data.splits import internal_external_cv, load_or_create_internal_external_cv, resolve_centers
 from msutils.core.io import file_lock
 from msutils.segmentation.metrics import classification_metrics
 
@@ -132,7 +133,7 @@ def test_fold_index():
 
 def test_workspace_key_depends_on_data_settings_only(cohort):
     scans = S.study_scans(cohort)
-    split = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, seed=0)
+    split = internal_external_cv(scans, internal_center="A", external_centers=["B"], n_folds=2, seed=0)
     key = S.workspace_key(cohort, split, CFG)
     assert len(key) == 16
     from dataclasses import replace
@@ -140,8 +141,19 @@ def test_workspace_key_depends_on_data_settings_only(cohort):
     assert S.workspace_key(cohort, split, replace(CFG, num_epochs=3, device="cpu", use_mirroring=False)) == key
     assert S.workspace_key(cohort, split, replace(CFG, image_size=16)) != key
     assert S.workspace_key(cohort, split, replace(CFG, n_aug_copies=5)) != key
-    other = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, seed=1)
+    other = internal_external_cv(scans, internal_center="A", external_centers=["B"], n_folds=2, seed=1)
     assert other["train"] != split["train"] and S.workspace_key(cohort, other, CFG) != key
+
+
+def test_workspace_key_changes_with_the_library(cohort, monkeypatch):
+    from msutils.core import fingerprint
+
+    scans = S.study_scans(cohort)
+    split = internal_external_cv(scans, internal_center="A", external_centers=["B"], n_folds=2, seed=0)
+    key = S.workspace_key(cohort, split, CFG)
+    real = fingerprint.library_fingerprint()
+    monkeypatch.setattr(fingerprint, "library_fingerprint", lambda: {**real, "msutils_sources": "edited"})
+    assert S.workspace_key(cohort, split, CFG) != key  # a fixed bug: a new workspace, trained again
 
 
 # --------------------------------------------------------------------------- patients and split
@@ -162,18 +174,21 @@ def test_study_scans_requires_lesion_masks(cohort):
 
 def test_resolve_centers(cohort):
     scans = S.study_scans(cohort)
-    assert S.resolve_centers(scans) == ("A", ["B"])
-    assert S.resolve_centers(scans, "B") == ("B", ["A"])
-    with pytest.raises(ValueError, match=r"'main_center' must be one of \['A', 'B'\]; got 'Z'"):
-        S.resolve_centers(scans, "Z")
-    with pytest.raises(ValueError, match=r"'external_center' must be one of \['B'\] \(not the main center\); "
-                                         r"got 'A'"):
-        S.resolve_centers(scans, "A", "A")
+    assert resolve_centers(scans) == ("A", ["B"])
+    assert resolve_centers(scans, "B") == ("B", ["A"])
+    assert resolve_centers(scans, "A", []) == ("A", [])
+    with pytest.raises(ValueError, match=r"'internal_center' must be one of \['A', 'B'\]; got 'Z'"):
+        resolve_centers(scans, "Z")
+    with pytest.raises(ValueError, match=r"'external_centers' must be among \['B'\] \(not the internal center\); "
+                                         r"got \['A'\]"):
+        resolve_centers(scans, "A", ["A"])
+    with pytest.raises(TypeError, match="'external_centers' must be a list of center names; got the string 'B'"):
+        resolve_centers(scans, "A", "B")
 
 
 def test_study_split_subject_folds(cohort):
     scans = S.study_scans(cohort)
-    split = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, test_size=0.25, seed=0)
+    split = internal_external_cv(scans, internal_center="A", external_centers=["B"], n_folds=2, test_size=0.25, seed=0)
     a = {f"ms{i:02d}" for i in range(6)}
     assert len(split["test"]) == 2 and len(split["train"]) == 4  # ceil(0.25 * 6) = 2 internal test patients
     assert set(split["train"]) | set(split["test"]) == a and not set(split["train"]) & set(split["test"])
@@ -183,20 +198,40 @@ def test_study_split_subject_folds(cohort):
     assert len(vals) == 2 and vals[0] | vals[1] == set(split["train"]) and not vals[0] & vals[1]
     assert [len(v) for v in vals] == [2, 2]
     # same seed, same split; another seed, another one
-    again = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, seed=0)
+    again = internal_external_cv(scans, internal_center="A", external_centers=["B"], n_folds=2, test_size=0.25,
+                                 seed=0)
     assert again == split
+    others = [internal_external_cv(scans, internal_center="A", external_centers=["B"], n_folds=2, test_size=0.25,
+                                   seed=s) for s in (1, 2, 3)]
+    assert any(o["test"] != split["test"] for o in others)
+    assert any([f["test"] for f in o["inner"]] != [f["test"] for f in split["inner"]] for o in others)
+
+
+def test_splits_file_is_written_once_and_named_by_design(cohort, tmp_path):
+    scans = S.study_scans(cohort)
+    h = cohort.content_hash()
+    split = load_or_create_internal_external_cv(tmp_path, scans, h, n_folds=2, test_size=0.25, seed=0)
+    files = list(tmp_path.iterdir())
+    assert [f.name for f in files] == [f"splits_{h[:12]}_A_B_test0.25_cv2_seed0.json"]
+    assert split == internal_external_cv(scans, n_folds=2, test_size=0.25, seed=0)
+    mtime = files[0].stat().st_mtime_ns
+    assert load_or_create_internal_external_cv(tmp_path, scans, h, internal_center="A", n_folds=2,
+                                               test_size=0.25, seed=0) == split
+    assert files[0].stat().st_mtime_ns == mtime  # read back, not rewritten
+    load_or_create_internal_external_cv(tmp_path, scans, h, external_centers=[], n_folds=2, test_size=0.25)
+    assert (tmp_path / f"splits_{h[:12]}_A_none_test0.25_cv2_seed0.json").is_file()
 
 
 def test_study_split_slab_fallback_and_single_center(cohort):
     scans = S.study_scans(cohort)
-    split = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=5, seed=0)
+    split = internal_external_cv(scans, internal_center="A", external_centers=["B"], n_folds=5, seed=0)
     assert split["fold_unit"] == "slab" and "inner" not in split and len(split["train"]) == 4
     two = scans.loc[["ms06_ses-01", "ms07_ses-01"]]
-    one_center = S.study_split(two, main_center="B", external_centers=[], n_folds=2, seed=0)
+    one_center = internal_external_cv(two, internal_center="B", external_centers=[], n_folds=2, seed=0)
     assert len(one_center["train"]) == 1 and len(one_center["test"]) == 1
     assert one_center["external"] == [] and one_center["fold_unit"] == "slab"
-    with pytest.raises(ValueError, match="the main center 'B' has 1 MS patient"):
-        S.study_split(two.iloc[:1], main_center="B", n_folds=2)
+    with pytest.raises(ValueError, match="the internal center 'B' has 1 subject"):
+        internal_external_cv(two.iloc[:1], internal_center="B", n_folds=2)
 
 
 def test_fold_groups_subject_and_slab():
@@ -295,16 +330,6 @@ def test_training_slices_counts_ids_and_seeding(cohort):
     np.testing.assert_array_equal(plain.images, pool.images[pool.originals()])
 
 
-def test_draw_negatives_rule():
-    eligible = np.array([1, 0, 1, 1, 0, 1, 1, 1], bool)
-    idx = np.flatnonzero(eligible)
-    expected = np.sort(np.random.default_rng(3).choice(idx, size=4, replace=False))
-    np.testing.assert_array_equal(S.draw_negatives(eligible, 4, 1.0, seed=3), expected)
-    assert len(S.draw_negatives(eligible, 2, 1.5, seed=0)) == 3
-    np.testing.assert_array_equal(S.draw_negatives(eligible, 10, 1.0), idx)  # fewer than wanted: all
-    assert S.draw_negatives(eligible, 0).size == 0
-
-
 def test_eval_slices_balanced(cohort):
     cohort = _without_brain_masks(cohort, ["ms06_ses-01"])  # skull-stripped, no mask: brain = non-zero voxels
     ev = S.eval_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG, name="toy")
@@ -344,6 +369,17 @@ def test_evaluate_known_counts(cohort):
     assert (res.curve["tp"] == 3).all() and (res.curve["fp"] == 1).all()
     with pytest.raises(ValueError, match="'preds' shape"):
         S.evaluate_test_set(ev, pred[:-1], CFG)
+    # Table 5: counts, exact CIs and bootstrap CIs formatted per test set; an absent set is left out
+    t5 = S.table5({"toy": res, "absent": None})
+    assert list(t5.columns) == ["toy"]
+    m = res.slice_metrics
+    assert t5.at["TP / FN / TN / FP", "toy"] == "3 / 1 / 3 / 1"
+    assert t5.at["slice sensitivity (%)", "toy"] == (
+        f"75.0 ({100 * m['sensitivity_ci_low']:.1f}-{100 * m['sensitivity_ci_high']:.1f})")
+    lo, hi = res.voxel_summary.loc["dice", ["ci_low", "ci_high"]]
+    assert t5.at["voxel DSC (%)", "toy"] == f"75.0 ({100 * lo:.1f}-{100 * hi:.1f})"
+    assert t5.at["voxel HD95 (mm)", "toy"] == "0.0 (0.0-0.0)"
+    assert t5.at["slices (HD95 defined) / patients", "toy"] == "4 (3) / 2"
 
 
 def test_paper_counts_reproduce_printed_table5_with_swapped_labels():
@@ -372,7 +408,7 @@ def test_prepare_workspace_reuses_marker_without_recomputing(cohort, tmp_path, m
     from msutils.segmentation import nnunet as N
 
     scans = S.study_scans(cohort)
-    split = S.study_split(scans, main_center="A", external_centers=["B"], n_folds=2, seed=0)
+    split = internal_external_cv(scans, internal_center="A", external_centers=["B"], n_folds=2, seed=0)
     key = S.workspace_key(cohort, split, CFG)
     marker = tmp_path / f"nnunet-{key}" / "aug" / "prepared.json"
     marker.parent.mkdir(parents=True)

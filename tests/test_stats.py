@@ -314,13 +314,34 @@ def test_regression_metrics_by_hand():
     p = np.array([1.5, 1.5, 3.5, 3.0, 5.0])
     m = ms.regression_metrics(t, p)
     r = np.corrcoef(t, p)[0, 1]
-    assert m["pearson_r"] == pytest.approx(r)
-    assert m["r_squared"] == pytest.approx(r**2)
-    assert m["r2"] == pytest.approx(1 - ((t - p) ** 2).sum() / ((t - t.mean()) ** 2).sum())
+    assert m["r"] == pytest.approx(r)
+    assert m["pearson_r2"] == pytest.approx(r**2)
+    assert m["r2_score"] == pytest.approx(1 - ((t - p) ** 2).sum() / ((t - t.mean()) ** 2).sum())
     assert m["mae"] == pytest.approx(np.abs(t - p).mean())
-    assert m["n"] == 5 and 0 < m["pearson_p"] < 1
+    assert m["n"] == 5 and 0 < m["r_pvalue"] < 1
+    assert set(m) == {"n", "r", "r_pvalue", "pearson_r2", "r2_score", "mae"}
     with pytest.raises(ValueError, match=r"non-finite value\(s\) at position\(s\) \[2\]"):
         ms.regression_metrics(t, [1, 2, np.nan, 4, 5])
+    with pytest.raises(ValueError, match=r"need >= 2 pairs; got 1"):
+        ms.regression_metrics([1.0], [2.0])
+
+
+def test_format_ci():
+    assert ms.format_ci(0.8333, 0.795, 0.865) == "83.3 (79.5-86.5)"
+    assert ms.format_ci(28.31, 23.5, 33.14, scale=1) == "28.3 (23.5-33.1)"
+    assert ms.format_ci(0.5, None, np.nan, decimals=0) == "50 (n/a-n/a)"
+    assert ms.format_ci(None, 0.1, 0.2) == ms.format_ci(np.nan, 0.1, 0.2) == "n/a"
+
+
+def test_regression_metrics_bias_and_constant_prediction():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    s = ms.regression_metrics(y, y + 2.0)   # perfectly correlated but biased (another site)
+    assert s["r"] == pytest.approx(1.0) and s["pearson_r2"] == pytest.approx(1.0)
+    assert s["r2_score"] == pytest.approx(1 - 16 / 5) and s["mae"] == 2.0
+    c = ms.regression_metrics(y, np.full(4, 2.5))
+    assert np.isnan(c["r"]) and np.isnan(c["pearson_r2"]) and c["mae"] == 1.0
+    two = ms.regression_metrics([1.0, 2.0], [1.5, 2.5])
+    assert two["r"] == pytest.approx(1.0) and np.isnan(two["r_pvalue"])
 
 
 def test_table1_welch_anova_three_groups_by_hand():

@@ -13,10 +13,12 @@ import logging
 import time
 from types import TracebackType
 
-__all__ = ["PROGRESS_LOGGER", "Progress"]
+__all__ = ["LOG_FORMAT", "PROGRESS_LOGGER", "Progress"]
 
 #: Name of the logger progress lines go to.
 PROGRESS_LOGGER = "msutils.progress"
+#: The one log-line format of msutils: kernels' log files (which the runner parses) and the console.
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 _log = logging.getLogger(PROGRESS_LOGGER)
 

@@ -30,13 +30,18 @@ from msutils.core.serialize import to_builtin
 from msutils.data.manifest_checks import (
     AFFINE_ATOL,
     COURSES,
+    DEEP_GM_LABELS,
+    DEEP_GM_STRUCTURES,
     GROUPS,
     IMAGE_COLUMNS,
     MASK_COLUMNS,
+    MS_COURSES,
     NUMERIC_COLUMNS,
+    PARCEL_OFFSET,
     PATH_COLUMNS,
     REQUIRED_COLUMNS,
     SEXES,
+    WM_LABEL,
     ParsedManifest,
     check_manifest,
     resolve_manifest_paths,
@@ -47,10 +52,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "first_session",
+    "manifest_hash",
     "REQUIRED_COLUMNS",
     "GROUPS",
     "COURSES",
+    "MS_COURSES",
     "SEXES",
+    "DEEP_GM_STRUCTURES",
+    "DEEP_GM_LABELS",
+    "WM_LABEL",
+    "PARCEL_OFFSET",
     "IMAGE_COLUMNS",
     "MASK_COLUMNS",
     "PATH_COLUMNS",
@@ -98,6 +109,31 @@ def _hash_bytes(csv_bytes: bytes, yaml_bytes: bytes) -> str:
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
     return h.hexdigest()
+
+
+def manifest_hash(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a manifest's content: the CSV bytes and the sidecar bytes.
+
+    The one cohort content hash of msutils: :meth:`Cohort.content_hash` of a loaded
+    manifest and the fold cache's cohort identity
+    (:func:`msutils.pipeline.cache.manifest_identity`) are this value. Image files
+    are not part of it. A missing sidecar hashes as empty (such a manifest does
+    not load, but its identity is still defined).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The manifest CSV, its sidecar, or a folder holding ``manifest.csv``.
+
+    Raises
+    ------
+    FileNotFoundError
+        The CSV does not exist.
+    """
+    csv_path, yaml_path = resolve_manifest_paths(path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"manifest {csv_path} does not exist")
+    return _hash_bytes(csv_path.read_bytes(), yaml_path.read_bytes() if yaml_path.is_file() else b"")
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,16 +280,13 @@ class Cohort:
         )
 
     def content_hash(self) -> str:
-        """sha256 (hex) of the manifest CSV and sidecar bytes as loaded.
+        """sha256 (hex) of the manifest CSV and sidecar bytes as loaded (:func:`manifest_hash`).
 
         A :meth:`select` subset hashes the source hash together with its scan
         ids, so different subsets of one manifest never share a hash. Image
         files are not part of the hash.
         """
-        base = self.source_hash
-        if not base:
-            csv_path, yaml_path = resolve_manifest_paths(self.manifest_path)
-            base = _hash_bytes(csv_path.read_bytes(), yaml_path.read_bytes())
+        base = self.source_hash or manifest_hash(self.manifest_path)
         if self.selection is None:
             return base
         h = hashlib.sha256(base.encode())

@@ -33,6 +33,7 @@ __all__ = [
     "assert_disjoint",
     "assert_no_leak",
     "audit_split",
+    "audit_table",
     "fit_logged",
 ]
 
@@ -308,3 +309,38 @@ def audit_split(log: FitLog, split: Mapping[str, Any], *, steps: Iterable[str] |
     """:func:`assert_disjoint` on ``split``, then :func:`assert_no_leak` against its held-out subjects."""
     assert_disjoint(split)
     assert_no_leak(log, heldout_subjects(split), steps=steps)
+
+
+def audit_table(log: FitLog, split: Mapping[str, Any]) -> Any:
+    """One row per fitted step: how many subjects it saw, and how many of them were held out.
+
+    The counts are computed from the log and the split (nothing is assumed): a step
+    with a non-zero ``held-out subjects among them`` is a leak, which
+    :func:`audit_split` turns into an error.
+
+    Parameters
+    ----------
+    log : FitLog
+    split : mapping
+        With ``train``, ``test`` and optionally ``external`` / ``excluded`` subject lists.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``fitted step``; columns ``subjects seen``, ``training subjects among them``,
+        ``held-out subjects among them``.
+    """
+    import pandas as pd
+
+    if not isinstance(log, FitLog):
+        raise TypeError(f"'log' must be a FitLog; got {type(log).__name__}")
+    train = set(_ids(split["train"], "split['train']"))
+    held = set(_ids(heldout_subjects(split), "held-out subjects"))
+    rows = {step: {"subjects seen": len(log.seen(step)),
+                   "training subjects among them": len(log.seen(step) & train),
+                   "held-out subjects among them": len(log.seen(step) & held)} for step in log.steps}
+    out = pd.DataFrame.from_dict(rows, orient="index",
+                                 columns=["subjects seen", "training subjects among them",
+                                          "held-out subjects among them"])
+    out.index.name = "fitted step"
+    return out

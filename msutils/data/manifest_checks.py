@@ -28,7 +28,12 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "GROUPS",
     "COURSES",
+    "MS_COURSES",
     "SEXES",
+    "DEEP_GM_STRUCTURES",
+    "DEEP_GM_LABELS",
+    "WM_LABEL",
+    "PARCEL_OFFSET",
     "IMAGE_COLUMNS",
     "MASK_COLUMNS",
     "PATH_COLUMNS",
@@ -61,8 +66,19 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 #: Allowed values of ``group``.
 GROUPS: tuple[str, ...] = ("MS", "HC")
+#: Disease courses of MS patients (relapsing-remitting first: the reference level of models).
+MS_COURSES: tuple[str, ...] = ("RR", "SP", "PP", "CIS")
 #: Allowed values of ``course`` (``NA``: healthy control, or course unknown).
-COURSES: tuple[str, ...] = ("RR", "SP", "PP", "CIS", "NA")
+COURSES: tuple[str, ...] = MS_COURSES + ("NA",)
+#: ROI label convention (``data_manifests/README.md``): the deep grey-matter nuclei, left then right.
+DEEP_GM_STRUCTURES: tuple[str, ...] = ("thalamus", "caudate", "putamen", "pallidum")
+#: Label value -> name of the deep grey-matter nuclei (1-8).
+DEEP_GM_LABELS: dict[int, str] = {2 * i + 1 + k: f"{name}_{side}" for i, name in enumerate(DEEP_GM_STRUCTURES)
+                                  for k, side in enumerate("LR")}
+#: Label value of the whole white matter (lesion voxels keep it).
+WM_LABEL: int = 9
+#: Cortical grey-matter parcel ``i`` (1-based) has label ``PARCEL_OFFSET + i``.
+PARCEL_OFFSET: int = 100
 #: Allowed values of ``sex``.
 SEXES: tuple[str, ...] = ("M", "F")
 #: Image columns required for every row.

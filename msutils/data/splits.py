@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from msutils.core.io import atomic_write_json
+from msutils.core.validation import check_int
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -51,14 +52,18 @@ __all__ = [
     "SplitsError",
     "grouped_kfold",
     "heldout_subjects",
+    "internal_external_cv",
     "internal_external_split",
     "leave_one_center_out",
+    "load_or_create_internal_external_cv",
     "load_or_create_splits",
     "nested_loco",
     "random_subject_split",
     "read_splits",
+    "resolve_centers",
     "scans_of",
     "split_masks",
+    "splits_file_name",
     "subject_overlaps",
     "subjects_hash",
     "validate_splits",
@@ -469,6 +474,113 @@ def internal_external_split(
     return split
 
 
+def resolve_centers(
+    table: pd.DataFrame,
+    internal_center: str | None = None,
+    external_centers: Sequence[str] | None = None,
+) -> tuple[str, list[str]]:
+    """The internal center and the external test center(s) of an internal/external design.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Rows with ``subject_id`` and ``center``.
+    internal_center : str, optional
+        Default: the center with the most subjects (ties: the first in sorted order).
+    external_centers : sequence of str, optional
+        Default: every other center, pooled (seed 003's external patients came from
+        two other centers; seed 001 has one). Each must be another center.
+
+    Returns
+    -------
+    (str, list of str)
+    """
+    _check_table(table, ["subject_id", "center"])
+    counts = table.assign(center=table["center"].astype(str)).groupby("center")["subject_id"].nunique()
+    centers = sorted(counts.index)
+    if internal_center is None:
+        internal = str(counts.sort_index().idxmax())
+    elif str(internal_center) in centers:
+        internal = str(internal_center)
+    else:
+        raise ValueError(f"'internal_center' must be one of {centers}; got {internal_center!r}")
+    others = [c for c in centers if c != internal]
+    if external_centers is None:
+        return internal, others
+    if isinstance(external_centers, str):
+        raise TypeError(f"'external_centers' must be a list of center names; got the string {external_centers!r}")
+    bad = [c for c in external_centers if str(c) not in others]
+    if bad:
+        raise ValueError(f"'external_centers' must be among {others} (not the internal center); got {bad}")
+    return internal, sorted(str(c) for c in external_centers)
+
+
+def internal_external_cv(
+    table: pd.DataFrame,
+    *,
+    internal_center: str | None = None,
+    external_centers: Sequence[str] | None = None,
+    test_size: float | int = 0.2,
+    n_folds: int = 5,
+    seed: int = 0,
+    name: str | None = None,
+) -> Split:
+    """Seeds 001 and 003: internal train/test split of one center, CV folds, external test centers.
+
+    The internal center's subjects are split at random into ``train`` and ``test``
+    (:func:`internal_external_split`); the training subjects are divided into
+    ``n_folds`` subject-level folds (:func:`grouped_kfold`, unstratified), stored as
+    ``inner``; the subjects of ``external_centers`` are ``external``, those of any
+    other center ``unused``.
+
+    With fewer training subjects than folds (e.g. a two-patient real sample) no
+    subject folds exist: ``fold_unit`` is then ``"slab"`` and there is no ``inner``
+    (a study may cut folds inside the training subjects, see
+    :func:`msutils.studies.flair_nnunet.fold_groups`); otherwise ``"subject"``.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Rows with ``subject_id`` and ``center`` (scans or one row per subject).
+    internal_center, external_centers
+        See :func:`resolve_centers`.
+    test_size : float or int
+        Internal test share (seed 001: 0.2; seed 003: 0.25).
+    n_folds : int
+        Cross-validation folds over the training subjects (>= 2).
+    seed : int
+    name : str, optional
+        Split name; default ``"internal-<center>"``.
+
+    Returns
+    -------
+    Split
+        ``train``, ``test``, ``external``, ``excluded``, ``unused``, ``internal_center``,
+        ``external_centers``, ``seed``, ``test_size``, ``n_folds``, ``fold_unit`` and
+        (subject folds) ``inner``.
+    """
+    n_folds = check_int("n_folds", n_folds, 2)
+    internal, external = resolve_centers(table, internal_center, external_centers)
+    cen = table["center"].astype(str)
+    n_internal = table.loc[cen == internal, "subject_id"].nunique()
+    if n_internal < 2:
+        raise ValueError(f"the internal center {internal!r} has {n_internal} subject(s); the internal train/test "
+                         "split needs at least 2")
+    split = internal_external_split(table, internal, test_size, seed=seed, name=name or f"internal-{internal}")
+    ext_subjects = set(table.loc[cen.isin(external), "subject_id"].astype(str))
+    split["unused"] = sorted(set(split["external"]) - ext_subjects)
+    split["external"] = sorted(set(split["external"]) & ext_subjects)
+    split.update(external_centers=list(external), seed=int(seed), test_size=test_size, n_folds=n_folds)
+    if len(split["train"]) >= n_folds:
+        split["fold_unit"] = "subject"
+        split["inner"] = grouped_kfold(table, n_folds, stratify=None, seed=seed, subjects=split["train"])
+    else:
+        split["fold_unit"] = "slab"
+        logger.warning("%d training subject(s) for %d folds: no subject-level folds (fold_unit 'slab'); the test "
+                       "subjects stay unseen", len(split["train"]), n_folds)
+    return split
+
+
 def nested_loco(
     table: pd.DataFrame,
     n_inner: int = 5,
@@ -695,3 +807,55 @@ def load_or_create_splits(
             raise TypeError(f"'factory' must be callable; got {type(factory).__name__}")
         write_splits(path, factory(), seed=seed, table=table, meta=meta)
     return read_splits(path, table=table)
+
+
+def splits_file_name(
+    cohort_hash: str,
+    *,
+    internal_center: str,
+    external_centers: Sequence[str],
+    test_size: float | int,
+    n_folds: int,
+    seed: int,
+) -> str:
+    """File name of an :func:`internal_external_cv` splits file (one per cohort content and design).
+
+    ``splits_<first 12 hex of the cohort hash>_<internal>_<externals joined by + or
+    none>_test<test_size>_cv<n_folds>_seed<seed>.json``: a regenerated cohort or
+    another design never reads a stale file.
+    """
+    if not isinstance(cohort_hash, str) or len(cohort_hash) < 12:
+        raise ValueError(f"'cohort_hash' must be a hex digest (Cohort.content_hash()); got {cohort_hash!r}")
+    ext = "+".join(map(str, external_centers)) or "none"
+    return f"splits_{cohort_hash[:12]}_{internal_center}_{ext}_test{test_size}_cv{int(n_folds)}_seed{int(seed)}.json"
+
+
+def load_or_create_internal_external_cv(
+    folder: str | os.PathLike,
+    table: pd.DataFrame,
+    cohort_hash: str,
+    *,
+    internal_center: str | None = None,
+    external_centers: Sequence[str] | None = None,
+    test_size: float | int = 0.2,
+    n_folds: int = 5,
+    seed: int = 0,
+) -> Split:
+    """The study's :func:`internal_external_cv` split, written once to ``folder`` and reused.
+
+    The centers are resolved first (:func:`resolve_centers`), so the file name
+    (:func:`splits_file_name`) names the actual centers; the file is created by
+    :func:`load_or_create_splits` and validated against ``table`` on every read.
+
+    Returns
+    -------
+    Split
+        As read back from the file.
+    """
+    internal, external = resolve_centers(table, internal_center, external_centers)
+    path = Path(folder) / splits_file_name(cohort_hash, internal_center=internal, external_centers=external,
+                                           test_size=test_size, n_folds=n_folds, seed=seed)
+    return load_or_create_splits(
+        path, lambda: [internal_external_cv(table, internal_center=internal, external_centers=external,
+                                            test_size=test_size, n_folds=n_folds, seed=seed)],
+        seed=seed, table=table)[0]

@@ -113,11 +113,14 @@ __all__ = [
     "make_params",
     "validate_params",
     "params_hash",
+    "code_digest",
     "feature_names",
     "extract_arrays",
     "extract_masks",
     "extract",
     "quiet_pyradiomics",
+    "import_worker_modules",
+    "WORKER_PRELOAD",
     "reasons",
     "parse_column",
     "rename_pyradiomics_key",
@@ -1015,6 +1018,15 @@ def reasons(df: pd.DataFrame) -> pd.DataFrame:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
+def code_digest() -> str:
+    """sha256 of this module's source: the extraction code, part of every cache key.
+
+    A change to the engine (cropping, mesh code, feature naming) recomputes the
+    cached (scan, ROI) features without anyone having to bump :data:`ENGINE_VERSION`.
+    """
+    return _file_digest(__file__)
+
+
 def _file_digest(path: str) -> str:
     """sha256 of a file's content (memoised per path, size and mtime)."""
     st = os.stat(path)
@@ -1055,8 +1067,20 @@ def _write_cache(path: Path, key: str, scan_id: str, roi: str, names: Sequence[s
 
 
 #: Modules the radiomics workers' fork server imports once.
-_WORKER_PRELOAD: tuple[str, ...] = ("msutils.features.radiomics", "SimpleITK", "radiomics.featureextractor",
+WORKER_PRELOAD: tuple[str, ...] = ("msutils.features.radiomics", "SimpleITK", "radiomics.featureextractor",
                                     "nibabel", "scipy.ndimage", "scipy.spatial")
+
+
+def import_worker_modules() -> None:
+    """Import what the extraction workers need, in this process (once; later calls are free).
+
+    :func:`msutils.core.parallel.process_map` can then fork the workers from this
+    process instead of starting fresh interpreters that import pyradiomics' stack again.
+    """
+    import importlib
+
+    for name in WORKER_PRELOAD:
+        importlib.import_module(name)
 
 
 def _worker_init() -> None:
@@ -1182,9 +1206,10 @@ def extract(
         ``if __name__ == "__main__":`` guard (notebooks do not).
     cache_dir : path-like, optional
         Per (scan, ROI) JSON files keyed by the params, the ROI's labels, the
-        sha256 of the image / label map / subtract files, margin, min_voxels,
-        pyradiomics and engine versions: a re-run with the same inputs recomputes
-        nothing, a changed param dict recomputes. Written atomically.
+        sha256 of the image / label map / subtract files, margin, min_voxels, the
+        pyradiomics version and the engine's source (:func:`code_digest`): a re-run
+        with the same inputs and code recomputes nothing; a changed param dict, a
+        new pyradiomics or an edited engine recomputes. Written atomically.
     margin, min_voxels
         As in :func:`extract_arrays`.
     progress : bool
@@ -1255,7 +1280,8 @@ def extract(
             key = ""
             if cache is not None:
                 key = hashlib.sha256(_canonical({
-                    "engine": ENGINE_VERSION, "pyradiomics": _rad.__version__, "params": phash,
+                    "engine": ENGINE_VERSION, "code": code_digest(), "pyradiomics": _rad.__version__,
+                    "params": phash,
                     "labels": labs, "files": ident, "margin": margin, "min_voxels": min_voxels,
                 }).encode()).hexdigest()
                 hit = _read_cache(_cache_path(cache, sid, roi, key), key, names)
@@ -1275,8 +1301,9 @@ def extract(
         with quiet_pyradiomics():
             outs = process_map(_run_scan, tasks, n_jobs=1, desc="radiomics", unit="scans", progress=progress)
     else:
+        import_worker_modules()  # workers then fork from here with them loaded (when safe, see process_map)
         outs = process_map(_run_scan, tasks, n_jobs=n_jobs, desc="radiomics", unit="scans", progress=progress,
-                           initializer=_worker_init, persistent=True, preload=_WORKER_PRELOAD)
+                           initializer=_worker_init, persistent=True, preload=WORKER_PRELOAD, fork_if_safe=True)
     for out in outs:
         results[out["scan_id"]].update(out["results"])
 

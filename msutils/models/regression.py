@@ -13,16 +13,13 @@ error measure and the basis of its repeated-measures ANOVA), and the grids are
 listed in :data:`GRIDS` in two sizes: ``"small"`` (a few points; CPU profiles) and
 ``"paper"`` (a wider grid in the spirit of the seed's Weka/scikit-learn tuning).
 
-Metrics (:func:`regression_scores`): Pearson ``r`` (scipy), ``r2`` = r squared
-(the seed's "R2": in its Table 3, R2 = r**2 in every cell, e.g. 0.797**2 = 0.635),
-``r2_score`` = the coefficient of determination (sklearn; lower than r**2 when
-predictions are biased, e.g. across sites), and ``mae``.
+Metrics: :func:`msutils.stats.regression_metrics` (Pearson ``r``, ``pearson_r2`` = r
+squared, the seed's "R2"; ``r2_score`` = the coefficient of determination; ``mae``).
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -30,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from msutils.core.validation import check_choice, check_frame, check_target
+from msutils.data.cohort import MS_COURSES
+from msutils.stats import regression_metrics
 from msutils.data.leakage import record_fit, row_subject_ids
 
 __all__ = [
@@ -46,7 +45,6 @@ __all__ = [
     "HyperparameterChoice",
     "fit_final",
     "evaluate",
-    "regression_scores",
     "cross_val_predictions",
     "clinical_features",
     "clinical_only",
@@ -248,28 +246,6 @@ def make_folds(n_samples: int, n_splits: int = 10, *, seed: int = 0,
     return [(tr, te) for tr, te in splitter.split(dummy)]
 
 
-def regression_scores(y_true: Any, y_pred: Any) -> dict[str, float]:
-    """``n``, Pearson ``r``, ``r2`` (= r**2, the seed's R2), ``r2_score`` (coefficient of
-    determination) and ``mae``. ``r`` is NaN when either input is constant."""
-    from scipy.stats import pearsonr
-    from sklearn.metrics import mean_absolute_error, r2_score
-
-    t = np.asarray(y_true, dtype=float).reshape(-1)
-    p = np.asarray(y_pred, dtype=float).reshape(-1)
-    if t.shape != p.shape:
-        raise ValueError(f"'y_true' and 'y_pred' lengths differ: {t.size} vs {p.size}")
-    if t.size < 2:
-        raise ValueError(f"scores need at least 2 values; got {t.size}")
-    if np.ptp(t) == 0 or np.ptp(p) == 0:
-        r = float("nan")
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            r = float(pearsonr(t, p).statistic)
-    return {"n": int(t.size), "r": r, "r2": r * r, "r2_score": float(r2_score(t, p)),
-            "mae": float(mean_absolute_error(t, p))}
-
-
 def _folds_list(folds: Any, X: pd.DataFrame, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     if hasattr(folds, "split"):
         folds = folds.split(X, y)
@@ -316,7 +292,7 @@ def cv_fold_scores(model_name: str, X: pd.DataFrame, y: Any, folds: Any, fold_in
     -------
     pandas.DataFrame
         One row per grid point: ``model, grid, params_id, params`` (repr),
-        ``fold, n_train, n_test, mae, r, r2, r2_score, score`` (``score`` = -MAE,
+        ``fold, n_train, n_test, mae, r, pearson_r2, r2_score, score`` (``score`` = -MAE,
         GridSearchCV's ``neg_mean_absolute_error``). JSON/parquet friendly.
     """
     check_choice("grid", grid, GRID_SIZES)
@@ -336,10 +312,10 @@ def cv_fold_scores(model_name: str, X: pd.DataFrame, y: Any, folds: Any, fold_in
     for pid, params in enumerate(param_candidates(model_name, grid)):
         model = make_model(model_name, params, seed=seed)
         model.fit(X.iloc[tr], target[tr])
-        sc = regression_scores(target[te], model.predict(X.iloc[te]))
+        sc = regression_metrics(target[te], model.predict(X.iloc[te]))
         rows.append({"model": model_name, "grid": grid, "params_id": pid, "params": repr(params),
                      "fold": int(fold_index), "n_train": int(tr.size), "n_test": int(te.size),
-                     "mae": sc["mae"], "r": sc["r"], "r2": sc["r2"], "r2_score": sc["r2_score"],
+                     "mae": sc["mae"], "r": sc["r"], "pearson_r2": sc["pearson_r2"], "r2_score": sc["r2_score"],
                      "score": -sc["mae"]})
     return pd.DataFrame(rows)
 
@@ -445,10 +421,10 @@ def fit_final(model_name: str, params: Mapping[str, Any] | None, X: pd.DataFrame
 
 
 def evaluate(model: Any, X: pd.DataFrame, y: Any) -> dict[str, float]:
-    """:func:`regression_scores` of a fitted model's predictions on ``X``."""
+    """:func:`msutils.stats.regression_metrics` of a fitted model's predictions on ``X``."""
     X = check_frame(X)
     target = check_target(y, X)
-    return regression_scores(target, model.predict(X))
+    return regression_metrics(target, model.predict(X))
 
 
 def cross_val_predictions(model_name: str, params: Mapping[str, Any] | None, X: pd.DataFrame,
@@ -483,8 +459,6 @@ CLINICAL_FEATURES: tuple[str, ...] = ("age", "sex_M", "disease_duration", "cours
                                       "course_PP", "course_CIS")
 """Clinico-demographic design columns (seed: age, sex, disease duration, course)."""
 
-_COURSES = ("RR", "SP", "PP", "CIS")
-
 
 def clinical_features(table: pd.DataFrame) -> pd.DataFrame:
     """Numeric clinico-demographic features from a cohort table.
@@ -516,11 +490,11 @@ def clinical_features(table: pd.DataFrame) -> pd.DataFrame:
         out[col] = vals.astype(float)
     out["sex_M"] = encode_sex(table["sex"])
     course = table["course"].astype(str)
-    bad = ~course.isin(_COURSES)
+    bad = ~course.isin(MS_COURSES)
     if bad.any():
-        raise ValueError(f"column 'course' must be one of {list(_COURSES)}; got "
+        raise ValueError(f"column 'course' must be one of {list(MS_COURSES)}; got "
                          f"{course[bad].tolist()[:5]} at rows {table.index[bad].tolist()[:5]}")
-    for c in _COURSES[1:]:
+    for c in MS_COURSES[1:]:
         out[f"course_{c}"] = (course == c).astype(float)
     return out[list(CLINICAL_FEATURES)]
 

@@ -3,7 +3,7 @@
 A fold result is stored under ``<out_dir>/cache/<notebook>/<fold>-<key16>/`` as
 ``result.pkl`` (the pickled object ``compute_fn`` returned), any extra files the
 computation wrote into its entry directory, and ``meta.json`` (notebook, fold,
-parameters, key, creation time, compute seconds).
+parameters, key, library fingerprint, creation time, compute seconds).
 
 The key is the sha256 of
 
@@ -14,10 +14,21 @@ The key is the sha256 of
   saving the notebook in JupyterLab or editing the aggregation cells after
   ``fold-end`` does not invalidate fold results,
 - the parameters except ``fold``, ``out_dir`` and ``manifest``,
-- the manifest identity: ``sha256:`` of the manifest CSV + sidecar YAML bytes, or for
-  ``manifest=None`` the default synthetic cohort's ``preset`` + ``seed``,
-- ``msutils.__version__`` (bump it when library changes should invalidate results),
+- the cohort identity (:func:`manifest_identity`): ``sha256:`` + the manifest's content
+  hash (:func:`msutils.data.cohort.manifest_hash`), or for ``manifest=None`` the
+  identity of the default cohort, which the caller supplies (the pipeline passes
+  :func:`msutils.pipeline.kernel.default_cohort_identity`; this module does not import
+  the synthetic generator),
+- the library fingerprint (:func:`msutils.core.fingerprint.library_fingerprint`): a digest
+  of every ``.py`` and ``.yaml`` file of the installed ``msutils`` package and the versions
+  of the packages that compute results, so a fixed library bug or another
+  numpy recomputes every fold, while tests, notebooks' prose or the README do not,
 - the fold.
+
+An entry is *stale*, and recomputed, when the cohort content it was computed for
+differs from the one the cache was told about (``cohort_hash``: a default cohort
+regenerated in place), or when a file outside the entry that the result depends on
+(``requires``, e.g. a network checkpoint) has been deleted since.
 
 An entry is assembled in a hidden temporary directory beside it and moved into place
 with one ``os.replace``: a killed run leaves at most a ``.tmp-*`` directory, which is
@@ -41,7 +52,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from msutils.core.fingerprint import library_fingerprint
 from msutils.core.io import file_lock
+from msutils.data.cohort import manifest_hash
 from msutils.pipeline.notebook_file import (
     FOLD_END_TAG,
     PARAMETER_TAGS,
@@ -99,42 +112,39 @@ def code_hash(notebook: str | os.PathLike | Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(sources).encode("utf-8")).hexdigest()
 
 
-def manifest_identity(manifest: str | os.PathLike | None, params: Mapping[str, Any] | None = None) -> str:
+def manifest_identity(
+    manifest: str | os.PathLike | None,
+    default_identity: str | Callable[[], str] | None = None,
+) -> str:
     """What identifies the cohort a run used.
 
     Parameters
     ----------
     manifest : str, path-like or None
-        Manifest CSV; its sidecar is the ``.yaml`` of the same stem.
-    params : mapping, optional
-        Notebook parameters; for ``manifest=None`` their ``preset`` (falling back to
-        ``profile``) and ``seed`` name the default synthetic cohort.
+        Manifest CSV (its sidecar is the ``.yaml`` of the same stem).
+    default_identity : str or callable, optional
+        For ``manifest=None``: the identity of the default cohort, or a function
+        returning it (e.g. ``lambda: default_cohort_identity(params)``).
 
     Returns
     -------
     str
-        ``"sha256:<hex of CSV bytes + sidecar bytes>"`` or
-        ``"synthetic:preset=<preset>:seed=<seed>:params=<generator parameter hash>"``.
-    """
-    params = params or {}
-    if manifest is None:
-        from msutils import synth
+        ``"sha256:<msutils.data.cohort.manifest_hash(manifest)>"``, or the default
+        cohort's identity.
 
-        preset = params.get("preset", params.get("profile"))
-        try:
-            version = synth.params_hash(synth.get_params(preset))[:16]
-        except ValueError:  # not a synthetic preset name: the notebook will say so
-            version = "unknown"
-        return f"synthetic:preset={preset}:seed={params.get('seed')}:params={version}"
-    path = Path(manifest).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
-    digest = hashlib.sha256(path.read_bytes())
-    sidecar = path.with_suffix(".yaml")
-    if sidecar.is_file():
-        digest.update(b"\0sidecar\0")
-        digest.update(sidecar.read_bytes())
-    return f"sha256:{digest.hexdigest()}"
+    Raises
+    ------
+    FileNotFoundError
+        The manifest does not exist.
+    ValueError
+        ``manifest`` is None and no ``default_identity`` was given.
+    """
+    if manifest is None:
+        if default_identity is None:
+            raise ValueError("'manifest' is None: give 'default_identity' (the default cohort's identity), "
+                             "e.g. msutils.pipeline.kernel.default_cohort_identity(params)")
+        return default_identity() if callable(default_identity) else str(default_identity)
+    return f"sha256:{manifest_hash(Path(manifest).expanduser())}"
 
 
 def _key_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,7 +157,7 @@ def cache_key(
     params: Mapping[str, Any],
     manifest_id: str,
     fold: str,
-    version: str | None = None,
+    library: Mapping[str, Any] | None = None,
 ) -> str:
     """sha256 (hex) of everything a fold result depends on.
 
@@ -163,17 +173,15 @@ def cache_key(
         :func:`manifest_identity` of the cohort.
     fold : str
         Fold name.
-    version : str, optional
-        Library version; default ``msutils.__version__``.
+    library : mapping, optional
+        :func:`msutils.core.fingerprint.library_fingerprint` (computed when not given).
     """
-    if version is None:
-        from msutils import __version__ as version
     payload = {
         "notebook": notebook,
         "code": code,
         "params": _key_params(params),
         "manifest": manifest_id,
-        "version": version,
+        "library": dict(library_fingerprint() if library is None else library),
         "fold": str(fold),
     }
     blob = json.dumps(payload, sort_keys=True, default=repr, separators=(",", ":"))
@@ -212,10 +220,18 @@ class FoldCache:
         ``msutils.core.paths.results_dir()``. Entries live in ``<out_dir>/cache/<notebook>/``.
     notebook_path : str or path-like, optional
         Source notebook whose code is hashed; default :func:`source_notebook`.
+    default_identity : str or callable, optional
+        Identity of the default cohort, needed when the manifest is None: a string
+        or ``f(params) -> str`` (the pipeline passes
+        :func:`msutils.pipeline.kernel.default_cohort_identity`).
+    cohort_hash : str, optional
+        Content hash of the cohort this run loaded (``Cohort.content_hash()``).
+        Recorded in new entries; an entry recorded for another cohort content is
+        stale. None (e.g. the runner, before any cohort is loaded) accepts any.
 
     Examples
     --------
-    >>> cache = FoldCache("02_edss_regression", params)            # doctest: +SKIP
+    >>> cache = FoldCache("02_edss_regression", params, default_identity=default_cohort_identity)  # doctest: +SKIP
     >>> result = cache.get_or_compute("cv3", compute_fold)         # doctest: +SKIP
     >>> results = cache.get_all(["cv0", "cv1"], compute_fold)      # doctest: +SKIP
     """
@@ -228,11 +244,15 @@ class FoldCache:
         manifest: str | os.PathLike | None = _UNSET,
         out_dir: str | os.PathLike | None = _UNSET,
         notebook_path: str | os.PathLike | None = None,
+        default_identity: str | Callable[[Mapping[str, Any]], str] | None = None,
+        cohort_hash: str | None = None,
     ) -> None:
         if not isinstance(notebook, str) or not _FOLD_RE.match(notebook):
             raise ValueError(f"'notebook' must be a notebook name like '02_edss_regression'; got {notebook!r}")
         if not isinstance(params, Mapping):
             raise TypeError(f"'params' must be a mapping of parameter name to value; got {type(params).__name__}")
+        if cohort_hash is not None and not isinstance(cohort_hash, str):
+            raise TypeError(f"'cohort_hash' must be a string or None; got {type(cohort_hash).__name__}")
         self.notebook = notebook
         self.params: dict[str, Any] = dict(params)
         self.manifest = params.get("manifest") if manifest is _UNSET else manifest
@@ -246,7 +266,10 @@ class FoldCache:
         self.root = self.out_dir / "cache" / notebook
         self.notebook_path = source_notebook(notebook, notebook_path)
         self.code_hash = code_hash(self.notebook_path)
-        self.manifest_id = manifest_identity(self.manifest, self.params)
+        default = (lambda: default_identity(self.params)) if callable(default_identity) else default_identity
+        self.manifest_id = manifest_identity(self.manifest, default)
+        self.library = library_fingerprint()
+        self.cohort_hash = cohort_hash
 
     def __repr__(self) -> str:
         return f"FoldCache(notebook={self.notebook!r}, root={str(self.root)!r})"
@@ -263,7 +286,8 @@ class FoldCache:
 
     def key(self, fold: Any) -> str:
         """Full sha256 key of ``fold`` under this configuration."""
-        return cache_key(self.notebook, self.code_hash, self.params, self.manifest_id, self._fold_name(fold))
+        return cache_key(self.notebook, self.code_hash, self.params, self.manifest_id, self._fold_name(fold),
+                         library=self.library)
 
     def entry_dir(self, fold: Any) -> Path:
         """Final directory of ``fold``'s entry (exists only once it is complete)."""
@@ -271,27 +295,35 @@ class FoldCache:
         return self.root / f"{name}-{self.key(name)[:16]}"
 
     def has(self, fold: Any) -> bool:
-        """True if a complete entry for ``fold`` exists."""
-        return self._meta(self.entry_dir(fold), self.key(fold)) is not None
+        """True if a complete, current (not stale) entry for ``fold`` exists."""
+        return self._check(self.entry_dir(fold), self.key(fold))[0] is not None
 
     __contains__ = has
 
     def info(self, fold: Any) -> dict[str, Any]:
-        """The ``meta.json`` of ``fold``'s entry (KeyError if not cached)."""
-        meta = self._meta(self.entry_dir(fold), self.key(fold))
+        """The ``meta.json`` of ``fold``'s entry (KeyError if not cached or stale)."""
+        meta, why = self._check(self.entry_dir(fold), self.key(fold))
         if meta is None:
-            raise KeyError(f"{self.notebook} fold {fold!r} is not cached under {self.root}")
+            raise KeyError(f"{self.notebook} fold {fold!r} is not cached under {self.root} ({why})")
         return meta
 
-    @staticmethod
-    def _meta(entry: Path, key: str) -> dict[str, Any] | None:
+    def _check(self, entry: Path, key: str) -> tuple[dict[str, Any] | None, str]:
+        """``(meta, "")`` for a complete, current entry, else ``(None, why not)``."""
         try:
             meta = json.loads((entry / _META).read_text(encoding="utf-8"))
-        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-            return None
+        except (FileNotFoundError, NotADirectoryError):
+            return None, "no entry"
+        except json.JSONDecodeError:
+            return None, "unreadable meta.json"
         if meta.get("key") != key or not (entry / _RESULT).is_file():
-            return None
-        return meta
+            return None, "incomplete entry"
+        if self.cohort_hash is not None and meta.get("cohort_hash") != self.cohort_hash:
+            return None, (f"stale: computed for cohort content {str(meta.get('cohort_hash'))[:12]}, "
+                          f"this run loaded {self.cohort_hash[:12]}")
+        missing = [p for p in meta.get("requires", []) if not Path(p).exists()]
+        if missing:
+            return None, f"stale: required file(s) deleted since: {missing[:3]}"
+        return meta, ""
 
     # -- reading and writing ----------------------------------------------------------
     def load(self, fold: Any) -> Any:
@@ -307,8 +339,9 @@ class FoldCache:
         compute_fn: Callable[..., Any],
         *,
         pass_dir: bool = False,
+        requires: Callable[[Any], Iterable[str | os.PathLike]] | None = None,
     ) -> Any:
-        """Return ``fold``'s cached result, computing and storing it if missing.
+        """Return ``fold``'s cached result, computing and storing it if missing or stale.
 
         Concurrent callers (threads or processes) asking for the same entry
         compute it once: the others wait on a file lock and load it.
@@ -324,6 +357,10 @@ class FoldCache:
             (read them later from :meth:`entry_dir`; store relative names only).
         pass_dir : bool
             Pass the (temporary) entry directory as second argument.
+        requires : callable, optional
+            ``requires(result)`` -> files outside the entry that the result depends
+            on (e.g. a trained network's checkpoint). Recorded in ``meta.json``; the
+            entry is stale, and recomputed, once one of them is gone.
 
         Returns
         -------
@@ -335,17 +372,18 @@ class FoldCache:
         # Processes asking for the same entry at once (e.g. every fold run needing a
         # shared stage) wait here: the first computes it, the others load it.
         with file_lock(self.out_dir / "cache" / ".locks" / self.notebook / f"{name}-{key[:16]}.lock"):
-            return self._get_or_compute_locked(name, key, compute_fn, pass_dir)
+            return self._get_or_compute_locked(name, key, compute_fn, pass_dir, requires)
 
     def _get_or_compute_locked(self, name: str, key: str, compute_fn: Callable[..., Any],
-                               pass_dir: bool) -> Any:
+                               pass_dir: bool, requires: Callable[[Any], Iterable[Any]] | None) -> Any:
         final = self.root / f"{name}-{key[:16]}"
-        if self._meta(final, key) is not None:
+        meta, why = self._check(final, key)
+        if meta is not None:
             logger.info("%s fold %s: cached", self.notebook, name)
             return self.load(name)
         if final.exists():
-            logger.warning("%s fold %s: removing unreadable cache entry %s", self.notebook, name, final)
-            shutil.rmtree(final, ignore_errors=True)
+            logger.warning("%s fold %s: recomputing cache entry %s (%s)", self.notebook, name, final, why)
+            self.remove(name)
         self.clean_temp()
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f"{_TMP_PREFIX}{name}-{key[:16]}-{uuid.uuid4().hex[:8]}"
@@ -357,6 +395,11 @@ class FoldCache:
             t0 = time.perf_counter()
             result = compute_fn(name, tmp) if pass_dir else compute_fn(name)
             seconds = time.perf_counter() - t0
+            needed = [] if requires is None else [str(Path(p).expanduser().resolve()) for p in requires(result)]
+            gone = [p for p in needed if not Path(p).exists()]
+            if gone:
+                raise FileNotFoundError(f"{self.notebook} fold {name}: 'requires' names files that do not exist: "
+                                        f"{gone[:3]}")
             with open(tmp / _RESULT, "wb") as fh:
                 pickle.dump(result, fh, protocol=pickle.HIGHEST_PROTOCOL)
             meta = {
@@ -366,7 +409,10 @@ class FoldCache:
                 "code_hash": self.code_hash,
                 "manifest": None if self.manifest is None else str(self.manifest),
                 "manifest_id": self.manifest_id,
+                "cohort_hash": self.cohort_hash,
+                "requires": needed,
                 "parameters": {k: v for k, v in self.params.items() if k != "fold"},
+                "library": self.library,
                 "msutils_version": _version(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "seconds": round(seconds, 3),
@@ -377,7 +423,7 @@ class FoldCache:
             try:
                 os.replace(tmp, final)
             except OSError:
-                if self._meta(final, key) is None:
+                if self._check(final, key)[0] is None:
                     raise
                 logger.info("%s fold %s: another process stored it first; keeping theirs", self.notebook, name)
             logger.info("%s fold %s: computed in %.1f s", self.notebook, name, seconds)
@@ -392,6 +438,7 @@ class FoldCache:
         compute_fn: Callable[..., Any],
         *,
         pass_dir: bool = False,
+        requires: Callable[[Any], Iterable[str | os.PathLike]] | None = None,
     ) -> dict[str, Any]:
         """Results of every fold, in order, computing missing ones in this process.
 
@@ -399,7 +446,7 @@ class FoldCache:
         ----------
         folds : iterable of str
             Fold names (e.g. ``msutils.pipeline.profiles.profile_folds(notebook, profile)``).
-        compute_fn, pass_dir
+        compute_fn, pass_dir, requires
             As in :meth:`get_or_compute`.
 
         Returns
@@ -414,10 +461,10 @@ class FoldCache:
             self.notebook, len(names), len(names) - len(missing), len(missing),
             f" ({', '.join(missing)})" if missing else "",
         )
-        return {f: self.get_or_compute(f, compute_fn, pass_dir=pass_dir) for f in names}
+        return {f: self.get_or_compute(f, compute_fn, pass_dir=pass_dir, requires=requires) for f in names}
 
     def remove(self, fold: Any) -> bool:
-        """Delete ``fold``'s entry under this configuration; True if there was one."""
+        """Delete ``fold``'s entry under this configuration (current or stale); True if there was one."""
         entry = self.entry_dir(fold)
         if not entry.exists():
             return False

@@ -24,7 +24,10 @@ the aggregate run always executes in the calling process.
 Outputs under ``out_dir``: ``cache/<notebook>/...`` (fold results),
 ``executed/<notebook>/<fold>.ipynb`` and ``executed/<notebook>/aggregate.ipynb``
 (executed notebooks, written as papermill goes, so a failed run leaves the partial
-notebook), ``<notebook>/summary.json`` (written by the notebook) and
+notebook) with their log files ``<fold>.log`` / ``aggregate.log`` (every log record of
+the kernel: none goes into the notebook; the runner prints the kernel's progress lines,
+logger ``msutils.progress``, on its console as they come), ``<notebook>/summary.json``
+(written by the notebook) and
 ``<notebook>/run.json`` (what this run did). The aggregate notebook is copied,
 atomically and with its parameter cells tagged ``remove-cell``, to
 ``book/executed/<notebook>.ipynb``.
@@ -36,6 +39,9 @@ import json
 import logging
 import math
 import os
+import re
+import tempfile
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -44,8 +50,9 @@ from typing import Any, Mapping, Sequence
 
 from msutils.core.environ import temporary_environ
 from msutils.core.io import atomic_write_json, atomic_write_text
+from msutils.core.progress import LOG_FORMAT, PROGRESS_LOGGER
 from msutils.pipeline.cache import FoldCache
-from msutils.pipeline.kernel import summary_path
+from msutils.pipeline.kernel import LOG_FILE_ENV, default_cohort_identity, summary_path
 from msutils.pipeline.notebook_file import (
     FOLD_END_TAG,
     PARAMETER_TAGS,
@@ -149,9 +156,76 @@ def _first_line(source: str | None) -> str | None:
     return None
 
 
+#: A record line of a kernel's log file (:data:`msutils.core.progress.LOG_FORMAT`).
+_RECORD_RE = re.compile(r"^(?P<time>\S+) (?P<name>\S+) (?P<level>[A-Z]+): (?P<message>.*)$")
+
+
+class _ProgressRelay:
+    """Tail a kernel's log file in a thread; re-log its progress lines on this process's console.
+
+    Progress records (logger :data:`msutils.core.progress.PROGRESS_LOGGER`) are re-logged
+    to the same logger here, prefixed with ``label``; other records stay in the file.
+    """
+
+    def __init__(self, path: Path, label: str, interval: float = 0.5) -> None:
+        self.path = path
+        self.label = label
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"progress-relay {label}", daemon=True)
+        self._pos = 0
+        self._partial = ""
+        self._log = logging.getLogger(PROGRESS_LOGGER)
+
+    def __enter__(self) -> _ProgressRelay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()  # what the kernel wrote last
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as fh:
+                fh.seek(self._pos)
+                chunk = fh.read()
+                self._pos = fh.tell()
+        except FileNotFoundError:
+            return
+        lines = (self._partial + chunk).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            m = _RECORD_RE.match(line)
+            if m and m["name"] == PROGRESS_LOGGER:
+                self._log.info("%s: %s", self.label, m["message"])
+
+
+def _ipc_kernel_manager() -> type:
+    """A jupyter_client kernel manager on IPC sockets (local, no TCP-transport warning)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:  # socket path prefix: keep it out of the working directory
+            return os.path.join(tempfile.gettempdir(), f"msutils-kernel-{uuid.uuid4().hex[:12]}")
+
+    return IPCKernelManager
+
+
 def _worker_init(level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("papermill").setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    logging.getLogger("msutils").setLevel(level)
 
 
 def _execute_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -176,10 +250,12 @@ def _execute_task(task: dict[str, Any]) -> dict[str, Any]:
         nb.cells = nb.cells[: end + 1]
     output.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, output)
-    logger.info("%s: started (pid %d)", label, os.getpid())
+    log_file = output.with_suffix(".log")
+    log_file.unlink(missing_ok=True)
+    logger.info("%s: started (pid %d); log %s", label, os.getpid(), log_file)
     error: dict[str, Any] | None = None
     t0 = time.perf_counter()
-    with temporary_environ(task["env"]):
+    with temporary_environ({**task["env"], LOG_FILE_ENV: str(log_file)}), _ProgressRelay(log_file, label):
         try:
             pm.execute_notebook(
                 str(output),
@@ -189,6 +265,7 @@ def _execute_task(task: dict[str, Any]) -> dict[str, Any]:
                 cwd=task["cwd"],
                 progress_bar=task["progress_bar"],
                 log_output=False,
+                kernel_manager_class=_ipc_kernel_manager(),
             )
         except PapermillExecutionError as exc:
             i = exc.cell_index  # index in the executed notebook: injected cell at param_idx + 1
@@ -214,7 +291,8 @@ def _execute_task(task: dict[str, Any]) -> dict[str, Any]:
         logger.info("%s: finished in %.1f s", label, seconds)
     else:
         logger.error("%s: failed after %.1f s: %s: %s", label, seconds, error["ename"], error["evalue"])
-    return {"fold": fold, "ok": error is None, "seconds": seconds, "output": str(output), "error": error}
+    return {"fold": fold, "ok": error is None, "seconds": seconds, "output": str(output), "error": error,
+            "log": str(log_file)}
 
 
 def _raise_failed(notebook: str, res: Mapping[str, Any]) -> None:
@@ -223,6 +301,14 @@ def _raise_failed(notebook: str, res: Mapping[str, Any]) -> None:
         notebook, res["fold"], cell=err["cell"], exec_count=err["exec_count"], first_line=err["first_line"],
         ename=err["ename"], evalue=err["evalue"], executed_path=res["output"],
     )
+
+
+def _crashed(task: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
+    """The result record of a task whose worker died or that failed outside the notebook."""
+    return {"fold": task["fold"], "ok": False, "seconds": float("nan"), "output": task["output"],
+            "log": str(Path(task["output"]).with_suffix(".log")),
+            "error": {"cell": None, "exec_count": None, "first_line": None,
+                      "ename": type(exc).__name__, "evalue": str(exc)}}
 
 
 def _run_local(tasks: list[dict[str, Any]], n_workers: int) -> list[dict[str, Any]]:
@@ -250,9 +336,7 @@ def _run_local(tasks: list[dict[str, Any]], n_workers: int) -> list[dict[str, An
             try:
                 res = fut.result()
             except Exception as exc:  # worker died (e.g. killed for memory)
-                res = {"fold": task["fold"], "ok": False, "seconds": float("nan"), "output": task["output"],
-                       "error": {"cell": None, "exec_count": None, "first_line": None,
-                                 "ename": type(exc).__name__, "evalue": str(exc)}}
+                res = _crashed(task, exc)
             results.append(res)
             _log_progress(task["notebook"], res, len(results), len(tasks))
             if not res["ok"]:
@@ -290,9 +374,7 @@ def _run_dask(
             try:
                 res = fut.result()
             except Exception as exc:  # worker lost, task erred outside the notebook
-                res = {"fold": task["fold"], "ok": False, "seconds": float("nan"), "output": task["output"],
-                       "error": {"cell": None, "exec_count": None, "first_line": None,
-                                 "ename": type(exc).__name__, "evalue": str(exc)}}
+                res = _crashed(task, exc)
             results.append(res)
             _log_progress(task["notebook"], res, len(results), len(tasks))
             if not res["ok"]:
@@ -380,7 +462,8 @@ def _plan(
                 f"notebook {nb_path} has folds but no code cell tagged {FOLD_END_TAG!r}: tag the cell "
                 f"that calls cache.get_or_compute(fold, ...) so fold runs stop there"
             )
-    cache = FoldCache(name, params, manifest=params["manifest"], out_dir=out, notebook_path=nb_path)
+    cache = FoldCache(name, params, manifest=params["manifest"], out_dir=out, notebook_path=nb_path,
+                      default_identity=default_cohort_identity)
     env = {"MSUTILS_PROFILES": str(Path(profiles_file).expanduser().resolve())} if profiles_file else {}
     return {"profile": prof, "nb_dir": nb_dir, "nb_path": nb_path, "params": params, "folds": run_folds,
             "out_dir": out, "cache": cache, "env": env}
@@ -553,7 +636,7 @@ def run_notebook(
         failed = [r for r in results if not r["ok"]]
         for r in results:
             record[r["fold"]] = {"status": "computed" if r["ok"] else "failed", "seconds": _seconds(r["seconds"]),
-                                 "executed": r["output"]}
+                                 "executed": r["output"], "log": r["log"]}
         if failed:
             for f in todo:
                 record.setdefault(f, {"status": "not run"})
@@ -576,7 +659,8 @@ def run_notebook(
     t_agg = time.time()
     res = _execute_task(task(None))
     if not res["ok"]:
-        save_record(aggregate={"status": "failed", "seconds": _seconds(res["seconds"]), "executed": res["output"]})
+        save_record(aggregate={"status": "failed", "seconds": _seconds(res["seconds"]), "executed": res["output"],
+                               "log": res["log"]})
         _raise_failed(name, res)
     if not summary.is_file() or summary.stat().st_mtime < t_agg - 1.0:
         raise RuntimeError(
@@ -587,7 +671,7 @@ def run_notebook(
     logger.info("%s: aggregate done in %.1f s; executed notebook %s", name, res["seconds"], book_copy)
     save_record(
         aggregate={"status": "computed", "seconds": _seconds(res["seconds"]), "executed": res["output"],
-                   "book": str(book_copy)},
+                   "log": res["log"], "book": str(book_copy)},
         summary=str(summary),
     )
     return summary

@@ -74,6 +74,7 @@ import numpy as np
 
 from msutils.core.environ import temporary_environ
 from msutils.core.io import atomic_write_text
+from msutils.core.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -924,7 +925,15 @@ def train(
             trainer.num_val_iterations_per_epoch = int(val_iterations)
             if not plot_progress:
                 trainer.logger.plot_progress_png = lambda *args, **kwargs: None
-            trainer.run_training()
+            with Progress(f"nnU-Net training {ds} fold {fold}", total=int(num_epochs), unit="epochs") as bar:
+                epoch_end = trainer.on_epoch_end
+
+                def on_epoch_end() -> None:  # one progress line per epoch (at most every 10 s)
+                    epoch_end()
+                    bar.update()
+
+                trainer.on_epoch_end = on_epoch_end
+                trainer.run_training()
             frame = _log_frame(trainer.logger.get_checkpoint())
     finally:
         torch.set_num_threads(old_threads)

@@ -39,6 +39,7 @@ __all__ = [
     "OUTCOMES",
     "DEFAULT_THRESHOLDS",
     "SliceClassification",
+    "draw_negatives",
     "slice_level_classification",
     "slice_stack_classification",
     "threshold_curve",
@@ -90,6 +91,43 @@ class SliceClassification:
     def metrics(self, *, alpha: float = 0.05) -> dict[str, float]:
         """Accuracy, sensitivity, specificity, PPV, NPV with exact CIs."""
         return classification_metrics(**self.counts, alpha=alpha)
+
+
+def draw_negatives(eligible: Sequence[bool] | np.ndarray, n_positive: int, ratio: float = 1.0,
+                   seed: int = 0) -> np.ndarray:
+    """Indices of the negative slices to evaluate (the seed-003 balanced draw).
+
+    ``round(ratio * n_positive)`` indices (all eligible ones if fewer exist, with a
+    logged warning) drawn by ``numpy.random.default_rng(seed).choice`` without
+    replacement from ``flatnonzero(eligible)``, returned sorted. The draw depends
+    only on which slices are eligible, never on a prediction.
+
+    Parameters
+    ----------
+    eligible : sequence of bool
+        Which slices may be drawn (lesion-free slices with enough brain, say).
+    n_positive : int
+        Number of positive slices.
+    ratio : float
+        Negatives per positive (seed 003: 1, balanced).
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    ndarray of int
+    """
+    elig = np.flatnonzero(np.asarray(eligible, dtype=bool))
+    if not np.isfinite(ratio) or ratio < 0:
+        raise ValueError(f"'ratio' must be a non-negative number; got {ratio!r}")
+    n_want = int(round(ratio * int(n_positive)))
+    if n_want > elig.size:
+        logger.warning("only %d negative slices available for %d requested (ratio %s); using all of them",
+                       elig.size, n_want, ratio)
+        n_want = elig.size
+    if n_want == 0:
+        return np.array([], dtype=int)
+    return np.sort(np.random.default_rng(seed).choice(elig, size=n_want, replace=False))
 
 
 def _outcomes(table: pd.DataFrame, thr: float) -> pd.Series:
@@ -156,23 +194,12 @@ def _classify_slices(
     )
     pos = table["truth_positive"].to_numpy()
     table["eligible"] = pos | np.asarray(eligible, dtype=bool)
-    neg_idx = np.flatnonzero(~pos & table["eligible"].to_numpy())
+    negatives = ~pos & table["eligible"].to_numpy()
     sampled = pos.copy()
     if negative_ratio is None:
-        sampled[neg_idx] = True
+        sampled[negatives] = True
     else:
-        n_want = int(round(negative_ratio * int(pos.sum())))
-        if n_want > neg_idx.size:
-            logger.warning(
-                "only %d negative slices available for %d requested (negative_ratio=%s); using all of them",
-                neg_idx.size,
-                n_want,
-                negative_ratio,
-            )
-            n_want = neg_idx.size
-        rng = np.random.default_rng(seed)
-        chosen = rng.choice(neg_idx, size=n_want, replace=False) if n_want else np.array([], dtype=int)
-        sampled[chosen] = True
+        sampled[draw_negatives(negatives, int(pos.sum()), negative_ratio, seed)] = True
     table["sampled"] = sampled
     table["outcome"] = _outcomes(table, thr)
     params = {

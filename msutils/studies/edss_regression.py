@@ -57,6 +57,7 @@ import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,7 @@ import pandas as pd
 
 from msutils.core.parallel import process_map
 from msutils.core.validation import check_choice, check_int
+from msutils.data.cohort import DEEP_GM_LABELS, DEEP_GM_STRUCTURES, MS_COURSES, PARCEL_OFFSET, WM_LABEL
 
 __all__ = [
     "MODEL_ORDER",
@@ -74,15 +76,11 @@ __all__ = [
     "DISCONNECTION_PREFIX",
     "NAWM_ROI",
     "DRIVER_RULES",
-    "PAPER_TABLE1",
-    "PAPER_TABLE3",
-    "PAPER_ANOVA",
-    "PAPER_SELECTION",
-    "PAPER_CLINICAL_ONLY",
     "StudyConfig",
     "StudyData",
     "SelectionResult",
     "StudyFit",
+    "SharedStage",
     "subject_table",
     "study_rois",
     "extract_radiomics",
@@ -90,7 +88,6 @@ __all__ = [
     "disconnection_proxy",
     "cohort_disconnection",
     "load_study_data",
-    "study_split",
     "cv_folds",
     "icc_subset",
     "resegmented_mask",
@@ -102,8 +99,12 @@ __all__ = [
     "feature_matrix",
     "fit_models",
     "fit_study",
+    "shared_stage",
+    "tune_fold",
+    "choose_hyperparameters",
     "predictions",
     "abs_errors",
+    "TABLE3_METRICS",
     "table3",
     "paper_table3_long",
     "driver_values",
@@ -133,10 +134,6 @@ VOLUME_PREFIX = "volume__"
 DISCONNECTION_PREFIX = "disconnection__"
 NAWM_ROI = "nawm"
 _WBV = "wbv"
-_DEEP_GM_LABELS = range(1, 9)
-_WM_LABEL = 9
-_PARCEL_MIN_LABEL = 101
-_DEEP_GM_NAMES = ("thalamus", "caudate", "putamen", "pallidum")
 
 DRIVER_RULES: dict[str, str] = {
     "age": "the clinical feature 'age'",
@@ -149,60 +146,6 @@ DRIVER_RULES: dict[str, str] = {
                           "deep-GM nuclei"),
 }
 """How a selected feature is mapped to a true EDSS driver of the synthetic cohort."""
-
-# ---------------------------------------------------------------------------- paper numbers
-PAPER_TABLE1: dict[str, dict[str, str]] = {
-    "n": {"site 1": "500", "site 2": "104", "P value": ""},
-    "age, mean (SD), y": {"site 1": "37.5 (10.9)", "site 2": "38.3 (9.8)", "P value": ".49"},
-    "female sex, n (%)": {"site 1": "349 (69.8)", "site 2": "80 (76.9)", "P value": ".16"},
-    "secondary-progressive, n (%)": {"site 1": "72 (14.4)", "site 2": "20 (19.2)", "P value": ".23"},
-    "disease duration, mean (SD), y": {"site 1": "9.3 (8.1)", "site 2": "9.2 (8.5)", "P value": ".83"},
-    "EDSS, median (IQR)": {"site 1": "2.5 (2.0-4.0)", "site 2": "2.0 (1.5-4.0)", "P value": ".03"},
-    "T2 lesion volume, mean (SD), mL": {"site 1": "10.6 (13.4)", "site 2": "7.2 (8.6)", "P value": ".05"},
-    "WBV, mean (SD), mL": {"site 1": "1026.1 (116.3)", "site 2": "1042.6 (117.4)", "P value": ".48"},
-}
-"""Seed 001, Table 1 (site 1 = Naples, site 2 = Rome)."""
-
-PAPER_TABLE3: dict[str, dict[str, dict[str, float]]] = {
-    "training": {
-        "ridge": {"r": 0.797, "r2": 0.636, "mae": 0.651},
-        "gaussian_process": {"r": 0.795, "r2": 0.632, "mae": 0.814},
-        "svr": {"r": 0.797, "r2": 0.635, "mae": 0.710},
-        "random_forest": {"r": 0.790, "r2": 0.624, "mae": 0.656},
-    },
-    "internal": {
-        "ridge": {"r": 0.741, "r2": 0.549, "mae": 0.725},
-        "gaussian_process": {"r": 0.733, "r2": 0.537, "mae": 0.874},
-        "svr": {"r": 0.734, "r2": 0.538, "mae": 0.754},
-        "random_forest": {"r": 0.734, "r2": 0.539, "mae": 0.740},
-    },
-    "external": {
-        "ridge": {"r": 0.755, "r2": 0.570, "mae": 1.155},
-        "gaussian_process": {"r": 0.799, "r2": 0.638, "mae": 1.247},
-        "svr": {"r": 0.794, "r2": 0.631, "mae": 1.112},
-        "random_forest": {"r": 0.775, "r2": 0.600, "mae": 1.162},
-    },
-}
-"""Seed 001, Table 3: ``{cohort: {model: {r, r2, mae}}}`` (training = 10-fold CV)."""
-
-PAPER_ANOVA: dict[str, dict[str, float]] = {
-    "internal": {"F": 7.94, "df1": 1.82, "df2": 180.39, "p": 0.001, "np2": 0.07, "eps": 0.61},
-    "external": {"F": 5.25, "df1": 1.70, "df2": 175.52, "p": 0.009, "np2": 0.05, "eps": 0.57},
-}
-"""Seed 001: 1-way RM-ANOVA of absolute errors across the four models (GG corrected)."""
-
-PAPER_SELECTION: dict[str, int] = {
-    "radiomic features": 125_580, "dropped by ICC < 0.90": 43, "low variance": 4_907,
-    "collinear (|r| > 0.8)": 99_312, "after LASSO": 21, "after CFS": 9,
-}
-"""Seed 001: feature counts of the selection chain."""
-
-PAPER_CLINICAL_ONLY: dict[str, dict[str, float]] = {
-    "ridge": {"r": 0.813, "mae": 1.005},
-    "svr": {"r": 0.814, "mae": 0.945},
-}
-"""Seed 001, ancillary clinical-only models: best results on the external test set."""
-
 
 @dataclass(frozen=True)
 class StudyConfig:
@@ -317,7 +260,7 @@ def subject_table(cohort: Any) -> pd.DataFrame:
     first = first_session(ms).copy()
     first.insert(0, "scan_id", first.index.astype(str))
     incomplete = first[["age", "disease_duration", "edss"]].isna().any(axis=1)
-    incomplete |= ~first["course"].astype(str).isin(["RR", "SP", "PP", "CIS"])
+    incomplete |= ~first["course"].astype(str).isin(MS_COURSES)
     if incomplete.any():
         logger.warning("subject_table: %d patient(s) without complete clinical data left out: %s",
                        int(incomplete.sum()), first.loc[incomplete, "subject_id"].tolist()[:10])
@@ -346,8 +289,8 @@ def study_rois(cohort: Any, n_gm_parcels: int | None = None) -> dict[str, list[i
         ROI name -> ``[label]``, deep GM first.
     """
     labels = cohort.labels
-    deep = {name: [v] for v, name in sorted(labels.items()) if v in _DEEP_GM_LABELS}
-    parcels = [(v, name) for v, name in sorted(labels.items()) if v >= _PARCEL_MIN_LABEL]
+    deep = {name: [v] for v, name in sorted(labels.items()) if v in DEEP_GM_LABELS}
+    parcels = [(v, name) for v, name in sorted(labels.items()) if v > PARCEL_OFFSET]
     if n_gm_parcels is not None:
         parcels = parcels[: int(n_gm_parcels)]
     if not deep and not parcels:
@@ -402,7 +345,7 @@ def extract_radiomics(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Se
               "cache_dir": cache_dir, "progress": progress}
     parts = [rad.extract(cohort, dict(rois), **common)]
     if config.nawm:
-        parts.append(rad.extract(cohort, {NAWM_ROI: [_WM_LABEL]}, subtract="lesion_mask", **common))
+        parts.append(rad.extract(cohort, {NAWM_ROI: [WM_LABEL]}, subtract="lesion_mask", **common))
     reasons = pd.concat([rad.reasons(p) for p in parts], ignore_index=True)
     feats = pd.concat(parts, axis=1)
     feats.index = pd.Index(subjects.index, name="subject_id")
@@ -430,7 +373,7 @@ def volume_table(cohort: Any, subjects: pd.DataFrame, rois: Mapping[str, Sequenc
 
 
 def disconnection_proxy(labels: np.ndarray, lesion: np.ndarray, spacing: Sequence[float],
-                        rois: Mapping[str, Sequence[int]], *, wm_labels: Sequence[int] = (_WM_LABEL,),
+                        rois: Mapping[str, Sequence[int]], *, wm_labels: Sequence[int] = (WM_LABEL,),
                         radius_mm: float = 10.0) -> dict[str, float]:
     """Lesion-disconnection proxy of each GM ROI: lesion fraction of its nearby WM.
 
@@ -552,7 +495,7 @@ class StudyData:
     @property
     def deep_gm_rois(self) -> list[str]:
         """Names of the deep-GM ROIs (labels 1-8)."""
-        return [n for n, v in self.rois.items() if any(x in _DEEP_GM_LABELS for x in v)]
+        return [n for n, v in self.rois.items() if any(x in DEEP_GM_LABELS for x in v)]
 
     def with_edss(self, edss: pd.Series) -> StudyData:
         """A copy whose subjects carry other EDSS values (for permutation checks)."""
@@ -589,44 +532,16 @@ def load_study_data(cohort: Any, config: StudyConfig, *, cache_dir: str | os.Pat
 
 
 # ---------------------------------------------------------------------------- splits
-def study_split(subjects: pd.DataFrame, *, internal_center: str | None = None, test_size: float = 0.2,
-                n_folds: int = 10, seed: int = 0) -> dict[str, Any]:
-    """The seed's design: internal center split 80/20, other centers external, k CV folds.
-
-    Parameters
-    ----------
-    subjects : DataFrame
-        :func:`subject_table` (index subject_id, column ``center``).
-    internal_center : str, optional
-        Default: the center with the most subjects.
-    test_size : float
-        Internal test fraction (seed: 0.2).
-    n_folds : int
-        Cross-validation folds over the training subjects (seed: 10), stored as
-        the split's ``inner`` list (``fold0`` ...).
-    seed : int
-
-    Returns
-    -------
-    dict
-        A split (see :mod:`msutils.data.splits`) with ``train``, ``test``,
-        ``external``, ``internal_center`` and ``inner``.
-    """
-    from msutils.data.splits import grouped_kfold, internal_external_split
-
-    table = subjects.reset_index()[["subject_id", "center"]].astype(str)
-    if internal_center is None:
-        counts = table["center"].value_counts()
-        internal_center = str(min(counts[counts == counts.max()].index))
-    split = internal_external_split(table, str(internal_center), test_size, seed=seed,
-                                    name=f"internal-{internal_center}")
-    split["inner"] = grouped_kfold(table, check_int("n_folds", n_folds, 2), stratify=None, seed=seed,
-                                   subjects=split["train"])
-    return split
-
-
 def cv_folds(split: Mapping[str, Any], train_index: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Positional ``(train, validation)`` pairs of the split's inner folds over ``train_index``."""
+    """Positional ``(train, validation)`` pairs of the split's inner folds over ``train_index``.
+
+    ``split`` is a :func:`msutils.data.splits.internal_external_cv` split with subject
+    folds (``inner``).
+    """
+    if "inner" not in split:
+        raise ValueError(f"split {split.get('name')!r} has no subject-level folds ('inner'; fold_unit "
+                         f"{split.get('fold_unit')!r}): the models' cross-validation needs at least as many "
+                         "training subjects as folds")
     pos = {str(s): i for i, s in enumerate(train_index)}
     out = []
     for inner in split["inner"]:
@@ -778,7 +693,7 @@ def retest_radiomics(cohort: Any, data: StudyData, retest_scans: Mapping[str, st
         feats, _ = extract_radiomics(cohort, subjects, data.rois, config, scan_ids=list(retest_scans.values()),
                                      cache_dir=cache_dir, progress=progress)
         return feats[list(data.radiomics.columns)]
-    rois = {**data.rois, **({NAWM_ROI: [_WM_LABEL]} if config.nawm else {})}
+    rois = {**data.rois, **({NAWM_ROI: [WM_LABEL]} if config.nawm else {})}
     names = rad.feature_names(config.radiomics_params)
     table = cohort.table
     tasks = []
@@ -791,8 +706,10 @@ def retest_radiomics(cohort: Any, data: StudyData, retest_scans: Mapping[str, st
             "seed": int(config.seed),
             "key": zlib.crc32(str(subject).encode()),
         })
+    if config.n_jobs > 1:
+        rad.import_worker_modules()
     results = process_map(_perturbed_scan, tasks, n_jobs=config.n_jobs, desc="ICC re-processing", unit="scans",
-                          progress=progress)
+                          progress=progress, preload=rad.WORKER_PRELOAD, fork_if_safe=True)
     rows = []
     for res in results:
         rows.append([v for roi in rois for v in res[roi]])
@@ -1062,42 +979,243 @@ def fit_models(selection: SelectionResult, data: StudyData,
 
 @dataclass
 class StudyFit:
-    """:func:`fit_study` output: the selection and the fitted models per feature set."""
+    """:func:`fit_study` output: the selection, the fitted models and their predictions.
+
+    Attributes
+    ----------
+    selection : SelectionResult
+    models : dict
+        ``{feature_set: {model: fitted pipeline}}`` (fitted on all training subjects).
+    predictions : dict
+        ``{feature_set: {cohort: DataFrame}}`` (index subject_id, one column per
+        model): ``"training"`` holds the out-of-fold predictions of the
+        cross-validation (when folds were given), then one entry per test set.
+    """
 
     selection: SelectionResult
     models: dict[str, dict[str, Any]]
+    predictions: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
 
     def predict(self, data: StudyData, subjects: Sequence[str], feature_set: str = "selected") -> pd.DataFrame:
         """Predicted EDSS of ``subjects``: one column per model."""
         X = feature_matrix(self.selection, data, subjects, feature_set)
         return predictions(self.models[feature_set], X)
 
+    def scores(self, edss: pd.Series) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+        """:func:`msutils.stats.regression_metrics` of every prediction against the observed ``edss``.
+
+        Returns
+        -------
+        dict
+            ``{feature_set: {cohort: {model: metrics}}}`` (Table 3's cells).
+        """
+        from msutils.stats import regression_metrics
+
+        y = pd.Series(edss, dtype=float)
+        return {fs: {c: {m: regression_metrics(y.loc[p.index], p[m]) for m in p} for c, p in per.items()}
+                for fs, per in self.predictions.items()}
+
 
 def fit_study(data: StudyData, train_subjects: Iterable[str], config: StudyConfig, *,
-              retest: pd.DataFrame | None = None,
+              retest: pd.DataFrame | None = None, selection: SelectionResult | None = None,
               hyperparameters: Mapping[str, Mapping[str, Mapping[str, Any] | None]] | None = None,
+              folds: Sequence[Mapping[str, Any]] | None = None,
+              test_sets: Mapping[str, Sequence[str]] | None = None,
               feature_sets: Sequence[str] = FEATURE_SETS, models: Sequence[str] = MODEL_ORDER,
               fit_log: Any = None) -> StudyFit:
-    """Everything fitted in the study, in one call: selection, then the models.
+    """Everything fitted in the study, in one call: selection, final models, their predictions.
+
+    1. :func:`select_features` on the training subjects (or the given ``selection``,
+       which must have been fitted on the same subjects);
+    2. per feature set, every model refitted with its hyper-parameters on all training
+       subjects (:func:`fit_models`);
+    3. with ``folds``: the out-of-fold predictions of the training subjects (the
+       seed's cross-validated "training" row of Table 3,
+       :func:`msutils.models.regression.cross_val_predictions`);
+    4. with ``test_sets``: the final models' predictions of each test set.
 
     Only the training subjects' EDSS and features are used; test subjects' values
-    can change without changing anything returned (the leakage canary).
+    can change without changing anything fitted or predicted (the leakage canary of
+    the tests calls this function twice, as the notebook calls it once).
 
     Parameters
     ----------
     data, train_subjects, config, retest, fit_log
         See :func:`select_features`.
+    selection : SelectionResult, optional
+        An already fitted selection of these training subjects (the notebook's
+        shared stage); ``retest`` is then unused.
     hyperparameters : mapping, optional
         ``{feature_set: {model: params}}``; default hyper-parameters otherwise.
+    folds : sequence of splits, optional
+        The cross-validation folds over the training subjects (the split's ``inner``).
+    test_sets : mapping, optional
+        ``{name: subject ids}``, e.g. ``{"internal": split["test"], "external": split["external"]}``.
     feature_sets : sequence of str
         Among :data:`FEATURE_SETS`.
     models : sequence of str
     """
-    selection = select_features(data, train_subjects, config, retest=retest, fit_log=fit_log)
+    from msutils.models.regression import cross_val_predictions
+
+    train = [str(s) for s in train_subjects]
+    if selection is None:
+        selection = select_features(data, train, config, retest=retest, fit_log=fit_log)
+    elif sorted(selection.train_subjects) != sorted(train):
+        raise ValueError("'selection' was fitted on other subjects than 'train_subjects'")
     hp = dict(hyperparameters or {})
     fitted = {fs: fit_models(selection, data, hp.get(fs), feature_set=fs, models=models, seed=config.seed,
                              fit_log=fit_log) for fs in feature_sets}
-    return StudyFit(selection=selection, models=fitted)
+    preds: dict[str, dict[str, pd.DataFrame]] = {}
+    for fs in feature_sets:
+        preds[fs] = {}
+        if folds is not None:
+            X = feature_matrix(selection, data, selection.train_subjects, fs)
+            y = data.edss.loc[selection.train_subjects]
+            cv = cv_folds({"name": "folds", "inner": list(folds)}, selection.train_subjects)
+            preds[fs]["training"] = pd.DataFrame(
+                {m: cross_val_predictions(m, (hp.get(fs) or {}).get(m), X, y, cv, seed=config.seed,
+                                          fit_log=fit_log) for m in models}, index=X.index)
+        for name, ids in (test_sets or {}).items():
+            preds[fs][name] = predictions(fitted[fs], feature_matrix(selection, data, ids, fs))
+    return StudyFit(selection=selection, models=fitted, predictions=preds)
+
+
+@dataclass(frozen=True)
+class SharedStage:
+    """What every cross-validation fold of the study shares (:func:`shared_stage`).
+
+    Attributes
+    ----------
+    data : StudyData
+    split : dict
+        The study split (:func:`msutils.data.splits.internal_external_cv`), as read
+        back from its splits file.
+    retest_scans : dict
+        Training subject -> re-processed scan (:func:`icc_subset`).
+    retest : DataFrame
+        :func:`retest_radiomics`.
+    selection : SelectionResult
+        Fitted on the training subjects.
+    fit_log : dict
+        :meth:`msutils.data.leakage.FitLog.to_dict` of the fitted steps.
+    seconds : dict
+        ``features``, ``icc_reprocessing``, ``total``.
+    """
+
+    data: StudyData
+    split: dict[str, Any]
+    retest_scans: dict[str, str]
+    retest: pd.DataFrame
+    selection: SelectionResult
+    fit_log: dict[str, Any]
+    seconds: dict[str, float]
+
+    @property
+    def train(self) -> list[str]:
+        """Training subjects, in the selection's order."""
+        return list(self.selection.train_subjects)
+
+    @property
+    def test_sets(self) -> dict[str, list[str]]:
+        """``{"internal": split["test"], "external": split["external"]}``."""
+        return {"internal": list(self.split["test"]), "external": list(self.split["external"])}
+
+
+def shared_stage(cohort: Any, config: StudyConfig, work_dir: str | os.PathLike, *,
+                 internal_center: str | None = None, test_size: float = 0.2, n_folds: int = 10,
+                 progress: bool = True) -> SharedStage:
+    """The study's steps before the model tuning, in one call.
+
+    1. :func:`load_study_data` (radiomics cached per scan and ROI under
+       ``<work_dir>/radiomics_cache``);
+    2. the split: the internal center's subjects 80/20 (``test_size``), the other
+       center external, ``n_folds`` CV folds over the training subjects, written once
+       to ``<work_dir>/splits_*.json`` and reused
+       (:func:`msutils.data.splits.load_or_create_internal_external_cv`);
+    3. the stability re-extraction of ``config.icc_subjects`` training subjects
+       (:func:`icc_subset`, :func:`retest_radiomics`);
+    4. :func:`select_features` on the training subjects, recording every fitted step.
+
+    Parameters
+    ----------
+    cohort : msutils.data.cohort.Cohort
+    config : StudyConfig
+        ``config.seed`` also seeds the split.
+    work_dir : path-like
+        The notebook's output folder.
+    internal_center : str, optional
+        Default: the center with the most patients.
+    test_size : float
+        Internal test share (seed: 0.2).
+    n_folds : int
+        Cross-validation folds (seed: 10).
+    progress : bool
+        Progress lines of the extraction.
+    """
+    import time
+
+    from msutils.data.leakage import FitLog
+    from msutils.data.splits import load_or_create_internal_external_cv
+
+    work = Path(work_dir)
+    t0 = time.perf_counter()
+    data = load_study_data(cohort, config, cache_dir=work / "radiomics_cache", progress=progress)
+    t_features = time.perf_counter() - t0
+    split = load_or_create_internal_external_cv(
+        work, data.subjects.reset_index(), cohort.content_hash(), internal_center=internal_center,
+        test_size=test_size, n_folds=n_folds, seed=config.seed)
+    retest_scans = icc_subset(cohort, data, split["train"], config)
+    retest = retest_radiomics(cohort, data, retest_scans, config, cache_dir=work / "radiomics_cache",
+                              progress=progress)
+    t_retest = time.perf_counter() - t0 - t_features
+    log = FitLog()
+    selection = select_features(data, split["train"], config, retest=retest, fit_log=log)
+    return SharedStage(data=data, split=split, retest_scans=retest_scans, retest=retest, selection=selection,
+                       fit_log=log.to_dict(), seconds={"features": t_features, "icc_reprocessing": t_retest,
+                                                       "total": time.perf_counter() - t0})
+
+
+def tune_fold(shared: SharedStage, fold: int, *, grid: str = "small", seed: int = 0,
+              feature_sets: Sequence[str] = FEATURE_SETS, models: Sequence[str] = MODEL_ORDER) -> dict[str, Any]:
+    """One cross-validation fold of the hyper-parameter search (one papermill fold run).
+
+    Every grid point of every model (:func:`msutils.models.regression.cv_fold_scores`)
+    fitted on the fold's training part and scored on its validation part, per feature set.
+
+    Returns
+    -------
+    dict
+        ``scores`` (one row per feature set, model and grid point) and ``fit_log``
+        (:meth:`msutils.data.leakage.FitLog.to_dict`).
+    """
+    from msutils.data.leakage import FitLog
+    from msutils.models.regression import cv_fold_scores
+
+    train = shared.train
+    y = shared.data.edss.loc[train]
+    cv = cv_folds(shared.split, train)
+    log = FitLog()
+    X = {fs: feature_matrix(shared.selection, shared.data, train, fs) for fs in feature_sets}
+    scores = [cv_fold_scores(m, X[fs], y, cv, int(fold), grid=grid, seed=seed, fit_log=log).assign(feature_set=fs)
+              for fs in feature_sets for m in models]
+    return {"scores": pd.concat(scores, ignore_index=True), "fit_log": log.to_dict()}
+
+
+def choose_hyperparameters(cv_scores: pd.DataFrame, n_folds: int, *,
+                           feature_sets: Sequence[str] = FEATURE_SETS, models: Sequence[str] = MODEL_ORDER
+                           ) -> dict[str, dict[str, Any]]:
+    """The winning grid point of every model and feature set over the folds of :func:`tune_fold`.
+
+    Returns
+    -------
+    dict
+        ``{feature_set: {model: msutils.models.regression.HyperparameterChoice}}``.
+    """
+    from msutils.models.regression import select_hyperparameters
+
+    return {fs: {m: select_hyperparameters(cv_scores[(cv_scores["feature_set"] == fs) & (cv_scores["model"] == m)],
+                                           n_folds=n_folds)
+                 for m in models} for fs in feature_sets}
 
 
 def predictions(models: Mapping[str, Any], X: pd.DataFrame) -> pd.DataFrame:
@@ -1121,16 +1239,23 @@ _COHORT_LABELS = {"training": "Training (cross-validation)", "internal": "Intern
                   "external": "External test"}
 
 
+#: Table 3's metric columns: score key -> column label. Its "R2" is the squared Pearson r.
+TABLE3_METRICS: dict[str, str] = {"r": "r", "pearson_r2": "R² (= r²)", "mae": "MAE"}
+
+
 def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
            pvalues: Mapping[str, float] | None = None, *, models: Sequence[str] = MODEL_ORDER,
            labels: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """The seed's Table 3 layout: one row per cohort, (model, r / R2 / MAE) columns, P value.
+    """The seed's Table 3 layout: one row per cohort, (model, r / R² / MAE) columns, P value.
+
+    The R² column is the squared Pearson correlation (``pearson_r2``), as in the
+    seed's table, not the coefficient of determination (``r2_score``).
 
     Parameters
     ----------
     scores : mapping
-        ``{cohort: {model: {"r", "r2", "mae"}}}`` (cohorts ``training``,
-        ``internal``, ``external``).
+        ``{cohort: {model: {"r", "pearson_r2", "mae"}}}`` (cohorts ``training``,
+        ``internal``, ``external``), e.g. :func:`msutils.stats.regression_metrics` values.
     pvalues : mapping, optional
         ``{cohort: RM-ANOVA p}`` (shown formatted; missing -> "-").
     models : sequence of str
@@ -1141,10 +1266,10 @@ def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
     from msutils.stats import format_p
 
     labels = {**_COHORT_LABELS, **dict(labels or {})}
-    cols = pd.MultiIndex.from_tuples([(MODELS[m].label, k) for m in models for k in ("r", "R2", "MAE")])
+    cols = pd.MultiIndex.from_tuples([(MODELS[m].label, label) for m in models for label in TABLE3_METRICS.values()])
     rows, index = [], []
     for cohort, per_model in scores.items():
-        rows.append([per_model.get(m, {}).get(k, np.nan) for m in models for k in ("r", "r2", "mae")])
+        rows.append([per_model.get(m, {}).get(k, np.nan) for m in models for k in TABLE3_METRICS])
         index.append(labels.get(cohort, cohort))
     out = pd.DataFrame(rows, index=pd.Index(index, name="cohort"), columns=cols).astype(float).round(3)
     p = dict(pvalues or {})
@@ -1154,12 +1279,14 @@ def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 def paper_table3_long(scores: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None
                       ) -> dict[str, dict[str, float]]:
-    """``{"<cohort> / <model>": {"r", "r2", "mae"}}`` rows (the paper's by default) for
-    :func:`msutils.pipeline.report.paper_vs_ours`."""
+    """``{"<cohort> / <model>": {"r", "R² (= r²)", "MAE"}}`` rows (the paper's Table 3 by default)
+    for :func:`msutils.pipeline.report.paper_vs_ours`."""
     from msutils.models.regression import MODELS
+    from msutils.studies import paper_numbers
 
-    src = PAPER_TABLE3 if scores is None else scores
-    return {f"{_COHORT_LABELS.get(c, c)} / {MODELS[m].label}": {k: float(v[k]) for k in ("r", "r2", "mae")}
+    src = paper_numbers.load("001")["table3"] if scores is None else scores
+    return {f"{_COHORT_LABELS.get(c, c)} / {MODELS[m].label}":
+            {label: float(v[k]) for k, label in TABLE3_METRICS.items()}
             for c, per in src.items() for m, v in per.items()}
 
 
@@ -1214,7 +1341,7 @@ def driver_of_feature(name: str, deep_gm_rois: Sequence[str] | None = None) -> s
     if group == "volume":
         return "thalamus_volume" if name[len(VOLUME_PREFIX):].startswith("thalamus") else None
     roi = name.split("__")[0]
-    deep = (roi in deep_gm_rois) if deep_gm_rois is not None else roi.startswith(_DEEP_GM_NAMES)
+    deep = (roi in deep_gm_rois) if deep_gm_rois is not None else roi.startswith(DEEP_GM_STRUCTURES)
     return "texture_amplitude" if deep else None
 
 

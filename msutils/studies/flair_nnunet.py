@@ -3,14 +3,13 @@
 The notebook ``03_flair_nnunet`` chains these steps; each is reusable and tested
 on its own. The design follows the paper (Darestani et al., Sci Rep 2025):
 
-Patients and split (:func:`study_scans`, :func:`study_split`)
+Patients and split (:func:`study_scans`, :func:`msutils.data.splits.internal_external_cv`)
     MS patients only (healthy controls have no lesion slices), one scan per
     patient (the first session: the paper has one FLAIR volume per patient).
     25 % of the main center's patients form the **internal test** set
-    (:func:`msutils.data.splits.internal_external_split`, seeded); the remaining
-    patients are split into the cross-validation folds
-    (:func:`msutils.data.splits.grouped_kfold`, subject-level); the patients of the
-    other center(s) form the **external test** set. With fewer training
+    (seeded); the remaining patients are split into the cross-validation folds
+    (subject-level); the patients of the other center(s) form the **external
+    test** set. With fewer training
     patients than folds (e.g. a 2-patient real sample: 1 trains, 1 tests) the
     folds cannot be built from patients; they are then contiguous blocks of
     axial slices of the training patients (``fold_unit="slab"``): the test
@@ -78,7 +77,7 @@ import numpy as np
 import pandas as pd
 
 from msutils.core.validation import check_int
-from msutils.segmentation.slice_classification import DEFAULT_THRESHOLDS
+from msutils.segmentation.slice_classification import DEFAULT_THRESHOLDS, draw_negatives
 from msutils.core.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -93,22 +92,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BRAIN_SOURCES",
-    "PAPER_SLICE_COUNTS",
-    "PAPER_TABLE4",
-    "PAPER_TABLE5_PRINTED",
-    "PAPER_VOXEL",
-    "SEGSTUDY_VERSION",
     "VARIANTS",
     "EvalSlices",
     "Evaluation",
     "PreparedStudy",
+    "SLICE_ROWS",
     "ScanSlices",
     "SegConfig",
     "TrainingSlices",
+    "VOXEL_ROWS",
     "brain_mask_for",
-    "draw_negatives",
     "eval_slices",
     "evaluate_test_set",
+    "fold_files",
     "fold_fit_log",
     "fold_groups",
     "fold_index",
@@ -118,11 +114,10 @@ __all__ = [
     "paper_vs_ours_rows",
     "predict_slices",
     "prepare_workspace",
-    "resolve_centers",
     "resolve_device",
     "scan_slices",
     "study_scans",
-    "study_split",
+    "table5",
     "train_fold",
     "training_slices",
     "workspace_key",
@@ -130,8 +125,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Bump when a change here must invalidate prepared workspaces.
-SEGSTUDY_VERSION = 1
 #: Training-set variants: with the offline augmentation (the paper) or without (Fig. 3, left).
 VARIANTS: tuple[str, ...] = ("aug", "noaug")
 #: Where the skull-stripping mask comes from (see :func:`brain_mask_for`).
@@ -143,33 +136,6 @@ _DEVICES = ("auto", "cpu", "cuda")
 _MARKER = "prepared.json"
 _CASES = "cases.csv"
 _SLICES = "training_slices.npz"
-#: TP overlap thresholds of Figs 4-5: 0.05, 0.10, ..., 0.95.
-#: Seed 003 Table 4: validation DSC (%) per fold.
-PAPER_TABLE4: dict[str, float] = {"fold 1": 83.5, "fold 2": 89.4, "fold 3": 88.4, "fold 4": 87.5, "fold 5": 84.5}
-#: Seed 003 Table 5 exactly as printed (%, HD95 in mm); see :data:`PAPER_SLICE_COUNTS` for the label swap.
-PAPER_TABLE5_PRINTED: dict[str, dict[str, str]] = {
-    "center 1 (internal)": {
-        "accuracy": "83.3 (79.5-86.5)", "sensitivity": "99.5 (98.3-99.9)", "PPV": "75.1 (70.8-78.9)",
-        "NPV": "99.3 (98.0-99.8)", "DSC": "70.3 (68.3-72.3)", "voxel PPV": "75.3 (73.2-77.3)",
-        "IoU": "56.0 (53.9-58.1)", "voxel sensitivity": "71.1 (68.4-73.8)", "HD95": "28.3 (23.5-33.1)",
-    },
-    "center 2 (external)": {
-        "accuracy": "76.1 (62.1-86.1)", "sensitivity": "100 (92.3-100)", "PPV": "67.7 (53.2-79.4)",
-        "NPV": "100 (92.3-100)", "DSC": "74.8 (70.6-78.9)", "voxel PPV": "88.9 (83.7-94.2)",
-        "IoU": "60.5 (55.6-65.5)", "voxel sensitivity": "68.1 (60.6-75.5)", "HD95": "31.5 (15.0-48.0)",
-    },
-}
-#: Slice counts given in the seed's text. They reproduce the printed Table 5 only if its
-#: "sensitivity" is the specificity, its "PPV" the NPV and its "NPV" the PPV (labels swapped).
-PAPER_SLICE_COUNTS: dict[str, dict[str, int]] = {
-    "center 1 (internal)": {"tp": 146, "fp": 1, "tn": 217, "fn": 72},
-    "center 2 (external)": {"tp": 12, "fp": 0, "tn": 23, "fn": 11},
-}
-#: Seed 003 Table 5, voxel level (fractions; HD95 in mm).
-PAPER_VOXEL: dict[str, dict[str, float]] = {
-    "center 1 (internal)": {"dice": 0.703, "ppv": 0.753, "iou": 0.560, "sensitivity": 0.711, "hd95": 28.3},
-    "center 2 (external)": {"dice": 0.748, "ppv": 0.889, "iou": 0.605, "sensitivity": 0.681, "hd95": 31.5},
-}
 
 
 # --------------------------------------------------------------------------- configuration
@@ -308,96 +274,6 @@ def study_scans(cohort: Cohort) -> pd.DataFrame:
     from msutils.data.cohort import first_session
 
     return first_session(ms)
-
-
-def resolve_centers(
-    scans: pd.DataFrame, main_center: str | None = None, external_center: str | None = None
-) -> tuple[str, list[str]]:
-    """The main (internal) center and the external center(s).
-
-    ``main_center=None``: the center with the most patients (ties: first in
-    sorted order). ``external_center=None``: every other center, pooled (the
-    paper's external patients came from two other centers); a name picks one.
-    """
-    counts = scans.groupby("center")["subject_id"].nunique()
-    centers = sorted(counts.index.astype(str))
-    if main_center is None:
-        main = str(counts.sort_index().idxmax())
-    else:
-        if str(main_center) not in centers:
-            raise ValueError(f"'main_center' must be one of {centers}; got {main_center!r}")
-        main = str(main_center)
-    others = [c for c in centers if c != main]
-    if external_center is None:
-        external = others
-    else:
-        if str(external_center) not in others:
-            raise ValueError(f"'external_center' must be one of {others} (not the main center); got "
-                             f"{external_center!r}")
-        external = [str(external_center)]
-    return main, external
-
-
-def study_split(
-    scans: pd.DataFrame,
-    *,
-    main_center: str,
-    external_centers: Sequence[str] = (),
-    n_folds: int = 5,
-    test_size: float = 0.25,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Internal train/test split of the main center, CV folds, external test patients.
-
-    Parameters
-    ----------
-    scans : DataFrame
-        :func:`study_scans` (one row per patient, columns ``subject_id``, ``center``).
-    main_center : str
-    external_centers : sequence of str
-        Centers whose patients form the external test set (others are unused).
-    n_folds : int
-        Cross-validation folds (>= 2).
-    test_size : float
-        Fraction of the main center's patients in the internal test set.
-    seed : int
-
-    Returns
-    -------
-    dict
-        A split (:mod:`msutils.data.splits` format): ``train`` (CV pool), ``test``
-        (internal test), ``external``, ``excluded``, ``internal_center``,
-        ``external_centers``, ``fold_unit`` (``"subject"`` or ``"slab"``) and,
-        for subject folds, ``inner``: the :func:`msutils.data.splits.grouped_kfold`
-        folds (``test`` = the fold's validation patients).
-    """
-    from msutils.data.splits import grouped_kfold, internal_external_split
-
-    check_int("n_folds", n_folds, 2)
-    n_main = scans.loc[scans["center"].astype(str) == str(main_center), "subject_id"].nunique()
-    if n_main < 2:
-        raise ValueError(f"the main center {main_center!r} has {n_main} MS patient(s); the internal train/test "
-                         "split needs at least 2")
-    split = internal_external_split(scans, str(main_center), test_size, seed=seed, name="seed003")
-    ext_set = set(map(str, external_centers))
-    ext_subjects = set(scans.loc[scans["center"].astype(str).isin(ext_set), "subject_id"].astype(str))
-    split["unused"] = sorted(set(split["external"]) - ext_subjects)
-    split["external"] = sorted(set(split["external"]) & ext_subjects)
-    split["external_centers"] = sorted(ext_set)
-    split["seed"] = int(seed)
-    split["test_size"] = float(test_size)
-    split["n_folds"] = int(n_folds)
-    if len(split["train"]) >= n_folds:
-        split["fold_unit"] = "subject"
-        split["inner"] = grouped_kfold(scans, n_folds, stratify=None, seed=seed, subjects=split["train"])
-    else:
-        split["fold_unit"] = "slab"
-        logger.warning(
-            "%d training patient(s) for %d folds: folds are blocks of axial slices within patients "
-            "(validation Dice is then within-patient and optimistic); the test patients stay unseen",
-            len(split["train"]), n_folds,
-        )
-    return split
 
 
 # --------------------------------------------------------------------------- slices
@@ -702,15 +578,19 @@ class PreparedStudy:
 
 
 def workspace_key(cohort: Cohort, split: Mapping[str, Any], config: SegConfig) -> str:
-    """16 hex digits naming the workspace: cohort content, split, data settings, versions."""
-    import msutils
+    """16 hex digits naming the workspace: cohort content, split, data settings, library.
+
+    The library is :func:`msutils.core.fingerprint.library_fingerprint` (msutils' sources
+    and the versions of torch, nnU-Net, ...): a fixed bug in the preprocessing, the
+    export or the training wrapper prepares and trains a new workspace.
+    """
+    from msutils.core.fingerprint import library_fingerprint
 
     payload = {
         "cohort": cohort.content_hash(),
         "split": {k: split.get(k) for k in ("train", "inner", "fold_unit", "n_folds")},
         "config": config.data_settings(),
-        "msutils": msutils.__version__,
-        "segstudy": SEGSTUDY_VERSION,
+        "library": library_fingerprint(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -739,7 +619,7 @@ def prepare_workspace(
     ----------
     cohort : Cohort
     split : dict
-        From :func:`study_split`.
+        From :func:`msutils.data.splits.internal_external_cv`.
     config : SegConfig
     root_dir : path-like
         Folder under the run's output folder (nnU-Net writes below it).
@@ -824,6 +704,15 @@ def fold_index(fold: str) -> tuple[int, str]:
     if not m:
         raise ValueError(f"fold names must look like 'fold<k>' or 'fold<k>-noaug'; got {fold!r}")
     return int(m.group(1)), m.group(2) or "aug"
+
+
+def fold_files(result: Mapping[str, Any]) -> list[str]:
+    """Files outside the fold cache entry that a :func:`train_fold` result depends on: its checkpoint.
+
+    Pass as ``requires`` to :meth:`msutils.pipeline.cache.FoldCache.get_or_compute`: a fold
+    whose checkpoint has been deleted since is trained again.
+    """
+    return [str(result["checkpoint"])]
 
 
 def fold_fit_log(prepared: PreparedStudy, fold: int, log: FitLog | None = None) -> FitLog:
@@ -927,25 +816,6 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
 
 
 # --------------------------------------------------------------------------- test sets
-def draw_negatives(eligible: np.ndarray, n_positive: int, ratio: float = 1.0, seed: int = 0) -> np.ndarray:
-    """Indices of the negative slices to evaluate, drawn like :mod:`msutils.segmentation.lesions` does.
-
-    ``round(ratio * n_positive)`` indices (all eligible ones if fewer exist, with
-    a warning) drawn by ``numpy.random.default_rng(seed).choice`` without
-    replacement from ``flatnonzero(eligible)``, returned sorted.
-    """
-    elig = np.flatnonzero(np.asarray(eligible, dtype=bool))
-    if not np.isfinite(ratio) or ratio < 0:
-        raise ValueError(f"'ratio' must be a non-negative number; got {ratio!r}")
-    n_want = int(round(ratio * int(n_positive)))
-    if n_want > elig.size:
-        logger.warning("only %d negative slices available for %d requested; using all of them", elig.size, n_want)
-        n_want = elig.size
-    if n_want == 0:
-        return np.array([], dtype=int)
-    return np.sort(np.random.default_rng(seed).choice(elig, size=n_want, replace=False))
-
-
 @dataclass(frozen=True)
 class EvalSlices:
     """The evaluated slices of one test set (positives and drawn negatives).
@@ -978,7 +848,8 @@ def eval_slices(cohort: Cohort, scan_ids: Sequence[str], config: SegConfig, *, n
 
     Positives: lesion slices passing the entropy check. Negatives:
     :meth:`ScanSlices.negatives` of every scan pooled, then
-    :func:`draw_negatives` (``config.negative_ratio`` per positive, ``config.seed``).
+    :func:`msutils.segmentation.slice_classification.draw_negatives`
+    (``config.negative_ratio`` per positive, ``config.seed``).
     """
     rows, images, masks, counts = [], [], [], []
     cand_rows, cand_images, cand_masks = [], [], []
@@ -1112,12 +983,58 @@ def evaluate_test_set(
                           voxel_summary=vsum, curve=curve, n_patients=int(test.slices["subject_id"].nunique()))
 
 
+# --------------------------------------------------------------------------- Table 5
+#: Slice-level rows of Table 5: metric key -> label.
+SLICE_ROWS: dict[str, str] = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity",
+                              "ppv": "PPV", "npv": "NPV"}
+#: Voxel-level rows of Table 5 given in percent: metric key -> label (HD95 follows, in mm).
+VOXEL_ROWS: dict[str, str] = {"dice": "DSC", "ppv": "PPV", "iou": "IoU", "sensitivity": "sensitivity"}
+
+
+def table5(evaluations: Mapping[str, Evaluation | None]) -> pd.DataFrame:
+    """The seed's Table 5 layout: one column per test set, estimates with their 95 % intervals.
+
+    Rows: the slice counts, the slice-level ratios with exact (Clopper-Pearson)
+    intervals and the voxel-level means with patient-bootstrap intervals, in percent,
+    HD95 in mm, and the numbers of slices and patients behind them
+    (:func:`msutils.stats.format_ci` formats every cell; ``n/a`` for an undefined value).
+
+    Parameters
+    ----------
+    evaluations : mapping
+        Test-set name -> :class:`Evaluation` (None: the set is absent and left out).
+    """
+    from msutils.stats import format_ci
+
+    cols = {}
+    for name, ev in evaluations.items():
+        if ev is None:
+            continue
+        m, v = ev.slice_metrics, ev.voxel_summary
+        col = {"TP / FN / TN / FP": f"{m['tp']} / {m['fn']} / {m['tn']} / {m['fp']}"}
+        for k, label in SLICE_ROWS.items():
+            col[f"slice {label} (%)"] = format_ci(m[k], m[f"{k}_ci_low"], m[f"{k}_ci_high"])
+        for k, label in VOXEL_ROWS.items():
+            col[f"voxel {label} (%)"] = format_ci(*v.loc[k, ["mean", "ci_low", "ci_high"]]) if k in v.index else "n/a"
+        has_hd = "hd95" in v.index
+        col["voxel HD95 (mm)"] = format_ci(*v.loc["hd95", ["mean", "ci_low", "ci_high"]], scale=1) if has_hd else "n/a"
+        col["slices (HD95 defined) / patients"] = (f"{len(ev.voxel)} ({int(v.loc['hd95', 'n'])}) / {ev.n_patients}"
+                                                   if has_hd else f"0 / {ev.n_patients}")
+        cols[name] = col
+    return pd.DataFrame(cols)
+
+
 # --------------------------------------------------------------------------- paper comparison
 def paper_slice_metrics() -> dict[str, dict[str, float]]:
-    """The paper's slice-level metrics recomputed from the counts in its text (labels as they should be)."""
-    from msutils.segmentation.metrics import classification_metrics
+    """The paper's slice-level metrics recomputed from the counts in its text (labels as they should be).
 
-    return {row: classification_metrics(**c) for row, c in PAPER_SLICE_COUNTS.items()}
+    The counts are ``slice_counts`` of :func:`msutils.studies.paper_numbers.load` ``("003")``; they
+    reproduce the printed Table 5 only with its sensitivity / PPV / NPV labels swapped.
+    """
+    from msutils.segmentation.metrics import classification_metrics
+    from msutils.studies import paper_numbers
+
+    return {row: classification_metrics(**c) for row, c in paper_numbers.load("003")["slice_counts"].items()}
 
 
 def paper_vs_ours_rows(evaluations: Mapping[str, Evaluation | None]) -> tuple[dict, dict]:
@@ -1127,14 +1044,16 @@ def paper_vs_ours_rows(evaluations: Mapping[str, Evaluation | None]) -> tuple[di
     to a :class:`Evaluation` (or None). The paper's slice-level numbers are
     the ones its counts give (:func:`paper_slice_metrics`).
     """
-    names = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV",
-             "npv": "NPV"}
+    names = SLICE_ROWS
     vnames = {"dice": "DSC", "ppv": "voxel PPV", "iou": "IoU", "sensitivity": "voxel sensitivity",
               "hd95": "HD95 (mm)"}
+    from msutils.studies import paper_numbers
+
+    voxel = paper_numbers.load("003")["voxel"]
     paper: dict[str, dict[str, float]] = {}
     for row, m in paper_slice_metrics().items():
         paper[row] = {names[k]: m[k] for k in names}
-        paper[row].update({vnames[k]: v for k, v in PAPER_VOXEL[row].items()})
+        paper[row].update({vnames[k]: v for k, v in voxel[row].items()})
     ours: dict[str, dict[str, float]] = {}
     for row, ev in evaluations.items():
         if ev is None:

@@ -30,14 +30,17 @@ def t_folds() -> nbformat.NotebookNode:
             "parameters",
         ),
         new_code_cell(
+            "import logging\n"
             "import os\n"
             "import time\n"
             "from pathlib import Path\n"
             "\n"
+            "from msutils.core.progress import Progress\n"
             "from msutils.pipeline import kernel\n"
             "from msutils.pipeline.profiles import profile_folds\n"
             "\n"
             'NOTEBOOK = "t_folds"\n'
+            "kernel.configure_logging()\n"
             "params = kernel.notebook_params(globals(), NOTEBOOK)\n"
             "cache = kernel.fold_cache(NOTEBOOK, params)\n"
             "folds = profile_folds(NOTEBOOK, profile)"
@@ -53,6 +56,9 @@ def t_folds() -> nbformat.NotebookNode:
             "            time.sleep(0.1)\n"
             "    if f == fail_fold:\n"
             '        raise ValueError(f"boom in {f}")\n'
+            '    logging.getLogger("msutils.t_folds").warning("computing fold %s", f)\n'
+            '    with Progress(f"t_folds step {f}", total=2, unit="parts") as bar:\n'
+            "        bar.update(2)\n"
             '    return {"fold": f, "value": (folds.index(f) + 1) * scale + seed}'
         ),
         tagged("if fold is not None:\n    result = cache.get_or_compute(fold, compute_fold)", "fold-end"),
