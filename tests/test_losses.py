@@ -170,7 +170,7 @@ def test_combined_loss_is_the_linear_combination_and_has_gradients():
     p = torch.softmax(logits, 1)[:, 1].detach().numpy()
     np.testing.assert_allclose(p, p_np, rtol=1e-10)
     glob = np.mean([_ndsc_reference(p[b], inst[b] > 0, 1e-3, 1e-5, 1e-5) for b in range(3)])
-    assert float(loss) == pytest.approx(2.0 * glob + _blob_reference(p, inst), rel=1e-10)
+    assert float(loss.detach()) == pytest.approx(2.0 * glob + _blob_reference(p, inst), rel=1e-10)
     loss.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     single = L.NormalizedDiceLoss()(logits.detach(), torch.from_numpy(inst > 0))
