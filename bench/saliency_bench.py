@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from msutils import synth
-    from msutils.cohort import load_cohort
-    from msutils.lesions import instances
+    from msutils.data.cohort import load_cohort
+    from msutils.segmentation.lesions import instances
     from msutils.segmentation import saliency as S
     from msutils.studies import xai_refinement as X
 

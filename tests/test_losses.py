@@ -1,4 +1,4 @@
-"""Tests for msutils.segmentation.losses and msutils.metrics.normalized_dice."""
+"""Tests for msutils.segmentation.losses and msutils.segmentation.metrics.normalized_dice."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from msutils import metrics as M
+from msutils.segmentation import metrics as M
 from msutils.segmentation import losses as L
 
 torch.set_num_threads(1)

@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from msutils import cohort as C
-from msutils.cohort import load_cohort
-from msutils.leakage import FitLog, assert_no_leak
+from msutils.data import cohort as C
+from msutils.data.cohort import load_cohort
+from msutils.data.leakage import FitLog, assert_no_leak
 from msutils.studies import xai_refinement as X
 
 torch.set_num_threads(1)
@@ -138,7 +138,7 @@ def test_split_by_patient_and_sets(tiny):
     assert sorted(sets["train"] + sets["val"] + sets["test"]) == [f"sub-{i:03d}" for i in range(1, 6)]
     assert split["train"] == sorted(sets["train"] + sets["val"])
     assert X.split_patients(scans, seed=3) == X.split_patients(scans, seed=3)
-    from msutils.splits import validate_splits
+    from msutils.data.splits import validate_splits
 
     assert validate_splits([split]) == []
     two = X.split_patients(scans[scans["subject_id"].isin(["sub-001", "sub-002"])], val_size=0.2, test_size=0.2)

@@ -16,7 +16,7 @@ Normalized Dice (Raina et al., ISBI 2023)
     one sample is ``1 - (2 TP + s_nr) / (2 TP + k FP + FN + s_dr)`` (MONAI's
     smoothing terms, 1e-5 each, so an empty target with an empty prediction
     costs 0); the batch loss is the mean over samples. With a hard (0/1) ``p``
-    and no smoothing it is ``1 - nDSC`` (:func:`msutils.metrics.normalized_dice`).
+    and no smoothing it is ``1 - nDSC`` (:func:`msutils.segmentation.metrics.normalized_dice`).
 Blob loss (Kofler et al., 2022)
     For sample ``b`` and each ground-truth *instance* ``l`` of that sample (an
     integer instance map, 0 = background): every voxel belonging to *another*

@@ -61,7 +61,8 @@ Sum variant (``method="sum"``)
     contributions of the lesion voxels cancel instead of the strongest one
     being kept. It is offered only as a labelled comparison.
 
-Progress is logged per lesion (``logging``, module logger), never printed.
+Progress is logged per lesion (:class:`msutils.core.progress.Progress` lines on the
+``msutils.progress`` logger, with ``progress=`` a name), never printed.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from msutils.core.progress import Progress
+from msutils.core.validation import check_choice, check_int
 
 __all__ = [
     "METHODS",
@@ -109,18 +113,6 @@ _BNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 # --------------------------------------------------------------------------- checks
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"'{name}' must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"'{name}' must be one of {list(choices)}; got {value!r}")
-    return str(value)
-
-
 def _check_eval(net: nn.Module) -> None:
     if not isinstance(net, nn.Module):
         raise TypeError(f"'net' must be a torch.nn.Module; got {type(net).__name__}")
@@ -162,7 +154,7 @@ def network_multiple(net: nn.Module) -> int:
 def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     """Zero-pad the spatial axes of ``(C, *spatial)`` at their high end to multiples of ``multiple``."""
     arr = np.asarray(image)
-    m = _check_int("multiple", multiple, 1)
+    m = check_int("multiple", multiple, 1)
     pads = [(0, 0)] + [(0, (-s) % m) for s in arr.shape[1:]]
     return np.pad(arr, pads) if any(p[1] for p in pads) else arr
 
@@ -209,7 +201,7 @@ class ReceptiveField:
             Start and stop are multiples of ``multiple`` (or the volume's edges).
         """
         m = self.multiple
-        extra = 0 if margin is None else _check_int("margin", margin, 0)
+        extra = 0 if margin is None else check_int("margin", margin, 0)
         out = []
         for a, b, lo, hi, n in zip(bbox_lo, bbox_hi, self.lo, self.hi, shape):
             block_lo = (int(a) // m) * m  # the field is measured per block of m voxels
@@ -283,8 +275,8 @@ def receptive_field(
     ReceptiveField
     """
     _check_local(net)
-    in_channels = _check_int("in_channels", in_channels, 1)
-    m = network_multiple(net) if multiple is None else _check_int("multiple", multiple, 1)
+    in_channels = check_int("in_channels", in_channels, 1)
+    m = network_multiple(net) if multiple is None else check_int("multiple", multiple, 1)
     probe = _probe_network(net)
     size = 4 * m
     while size <= max_size:
@@ -324,8 +316,8 @@ class NoiseField:
     def __init__(self, shape: Sequence[int], std: Sequence[float], seed: int, *, block: int = NOISE_BLOCK) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.std = np.asarray(std, dtype=np.float32)
-        self.seed = _check_int("seed", seed, 0)
-        self.block = _check_int("block", block, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.block = check_int("block", block, 1)
 
     def crop(self, sample: int, window: Sequence[slice]) -> np.ndarray:
         """Noise of one sample on ``window``: array ``(C, *window shape)``, float32."""
@@ -413,15 +405,15 @@ def _prepare(image: Any, labels: Any, lesion_ids: Sequence[int] | None) -> tuple
 
 def _check_common(n_samples: int, sigma: float, noise: str, method: str, input_channel: int, target_channel: int,
                   n_channels: int, seed: int) -> None:
-    _check_int("n_samples", n_samples, 1)
-    _check_int("seed", seed, 0)
+    check_int("n_samples", n_samples, 1)
+    check_int("seed", seed, 0)
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"'sigma' must be a finite number >= 0; got {sigma!r}")
-    _check_choice("noise", noise, NOISE_MODES)
-    _check_choice("method", method, METHODS)
-    if not 0 <= _check_int("input_channel", input_channel, 0) < n_channels:
+    check_choice("noise", noise, NOISE_MODES)
+    check_choice("method", method, METHODS)
+    if not 0 <= check_int("input_channel", input_channel, 0) < n_channels:
         raise ValueError(f"'input_channel' must be in [0, {n_channels - 1}]; got {input_channel}")
-    _check_int("target_channel", target_channel, 0)
+    check_int("target_channel", target_channel, 0)
 
 
 def _split_input(x: torch.Tensor, input_channel: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -458,6 +450,7 @@ def instance_smoothgrad(
     receptive: ReceptiveField | None = None,
     sample_batch: int = 10,
     voxel_batch: int = 1,
+    progress: str | None = None,
 ) -> dict[int, SaliencyMap]:
     """Instance-level SmoothGrad maps of every lesion of an instance map (fast, exact).
 
@@ -496,6 +489,9 @@ def instance_smoothgrad(
         Noisy copies per forward pass.
     voxel_batch : int, default 1
         Lesion voxels per backward call (``is_grads_batched``) for ``method="max"``.
+    progress : str, optional
+        Name of the progress lines (one per lesion, ``msutils.progress`` logger);
+        None logs nothing but debug records.
 
     Returns
     -------
@@ -505,9 +501,9 @@ def instance_smoothgrad(
     _check_eval(net)
     img, lab, ids = _prepare(image, labels, lesion_ids)
     _check_common(n_samples, sigma, noise, method, input_channel, target_channel, img.shape[0], seed)
-    sample_batch = _check_int("sample_batch", sample_batch, 1)
-    voxel_batch = _check_int("voxel_batch", voxel_batch, 1)
-    m = network_multiple(net) if multiple is None else _check_int("multiple", multiple, 1)
+    sample_batch = check_int("sample_batch", sample_batch, 1)
+    voxel_batch = check_int("voxel_batch", voxel_batch, 1)
+    m = network_multiple(net) if multiple is None else check_int("multiple", multiple, 1)
     if crop:
         _check_local(net)
         if receptive is None:
@@ -524,6 +520,8 @@ def instance_smoothgrad(
     from scipy import ndimage
 
     objects = ndimage.find_objects(lab)
+    bar = Progress(f"saliency {progress}", total=len(ids), unit="lesions", interval=0.0,
+                   enabled=progress is not None)
     for i, lid in enumerate(ids, 1):
         t0 = time.perf_counter()
         sl = objects[lid - 1]
@@ -564,8 +562,9 @@ def instance_smoothgrad(
         values = mean[tuple(slice(0, c.stop - c.start) for c in clip)]
         out[lid] = SaliencyMap(label=lid, values=np.ascontiguousarray(values), window=clip, n_voxels=len(voxels),
                                n_samples=n_samples, method=method, seconds=time.perf_counter() - t0)
-        logger.info("saliency lesion %d/%d (id %d, %d voxels, window %s): %.2f s", i, len(ids), lid, len(voxels),
-                    "x".join(str(w.stop - w.start) for w in win), out[lid].seconds)
+        logger.debug("saliency lesion %d/%d (id %d, %d voxels, window %s): %.2f s", i, len(ids), lid, len(voxels),
+                     "x".join(str(w.stop - w.start) for w in win), out[lid].seconds)
+        bar.update()
     return out
 
 
@@ -597,7 +596,7 @@ def smoothgrad_reference(
     _check_eval(net)
     img, lab, ids = _prepare(image, labels, lesion_ids)
     _check_common(n_samples, sigma, noise, method, input_channel, target_channel, img.shape[0], seed)
-    m = network_multiple(net) if multiple is None else _check_int("multiple", multiple, 1)
+    m = network_multiple(net) if multiple is None else check_int("multiple", multiple, 1)
     padded = pad_to_multiple(img, m)
     pshape = padded.shape[1:]
     noise_field = NoiseField(pshape, _noise_std(img, sigma, noise, input_channel), seed)

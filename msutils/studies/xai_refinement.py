@@ -14,7 +14,7 @@ Patients and split (:func:`study_scans`, :func:`split_patients`)
 Images (:func:`load_scan`)
     FLAIR and T1 z-scored over the brain (the manifest's brain mask, else the
     non-zero voxels of a skull-stripped image, else a crude foreground mask;
-    see :func:`msutils.segstudy.brain_mask_for`), 0 outside it; optionally
+    see :func:`msutils.studies.flair_nnunet.brain_mask_for`), 0 outside it; optionally
     resampled to ``voxel_mm`` (linear for images, masks re-binarised at 0.5).
 Segmentation model (:func:`build_unet`, :func:`train_unet`)
     MONAI ``UNet`` (3D, 2 inputs FLAIR + T1, 2 outputs, batch norm, no
@@ -33,7 +33,7 @@ Inference and lesions (:func:`predict_probability`, :func:`find_lesions`)
     the seed's public code; the paper gives none). Lesion instances are the
     connected components with **18-connectivity** (the seed's code), of volume
     **> 5 mm3** (the code drops components of <= 5 voxels at 1 mm; at 2 mm a
-    single voxel is 8 mm3 and counts), with :func:`msutils.lesions.match_instances`
+    single voxel is 8 mm3 and counts), with :func:`msutils.segmentation.lesions.match_instances`
     (same rule for prediction and truth): a predicted lesion is **TP** if it
     overlaps the ground truth at all, **FP** otherwise; a ground-truth lesion
     without any predicted voxel is an **FN**. Voxel Dice and normalized Dice
@@ -55,7 +55,7 @@ Map statistics and radiomics (:func:`map_record`)
     over the whole image volume (pyradiomics' ``normalizeImage`` as in the
     seed's code, computed exactly from the map's non-zero window) and the 93
     first-order and texture features are extracted with bin width 10 through
-    :func:`msutils.radiomics.extract_masks`; the number of grey levels per ROI
+    :func:`msutils.features.radiomics.extract_masks`; the number of grey levels per ROI
     is recorded so the page can check the binning.
 Refinement (aggregate part: :func:`fit_refiner`, :func:`refine`)
     Standardisation and an L1 logistic regression (liblinear, max_iter 10000)
@@ -86,8 +86,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from msutils.cohort import Cohort
-    from msutils.leakage import FitLog
+    from msutils.data.cohort import Cohort
+    from msutils.data.leakage import FitLog
     from msutils.segmentation.saliency import ReceptiveField, SaliencyMap
 
 __all__ = [
@@ -292,7 +292,7 @@ class XaiConfig:
 
 
 def _device(name: str) -> str:
-    from msutils.segstudy import resolve_device
+    from msutils.studies.flair_nnunet import resolve_device
 
     return resolve_device(name)
 
@@ -350,7 +350,7 @@ def split_patients(scans: pd.DataFrame, *, val_size: float = 0.15, test_size: fl
     Returns
     -------
     dict
-        A split in the :mod:`msutils.splits` format: ``train`` = the
+        A split in the :mod:`msutils.data.splits` format: ``train`` = the
         development patients (training + validation), ``test``, and, when
         there is a validation set, ``inner = [{"name": "validation", "train":
         training patients, "test": validation patients}]``; use
@@ -405,7 +405,7 @@ class Scan:
     spacing : tuple of float
         Voxel size (mm).
     brain_source : str
-        Where the brain mask came from (see :func:`msutils.segstudy.brain_mask_for`).
+        Where the brain mask came from (see :func:`msutils.studies.flair_nnunet.brain_mask_for`).
     zones : ndarray of int or None
         The manifest's ``roi_labels`` (for the location of false positives), if any.
     """
@@ -451,7 +451,7 @@ def load_scan(cohort: Cohort, scan_id: str, *, voxel_mm: float | None = None, br
         Resample to this isotropic voxel size (linear interpolation; masks
         interpolated and re-binarised at 0.5, ``roi_labels`` nearest neighbour).
     brain_source : str
-        See :func:`msutils.segstudy.brain_mask_for`.
+        See :func:`msutils.studies.flair_nnunet.brain_mask_for`.
     mask_column : str
         Ground-truth lesion mask column.
 
@@ -459,8 +459,8 @@ def load_scan(cohort: Cohort, scan_id: str, *, voxel_mm: float | None = None, br
     -------
     Scan
     """
-    from msutils.segstudy import brain_mask_for
-    from msutils.slices import estimate_brain_mask
+    from msutils.studies.flair_nnunet import brain_mask_for
+    from msutils.segmentation.slices import estimate_brain_mask
 
     if scan_id not in cohort.table.index:
         raise KeyError(f"scan {scan_id!r} is not in cohort {cohort.manifest_path}")
@@ -546,7 +546,7 @@ class PatchSampler:
 
     def __init__(self, scans: Sequence[Scan], patch_size: int, pos_fraction: float, connectivity: int,
                  seed: int) -> None:
-        from msutils.lesions import instances
+        from msutils.segmentation.lesions import instances
 
         if not scans:
             raise ValueError("'scans' is empty: no training scan")
@@ -696,8 +696,8 @@ def _min_voxels(min_lesion_mm3: float, voxel_mm3: float) -> int:
 
 def find_lesions(prob: np.ndarray, scan: Scan, config: XaiConfig, *, threshold: float | None = None) -> ScanLesions:
     """Threshold, label and match the lesions of one scan (see the module docstring)."""
-    from msutils.lesions import match_instances
-    from msutils.metrics import dice, normalized_dice
+    from msutils.segmentation.lesions import match_instances
+    from msutils.segmentation.metrics import dice, normalized_dice
 
     thr = config.threshold if threshold is None else float(threshold)
     if prob.shape != scan.truth.shape:
@@ -813,7 +813,7 @@ def radiomics_params(bin_width: float) -> dict[str, Any]:
     The map is z-scored over the whole volume before (:func:`map_record`), so
     pyradiomics' own normalisation is off (it would only see the crop).
     """
-    from msutils.radiomics import make_params
+    from msutils.features.radiomics import make_params
 
     return make_params(("firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"), bin_width=bin_width,
                        normalize=False)
@@ -826,11 +826,10 @@ def scan_maps(net: nn.Module, scan: Scan, labels: np.ndarray, ids: Sequence[int]
 
     if not len(ids):
         return {}
-    logger.info("saliency %s %s: %d lesions", scan.scan_id, tag, len(ids))
     return instance_smoothgrad(net, scan.image, labels, lesion_ids=list(ids), n_samples=config.n_samples,
                                sigma=config.sigma, noise=config.noise, seed=_scan_seed(config.seed, scan.scan_id + tag),
                                method=method, crop=True, receptive=receptive, sample_batch=config.sample_batch,
-                               voxel_batch=config.voxel_batch)
+                               voxel_batch=config.voxel_batch, progress=f"{scan.scan_id} {tag} {method}")
 
 
 def _dilate(mask: np.ndarray, size: int) -> np.ndarray:
@@ -853,7 +852,7 @@ def map_record(smap: SaliencyMap, labels: np.ndarray, shape: Sequence[int], spac
         The 93 features (empty with ``features=False``), named as the engine does
         (``firstorder__Mean``...); NaN with ``feats_reason`` in ``stats`` if pyradiomics failed.
     """
-    from msutils.radiomics import extract_masks
+    from msutils.features.radiomics import extract_masks
 
     win = smap.window
     lesion = labels[win] == smap.label
@@ -910,7 +909,7 @@ def compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig, *
     """
     import torch
 
-    from msutils.leakage import FitLog
+    from msutils.data.leakage import FitLog
     from msutils.segmentation.saliency import receptive_field
 
     t_start = time.perf_counter()
