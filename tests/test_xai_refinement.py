@@ -317,6 +317,20 @@ def test_refine_counts_and_bootstrap():
         X.bootstrap_detection(per, by="scan")
 
 
+def test_choose_threshold_on_validation_only():
+    curves = pd.DataFrame({
+        "scan_id": ["v1", "v1", "v2", "v2", "t1", "t1"], "subject_id": ["a", "a", "b", "b", "c", "c"],
+        "threshold": [0.3, 0.5, 0.3, 0.5, 0.3, 0.5], "tp": [5, 4, 3, 3, 1, 9], "fp": [4, 1, 2, 0, 0, 0],
+        "fn": [0, 1, 0, 0, 9, 1], "set": ["val", "val", "val", "val", "test", "test"]})
+    thr, table = X.choose_threshold(curves)
+    # validation: 0.3 -> F1 16 / (16 + 6 + 0) = 0.727; 0.5 -> 14 / (14 + 1 + 1) = 0.875 (the test set prefers 0.5 too,
+    # but it is never looked at)
+    assert thr == 0.5
+    assert table.set_index("threshold").loc[0.3, "f1"] == pytest.approx(16 / 22)
+    with pytest.raises(ValueError, match="no threshold counts for set 'val': the threshold baseline needs validation"):
+        X.choose_threshold(curves[curves["set"] == "test"])
+
+
 def test_domain_shift_mann_whitney():
     from scipy.stats import mannwhitneyu
 

@@ -120,6 +120,7 @@ __all__ = [
     "fit_refiner",
     "refine",
     "detection_metrics",
+    "choose_threshold",
     "bootstrap_detection",
     "feature_importance",
 ]
@@ -599,7 +600,7 @@ def train_unet(train_scans: Sequence[Scan], val_scans: Sequence[Scan], config: X
         ``iteration, train_loss`` (mean over the last ``val_every`` iterations)
         and ``val_loss`` (fixed seeded validation patches; NaN without validation scans).
     info : dict
-        ``seconds``, ``device``, ``n_train_scans``, ``n_val_patches``.
+        ``seconds``, ``device``, ``n_train_scans``, ``n_val_patches``, ``spacing`` (mm).
     """
     import torch
 
@@ -642,7 +643,7 @@ def train_unet(train_scans: Sequence[Scan], val_scans: Sequence[Scan], config: X
             running = []
     net.eval()
     info = {"seconds": time.perf_counter() - t0, "device": device, "n_train_scans": len(train_scans),
-            "n_val_patches": 0 if val is None else int(val[0].shape[0])}
+            "n_val_patches": 0 if val is None else int(val[0].shape[0]), "spacing": list(train_scans[0].spacing)}
     return net, pd.DataFrame(rows), info
 
 
@@ -1196,6 +1197,38 @@ def refine(test_lesions: pd.DataFrame, keep: np.ndarray, scans: pd.DataFrame) ->
     out["fp_after"] = out["fp"] - out["rejected_fp"]
     out["fn_after"] = out["fn"] + out["rejected_tp"]
     return out.reset_index(drop=True)
+
+
+def choose_threshold(curves: pd.DataFrame, set_name: str = "val") -> tuple[float, pd.DataFrame]:
+    """The output threshold with the best pooled lesion F1 on one set (the threshold baseline).
+
+    Parameters
+    ----------
+    curves : DataFrame
+        :func:`threshold_counts` rows of several scans with a ``set`` column.
+    set_name : str
+        Set the threshold is chosen on (``"val"``; never the test set).
+
+    Returns
+    -------
+    threshold : float
+        Best F1 (ties: the lowest threshold).
+    table : DataFrame
+        Pooled ``tp, fp, fn, f1, ppv`` per threshold of that set.
+
+    Raises
+    ------
+    ValueError
+        The set has no rows (e.g. no validation patients).
+    """
+    sub = curves[curves["set"] == set_name] if len(curves) else curves
+    if not len(sub):
+        raise ValueError(f"no threshold counts for set {set_name!r}: the threshold baseline needs validation scans")
+    pooled = sub.groupby("threshold")[["tp", "fp", "fn"]].sum()
+    table = pd.DataFrame([{"threshold": t, **detection_metrics(int(r.tp), int(r.fp), int(r.fn))}
+                          for t, r in pooled.iterrows()])
+    best = table.loc[table["f1"].fillna(-1.0).idxmax(), "threshold"]
+    return float(best), table
 
 
 def bootstrap_detection(per_scan: pd.DataFrame, *, by: str = "patient", after: bool = True,
