@@ -226,6 +226,19 @@ def test_fp_zone():
     assert X.fp_zone(les, None, brain) == "unknown"
 
 
+def test_select_subset_caps_fp_first():
+    rows = [("a", i, "TP") for i in range(1, 41)] + [("b", i, "FP") for i in range(1, 6)]
+    assert X.select_subset(rows, None, np.random.default_rng(0)) == rows
+    assert X.select_subset(rows, 100, np.random.default_rng(0)) == rows
+    picked = X.select_subset(rows, 20, np.random.default_rng(0))
+    assert len(picked) == 20 and sum(r[2] == "FP" for r in picked) == 5  # all 5 FP, 15 TP
+    assert picked == sorted(picked, key=rows.index)
+    many_fp = [("a", i, "TP") for i in range(1, 6)] + [("b", i, "FP") for i in range(1, 41)]
+    picked = X.select_subset(many_fp, 20, np.random.default_rng(1))
+    assert sum(r[2] == "FP" for r in picked) == 15 and len(picked) == 20  # the TP side is short: FP fill up
+    assert picked == X.select_subset(many_fp, 20, np.random.default_rng(1))
+
+
 # --------------------------------------------------------------------------- maps and radiomics
 def test_map_record_statistics_and_zscore():
     from msutils.segmentation.saliency import SaliencyMap

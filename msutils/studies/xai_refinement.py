@@ -43,9 +43,10 @@ Saliency (:func:`scan_maps`)
     N = 50 noise samples, sigma = 0.05 x the FLAIR range (the public code's
     convention; see that module), gradient of the pre-softmax lesion logit with
     respect to FLAIR, signed maximum over the lesion's voxels, mean over samples.
-    Maps are made for the TP and FP lesions of a training subset S (all of its
-    lesions, or a seeded random sample of ``max_s_lesions``: only S is ever
-    capped, never the test set) and of every test scan; for Fig. 1 also for
+    Maps are made for the TP and FP lesions of a training subset S (all the
+    training scans' lesions, or at most ``max_s_lesions`` of them, FP first:
+    :func:`select_subset`; only S is ever capped, never the test set) and of
+    every test scan; for Fig. 1 also for
     missed (FN) test lesions and true-negative spheres.
 Map statistics and radiomics (:func:`map_record`)
     The lesion mask is dilated by a 5 x 5 x 5 cube (a maximum filter of size 5,
@@ -111,6 +112,7 @@ __all__ = [
     "threshold_counts",
     "fp_zone",
     "tn_spheres",
+    "select_subset",
     "scan_maps",
     "map_record",
     "radiomics_params",
@@ -820,6 +822,29 @@ def radiomics_params(bin_width: float) -> dict[str, Any]:
                        normalize=False)
 
 
+def select_subset(rows: Sequence[tuple[str, int, str]], cap: int | None, rng: np.random.Generator,
+                  ) -> list[tuple[str, int, str]]:
+    """The training subset S: ``(scan_id, lesion_id, outcome)`` rows, at most ``cap`` of them.
+
+    Without a cap (or with fewer lesions) every row is kept. Otherwise up to
+    half of the cap is filled with false positives (all of them if fewer) and
+    the rest with true positives, each drawn at random; the paper's S was
+    built the same way, its FP maps taken from twice as many visits as its TP
+    maps (11,569 TP and 9,434 FP from 217 and 439 visits), since a U-Net makes
+    fewer FP than TP per visit. Rows keep their input order.
+    """
+    rows = list(rows)
+    if cap is None or len(rows) <= cap:
+        return rows
+    fp = [i for i, r in enumerate(rows) if r[2] == "FP"]
+    tp = [i for i, r in enumerate(rows) if r[2] != "FP"]
+    n_fp = min(len(fp), cap // 2)
+    n_tp = min(len(tp), cap - n_fp)
+    n_fp = min(len(fp), cap - n_tp)
+    pick = set(rng.choice(fp, n_fp, replace=False).tolist()) | set(rng.choice(tp, n_tp, replace=False).tolist())
+    return [r for i, r in enumerate(rows) if i in pick]
+
+
 def scan_maps(net: nn.Module, scan: Scan, labels: np.ndarray, ids: Sequence[int], config: XaiConfig,
               receptive: ReceptiveField, *, method: str = "max", tag: str = "") -> dict[int, SaliencyMap]:
     """Instance-level SmoothGrad maps of some lesions of one scan (seeded per scan and ``tag``)."""
@@ -952,12 +977,9 @@ def compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig, *
     seconds["prediction"] = time.perf_counter() - t0
     scans_df = pd.DataFrame(rows)
 
-    # training subset S: lesions of the training scans (seeded cap)
-    rng = np.random.default_rng(config.seed)
+    # training subset S: lesions of the training scans (seeded, FP-first cap)
     s_rows = [(sid, int(r.lesion_id), r.outcome) for sid in by_set["train"] for r in found[sid].pred.itertuples()]
-    if config.max_s_lesions is not None and len(s_rows) > config.max_s_lesions:
-        keep = np.sort(rng.choice(len(s_rows), config.max_s_lesions, replace=False))
-        s_rows = [s_rows[i] for i in keep]
+    s_rows = select_subset(s_rows, config.max_s_lesions, np.random.default_rng(config.seed))
     s_ids: dict[str, list[int]] = {}
     for sid, lid, _ in s_rows:
         s_ids.setdefault(sid, []).append(lid)
