@@ -935,6 +935,7 @@ def compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig, *
     """
     import torch
 
+    from msutils.core.progress import Progress
     from msutils.data.leakage import FitLog
     from msutils.segmentation.saliency import receptive_field
 
@@ -961,8 +962,10 @@ def compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig, *
     seconds: dict[str, float] = {"training": train_info["seconds"]}
     t0 = time.perf_counter()
     rows, curves, found = [], [], {}
+    bar = Progress("U-Net prediction", total=sum(len(v) for v in by_set.values()), unit="scans")
     for set_name in ("train", "val", "test"):
         for sid in by_set[set_name]:
+            bar.update()
             scan = get(sid)
             prob = predict_probability(net, scan, config)
             les = find_lesions(prob, scan, config)
