@@ -239,6 +239,51 @@ def test_select_subset_caps_fp_first():
     assert picked == X.select_subset(many_fp, 20, np.random.default_rng(1))
 
 
+def test_truth_columns_and_fp_kinds(tmp_path):
+    """A cohort with rater-like masks: the true lesion mask and the look-alike kind map are read when present."""
+    path = _manifest(tmp_path, 2)
+    rows = list(csv.DictReader(open(path)))
+    for row in rows:
+        d = tmp_path / row["subject_id"] / row["session"]
+        lesion = nib.load(str(d / "lesion_mask.nii.gz")).get_fdata() > 0
+        flair = nib.load(str(d / "flair.nii.gz")).get_fdata()
+        gt = lesion.copy()
+        gt[15:18, 15:18, 11:14] = True  # a true lesion the rater missed
+        la = np.zeros(SHAPE, np.int16)
+        la[(flair > 0.6 * 1.45) & ~lesion] = 2  # the bright look-alike blob: punctate WMH
+        for col, data in (("gt_lesion_mask", gt.astype(np.uint8)), ("gt_lookalike_labels", la)):
+            nib.save(nib.Nifti1Image(data, AFFINE), str(d / f"{col}.nii.gz"))
+            row[col] = f"{row['subject_id']}/{row['session']}/{col}.nii.gz"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    meta = yaml.safe_load((tmp_path / "manifest.yaml").read_text())
+    meta["images"] = ["t1", "flair", "gt_lesion_mask", "gt_lookalike_labels"]
+    meta["synthetic"] = {"ground_truth": {"lookalike_kinds": {1: "periventricular_cap", 2: "punctate_wmh"}}}
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(meta))
+    cohort = load_cohort(path)
+    assert X.lookalike_kinds(cohort) == {1: "periventricular_cap", 2: "punctate_wmh"}
+    scan = X.load_scan(cohort, "sub-002_ses-01")
+    assert scan.truth_gt is not None and scan.truth_gt.sum() > scan.truth.sum()
+    assert scan.lookalikes is not None and (scan.lookalikes == 2).any()
+    # the rater's mask against the truth: the missed lesion is an FN only against the truth
+    prob = np.where(scan.truth, 0.9, 0.0).astype(np.float32)
+    rater = X.find_lesions(prob, scan, X.XaiConfig()).metrics
+    true = X.find_lesions(prob, scan, X.XaiConfig(), truth=scan.truth_gt).metrics
+    assert rater["fn"] == 0 and true["fn"] == 1 and true["dice"] < rater["dice"] == 1.0
+    on = np.zeros(SHAPE, bool)
+    on[tuple(np.argwhere(scan.lookalikes == 2)[0])] = True
+    off = np.zeros(SHAPE, bool)
+    off[2, 2, 2] = True
+    kinds = X.lookalike_kinds(cohort)
+    assert X.fp_kind(on, scan.lookalikes, kinds) == "punctate_wmh"
+    assert X.fp_kind(off, scan.lookalikes, kinds) == "no look-alike"
+    assert X.fp_kind(on, None, kinds) is None
+    half = X.load_scan(cohort, "sub-002_ses-01", voxel_mm=4.0)
+    assert half.lookalikes.shape == half.truth.shape and set(np.unique(half.lookalikes)) <= {0, 2}
+
+
 # --------------------------------------------------------------------------- maps and radiomics
 def test_map_record_statistics_and_zscore():
     from msutils.segmentation.saliency import SaliencyMap

@@ -93,6 +93,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "REQUIRED_COLUMNS",
+    "TRUTH_LESION_COLUMN",
+    "LOOKALIKE_COLUMN",
     "OUTCOMES",
     "STATS",
     "XaiConfig",
@@ -111,6 +113,8 @@ __all__ = [
     "find_lesions",
     "threshold_counts",
     "fp_zone",
+    "lookalike_kinds",
+    "fp_kind",
     "tn_spheres",
     "select_subset",
     "scan_maps",
@@ -135,6 +139,10 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("flair", "t1", "lesion_mask")
 OUTCOMES: tuple[str, ...] = ("TP", "FP", "FN", "TN")
 #: Map statistics inside the dilated lesion ROI (Fig. 1 and 3).
 STATS: tuple[str, ...] = ("mean", "max", "min")
+#: Optional column with the *true* lesion mask when ``lesion_mask`` is a rater-like estimate (synthetic cohorts).
+TRUTH_LESION_COLUMN: str = "gt_lesion_mask"
+#: Optional column with the true lesion look-alike kind map (synthetic cohorts); codes in the sidecar's ``lookalike_kinds``.
+LOOKALIKE_COLUMN: str = "gt_lookalike_labels"
 _DEVICES = ("auto", "cpu", "cuda")
 _NOISE = ("range", "absolute")
 _CONNECTIVITY = (6, 18, 26)
@@ -411,6 +419,11 @@ class Scan:
         Where the brain mask came from (see :func:`msutils.studies.flair_nnunet.brain_mask_for`).
     zones : ndarray of int or None
         The manifest's ``roi_labels`` (for the location of false positives), if any.
+    truth_gt : ndarray of bool or None
+        The true lesion mask when the cohort has one besides its (rater-like)
+        ``lesion_mask`` (column ``gt_lesion_mask``, synthetic cohorts).
+    lookalikes : ndarray of int or None
+        The true lesion look-alike kind map (column ``gt_lookalike_labels``), if any.
     """
 
     scan_id: str
@@ -421,6 +434,8 @@ class Scan:
     spacing: tuple[float, float, float]
     brain_source: str
     zones: np.ndarray | None = field(default=None, repr=False)
+    truth_gt: np.ndarray | None = field(default=None, repr=False)
+    lookalikes: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def voxel_mm3(self) -> float:
@@ -461,6 +476,8 @@ def load_scan(cohort: Cohort, scan_id: str, *, voxel_mm: float | None = None, br
     Returns
     -------
     Scan
+        With ``zones`` (``roi_labels``), ``truth_gt`` (:data:`TRUTH_LESION_COLUMN`)
+        and ``lookalikes`` (:data:`LOOKALIKE_COLUMN`) when the cohort has them.
     """
     from msutils.studies.flair_nnunet import brain_mask_for
     from msutils.segmentation.slices import estimate_brain_mask
@@ -477,23 +494,31 @@ def load_scan(cohort: Cohort, scan_id: str, *, voxel_mm: float | None = None, br
     brain, used = brain_mask_for(cohort, scan_id, flair)
     if brain is None:
         brain = estimate_brain_mask(flair)
-    zones = None
-    if row.get("roi_labels"):
-        zones = cohort.array(scan_id, "roi_labels", dtype=np.int32)
+    extra: dict[str, np.ndarray | None] = {}
+    for name, column, binary in (("zones", "roi_labels", False), ("truth_gt", TRUTH_LESION_COLUMN, True),
+                                 ("lookalikes", LOOKALIKE_COLUMN, False)):
+        extra[name] = None
+        if column in row.index and isinstance(row[column], str) and row[column]:
+            arr = cohort.array(scan_id, column, dtype=np.float32 if binary else np.int32)
+            extra[name] = arr > 0 if binary else arr
     spacing = tuple(float(z) for z in cohort.image(scan_id, "flair").header.get_zooms()[:3])
     if voxel_mm is not None and not np.allclose(spacing, voxel_mm):
         factors = np.asarray(spacing) / float(voxel_mm)
         flair, t1 = _resample(flair, factors, 1), _resample(t1, factors, 1)
         truth = _resample(truth.astype(np.float32), factors, 1) > 0.5
         brain = _resample(brain.astype(np.float32), factors, 1) > 0.5
-        if zones is not None:
-            zones = _resample(zones, factors, 0)
+        for name, arr in extra.items():
+            if arr is not None:
+                extra[name] = (_resample(arr.astype(np.float32), factors, 1) > 0.5 if arr.dtype == bool
+                               else _resample(arr, factors, 0))
         spacing = (float(voxel_mm),) * 3
     if not brain.any():
         raise ValueError(f"scan {scan_id!r}: empty brain mask")
     image = np.stack([_zscore(flair, brain), _zscore(t1, brain)]).astype(np.float32)
+    gt = extra["truth_gt"]
     return Scan(scan_id=str(scan_id), subject_id=str(row["subject_id"]), image=image, truth=truth & brain,
-                brain=brain, spacing=spacing, brain_source=used, zones=zones)
+                brain=brain, spacing=spacing, brain_source=used, zones=extra["zones"],
+                truth_gt=None if gt is None else gt & brain, lookalikes=extra["lookalikes"])
 
 
 # --------------------------------------------------------------------------- network
@@ -697,17 +722,23 @@ def _min_voxels(min_lesion_mm3: float, voxel_mm3: float) -> int:
     return int(math.floor(min_lesion_mm3 / voxel_mm3)) + 1
 
 
-def find_lesions(prob: np.ndarray, scan: Scan, config: XaiConfig, *, threshold: float | None = None) -> ScanLesions:
-    """Threshold, label and match the lesions of one scan (see the module docstring)."""
+def find_lesions(prob: np.ndarray, scan: Scan, config: XaiConfig, *, threshold: float | None = None,
+                 truth: np.ndarray | None = None) -> ScanLesions:
+    """Threshold, label and match the lesions of one scan (see the module docstring).
+
+    ``truth`` replaces the scan's ``truth`` (e.g. its ``truth_gt``); ``threshold``
+    replaces ``config.threshold``.
+    """
     from msutils.segmentation.lesions import match_instances
     from msutils.segmentation.metrics import dice, normalized_dice
 
     thr = config.threshold if threshold is None else float(threshold)
-    if prob.shape != scan.truth.shape:
-        raise ValueError(f"'prob' shape {prob.shape} differs from the scan's {scan.truth.shape}")
+    ref = scan.truth if truth is None else truth
+    if prob.shape != ref.shape:
+        raise ValueError(f"'prob' shape {prob.shape} differs from the scan's {ref.shape}")
     binary = prob > thr
     min_vox = _min_voxels(config.min_lesion_mm3, scan.voxel_mm3)
-    match = match_instances(binary, scan.truth, overlap_threshold=0.0, connectivity=config.connectivity,
+    match = match_instances(binary, ref, overlap_threshold=0.0, connectivity=config.connectivity,
                             min_size=min_vox)
     pl, tl = match.pred_labels, match.truth_labels
     n_p = len(match.pred)
@@ -732,7 +763,7 @@ def find_lesions(prob: np.ndarray, scan: Scan, config: XaiConfig, *, threshold: 
     reason = None
     if n_p == 0:
         reason = (f"no predicted lesion (probability > {thr} in a component of >= {min_vox} voxels)")
-    metrics = {"dice": dice(binary, scan.truth), "normalized_dice": normalized_dice(binary, scan.truth),
+    metrics = {"dice": dice(binary, ref), "normalized_dice": normalized_dice(binary, ref),
                "tp": c["tp_pred"], "fp": c["fp"], "fn": c["fn"], "tp_truth": c["tp_truth"],
                "n_pred": c["n_pred"], "n_truth": c["n_truth"], "min_voxels": min_vox, "reason": reason}
     return ScanLesions(scan_id=scan.scan_id, subject_id=scan.subject_id, pred_labels=pl.astype(np.int32),
@@ -772,6 +803,43 @@ def fp_zone(lesion: np.ndarray, zones: np.ndarray | None, brain: np.ndarray) -> 
     if ((labs == 0) & brain[ring]).any():
         return "periventricular"
     return "deep WM"
+
+
+def lookalike_kinds(cohort: Cohort) -> dict[int, str]:
+    """Code -> kind of the cohort's lesion look-alike map (the sidecar's ``lookalike_kinds``, searched at any depth).
+
+    Empty when the cohort records no look-alikes.
+    """
+    def search(obj: Any) -> Any:
+        if isinstance(obj, Mapping):
+            if isinstance(obj.get("lookalike_kinds"), Mapping):
+                return obj["lookalike_kinds"]
+            for v in obj.values():
+                found = search(v)
+                if found is not None:
+                    return found
+        return None
+
+    raw = search(cohort.meta) or {}
+    return {int(k): str(v) for k, v in raw.items()}
+
+
+def fp_kind(lesion: np.ndarray, lookalikes: np.ndarray | None, kinds: Mapping[int, str]) -> str | None:
+    """The look-alike kind a false positive sits on (most voxels, 1-voxel neighbourhood included).
+
+    ``"no look-alike"`` when it touches none; None without a look-alike map.
+    """
+    if lookalikes is None:
+        return None
+    from scipy import ndimage
+
+    ring = ndimage.binary_dilation(lesion, ndimage.generate_binary_structure(3, 3))
+    codes = lookalikes[ring]
+    codes = codes[codes > 0]
+    if not codes.size:
+        return "no look-alike"
+    code = int(np.bincount(codes).argmax())
+    return kinds.get(code, f"look-alike {code}")
 
 
 def tn_spheres(scan: Scan, occupied: np.ndarray, n: int, volume_vox: float, rng: np.random.Generator,
@@ -953,6 +1021,7 @@ def compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig, *
         return load[sid]
 
     fit_log = FitLog()
+    kinds = lookalike_kinds(cohort)
     train_scans = [get(s) for s in by_set["train"]]
     val_scans = [get(s) for s in by_set["val"]]
     net, history, train_info = train_unet(train_scans, val_scans, config)
@@ -970,9 +1039,12 @@ def compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig, *
             prob = predict_probability(net, scan, config)
             les = find_lesions(prob, scan, config)
             found[sid] = les
-            rows.append({"scan_id": sid, "subject_id": scan.subject_id, "set": set_name,
-                         "brain_source": scan.brain_source,
-                         **{k: v for k, v in les.metrics.items()}})
+            row = {"scan_id": sid, "subject_id": scan.subject_id, "set": set_name, "brain_source": scan.brain_source,
+                   **les.metrics}
+            if scan.truth_gt is not None:  # beyond the seed: the same prediction against the true lesions
+                gt = find_lesions(prob, scan, config, truth=scan.truth_gt).metrics
+                row.update({f"gt_{k}": gt[k] for k in ("dice", "normalized_dice", "tp", "fp", "fn", "n_truth")})
+            rows.append(row)
             if set_name in ("val", "test"):
                 curves.append(threshold_counts(prob, scan, config, thresholds).assign(set=set_name))
             if set_name == "val":
@@ -1011,9 +1083,12 @@ def compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig, *
         maps = scan_maps(net, scan, les.pred_labels, ids, config, receptive, tag=set_name)
         for lid, smap in maps.items():
             stats, feats = map_record(smap, les.pred_labels, shape, scan.spacing, config)
-            zone = fp_zone(les.pred_labels == lid, scan.zones, scan.brain) if outcome[lid] == "FP" else None
+            zone = kind = None
+            if outcome[lid] == "FP":
+                zone = fp_zone(les.pred_labels == lid, scan.zones, scan.brain)
+                kind = fp_kind(les.pred_labels == lid, scan.lookalikes, kinds)
             records.append({"set": set_name, "scan_id": sid, "subject_id": scan.subject_id, "lesion_id": lid,
-                            "outcome": outcome[lid], "voxels": int(volume[lid]), "fp_zone": zone,
+                            "outcome": outcome[lid], "voxels": int(volume[lid]), "fp_zone": zone, "fp_kind": kind,
                             "seconds": smap.seconds, **stats, **feats})
             if set_name == "test":
                 examples[f"{sid}:{lid}"] = _sagittal(smap, les.pred_labels, scan.image[0])
