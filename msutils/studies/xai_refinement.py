@@ -183,11 +183,12 @@ class XaiConfig:
     Fig. 1), ``n_tn`` (TN spheres), ``n_sum_compare`` (lesions also mapped
     with the summed-logit variant). Radiomics: ``dilation``, ``bin_width``.
     Refinement: ``lr_c``, ``lr_max_iter``, ``n_boot``. ``seed`` seeds all.
+    The defaults are the ``quick`` profile's (the notebook's own defaults).
     """
 
     val_size: float = 0.15
-    test_size: float = 0.2
-    channels: tuple[int, ...] = (8, 16, 32)
+    test_size: float = 0.15
+    channels: tuple[int, ...] = (4, 8, 16)
     strides: tuple[int, ...] = (2, 2)
     patch_size: int = 48
     batch_size: int = 4
@@ -211,10 +212,10 @@ class XaiConfig:
     noise: str = "range"
     sample_batch: int = 10
     voxel_batch: int = 1
-    max_s_lesions: int | None = None
-    max_fn_maps: int = 40
+    max_s_lesions: int | None = 80
+    max_fn_maps: int = 20
     n_tn: int = 10
-    n_sum_compare: int = 5
+    n_sum_compare: int = 3
     dilation: int = 5
     bin_width: float = 10.0
     lr_c: float = 1.0
