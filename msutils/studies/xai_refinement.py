@@ -1001,7 +1001,22 @@ def compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig, *
     -------
     dict
         Plain data (DataFrames, arrays, dicts): see the notebook for the keys.
+
+    Notes
+    -----
+    BLAS pools are limited to one thread while it runs (pyradiomics' GLCM
+    eigenvalues gain nothing from more, and spinning BLAS threads slow
+    everything down on a shared 2-core machine); torch's own threads are
+    ``config.num_threads``.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _compute_study(cohort, split, config, thresholds)
+
+
+def _compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig,
+                   thresholds: Sequence[float]) -> dict[str, Any]:
     import torch
 
     from msutils.core.progress import Progress
