@@ -1074,6 +1074,9 @@ def _compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig,
     s_ids: dict[str, list[int]] = {}
     for sid, lid, _ in s_rows:
         s_ids.setdefault(sid, []).append(lid)
+    for sid in by_set["train"]:
+        if sid not in s_ids:
+            load[sid] = None  # training scans outside S are not needed any more
 
     records: list[dict[str, Any]] = []
     examples: dict[str, dict[str, Any]] = {}
