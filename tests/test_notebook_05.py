@@ -71,18 +71,31 @@ def _check_counts(s: dict) -> None:
     assert 0 <= u["dice"] <= 1 and 0 <= u["normalized_dice"] <= 1
 
 
+def _check_leakage(s: dict) -> None:
+    """The fitted steps the notebook recorded never saw a test patient; the U-Net saw the training patients."""
+    steps = s["fitted_steps"]
+    test = set(s["test_subjects"])
+    assert len(test) == s["split"]["test"] and "unet" in steps
+    assert len(steps["unet"]) == s["split"]["train"]
+    for step, subjects in steps.items():
+        assert not set(subjects) & test, step
+
+
 def test_smoke_summary(smoke_run):
     out, s = smoke_run
-    for key in ("unet", "refined", "domain_shift_p", "maps", "baselines", "split", "config", "leakage_audit",
+    for key in ("unet", "refined", "domain_shift_p", "maps", "baselines", "split", "config", "fitted_steps",
                 "s_cap", "n_features", "bins_median", "threshold_chosen_on_validation", "wall_time_s"):
         assert key in s, key
-    assert s["profile"] == "smoke" and s["leakage_audit"] == "passed"
+    assert s["profile"] == "smoke"
+    _check_leakage(s)
     cfg = s["config"]
     assert cfg["channels"] == [4, 8, 16] and cfg["n_samples"] == 4 and cfg["threshold"] == 0.3
     assert s["split"]["train"] >= 10 and s["split"]["val"] >= 1 and s["split"]["test"] >= 2
     _check_counts(s)
     u = s["unet"]
-    assert u["tp"] > 0  # the smoke U-Net finds lesions
+    # the smoke cohort's lesions are easy: measured Dice 0.70 and lesion F1 0.92 (seed 0); an untrained or
+    # transposed prediction scores near 0
+    assert u["dice"] > 0.4 and u["f1"] > 0.6
     maps = s["maps"]
     # every predicted test lesion has a map (test lesions are never capped); S respects its cap
     assert maps.get("test_TP", 0) + maps.get("test_FP", 0) == u["tp"] + u["fp"]
@@ -109,7 +122,8 @@ def test_smoke_summary(smoke_run):
 
 def test_mslub_real_data(mslub_run):
     out, s = mslub_run
-    assert s["cohort"] == "mslub" and s["leakage_audit"] == "passed"
+    assert s["cohort"] == "mslub"
+    _check_leakage(s)
     assert s["split"] == {"train": 1, "val": 0, "test": 1}
     assert s["n_scans"] == {"train": 1, "val": 0, "test": 1}
     assert s["config"]["voxel_mm"] == 3.0

@@ -130,7 +130,7 @@ def test_manifest_without_flair_is_rejected(tmp_path):
         load_cohort(path)
 
 
-def test_split_by_patient_and_sets(tiny):
+def test_split_by_patient_and_sets(tiny, tmp_path):
     scans = X.study_scans(tiny)
     split = X.split_patients(scans, val_size=0.2, test_size=0.2, seed=3)
     sets = X.split_sets(split)
@@ -141,6 +141,10 @@ def test_split_by_patient_and_sets(tiny):
     from msutils.data.splits import validate_splits
 
     assert validate_splits([split]) == []
+    saved = X.load_or_create_split(tmp_path, scans, "ab" * 32, val_size=0.2, test_size=0.2, seed=3)
+    assert {k: saved[k] for k in ("train", "test", "inner")} == {k: split[k] for k in ("train", "test", "inner")}
+    assert len(list(tmp_path.glob("splits_abababababab_seed004_val0.2_test0.2_seed3.json"))) == 1
+    assert X.load_or_create_split(tmp_path, scans, "ab" * 32, val_size=0.2, test_size=0.2, seed=3) == saved
     two = X.split_patients(scans[scans["subject_id"].isin(["sub-001", "sub-002"])], val_size=0.2, test_size=0.2)
     assert X.split_sets(two)["val"] == [] and len(two["test"]) == 1 and "inner" not in two
 
@@ -402,12 +406,28 @@ def test_domain_shift_mann_whitney():
     assert ds.loc[("TP", "mean"), "n_S"] == int(((t["set"] == "S") & (t["outcome"] == "TP")).sum())
 
 
-def test_paper_numbers():
-    p = X.paper()
+def test_paper_numbers_and_table1():
+    from msutils.studies import paper_numbers
+
+    p = paper_numbers.load("004")
     assert p["table1"]["unet"] == {"tp": 3050, "fp": 1818, "fn": 789, "f1": 0.7006, "ppv": 0.6265}
     assert p["table1"]["refined"]["f1_ci"] == [0.7358, 0.7547]
-    p["table1"]["unet"]["tp"] = 0
-    assert X.paper()["table1"]["unet"]["tp"] == 3050  # a copy
+    # the published F1 / PPV follow from the published counts
+    for row in ("unet", "refined"):
+        c = p["table1"][row]
+        m = X.detection_metrics(c["tp"], c["fp"], c["fn"])
+        assert m["f1"] == pytest.approx(c["f1"], abs=5e-5) and m["ppv"] == pytest.approx(c["ppv"], abs=5e-5)
+    before, after = X.detection_metrics(9, 3, 1), X.detection_metrics(8, 1, 2)
+    ci = {"patient_after": {"f1": {"low": 0.8, "high": 0.95}, "ppv": {"low": 0.7, "high": 1.0}},
+          "lesion_after": {"f1": {"low": float("nan"), "high": float("nan")}, "ppv": {"low": 0.5, "high": 1.0}}}
+    t = X.table1(before, after, ci, p["table1"])
+    assert t[("paper", "U-Net + saliency")]["FPs"] == 763
+    assert t[("paper", "U-Net + saliency")]["F1 95% CI, lesions resampled (seed)"] == "[0.7358, 0.7547]"
+    assert t[("this run", "U-Net only")]["F1 score"] == f"{18 / 22:.4f}"
+    assert t[("this run", "U-Net + saliency")]["FNs"] == 2
+    assert t[("this run", "U-Net + saliency")]["F1 95% CI, patients resampled"] == "[0.8000, 0.9500]"
+    assert t[("this run", "U-Net + saliency")]["F1 95% CI, lesions resampled (seed)"] == "n/a"
+    assert t[("this run", "U-Net only")]["PPV 95% CI, patients resampled"] == ""
 
 
 # --------------------------------------------------------------------------- end to end on the tiny cohort

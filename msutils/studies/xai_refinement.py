@@ -76,7 +76,6 @@ import math
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -101,10 +100,10 @@ __all__ = [
     "Scan",
     "ScanLesions",
     "Refiner",
-    "paper",
     "study_scans",
     "split_patients",
     "split_sets",
+    "load_or_create_split",
     "load_scan",
     "build_unet",
     "PatchSampler",
@@ -128,6 +127,7 @@ __all__ = [
     "detection_metrics",
     "choose_threshold",
     "bootstrap_detection",
+    "table1",
     "feature_importance",
 ]
 
@@ -146,21 +146,6 @@ LOOKALIKE_COLUMN: str = "gt_lookalike_labels"
 _DEVICES = ("auto", "cpu", "cuda")
 _NOISE = ("range", "absolute")
 _CONNECTIVITY = (6, 18, 26)
-_PAPER_FILE = Path(__file__).with_suffix(".yaml")
-
-
-@lru_cache(maxsize=1)
-def _paper_cached() -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(_PAPER_FILE.read_text(encoding="utf-8"))
-
-
-def paper() -> dict[str, Any]:
-    """The seed's published numbers (``xai_refinement.yaml`` beside this module), a fresh copy."""
-    import copy
-
-    return copy.deepcopy(_paper_cached())
 
 
 # --------------------------------------------------------------------------- configuration
@@ -399,6 +384,24 @@ def split_sets(split: Mapping[str, Any]) -> dict[str, list[str]]:
     if inner:
         return {"train": list(inner[0]["train"]), "val": list(inner[0]["test"]), "test": list(split["test"])}
     return {"train": list(split["train"]), "val": [], "test": list(split["test"])}
+
+
+def load_or_create_split(folder: str | Path, scans: pd.DataFrame, cohort_hash: str, *, val_size: float,
+                         test_size: float, seed: int) -> dict[str, Any]:
+    """The study's :func:`split_patients` split, written once to ``folder`` and reused by every run.
+
+    The file ``splits_<first 12 hex of the cohort hash>_seed004_val<val>_test<test>_seed<seed>.json``
+    is created by :func:`msutils.data.splits.load_or_create_splits` and validated
+    against ``scans`` on every read.
+    """
+    from msutils.data.splits import load_or_create_splits
+
+    if not isinstance(cohort_hash, str) or len(cohort_hash) < 12:
+        raise ValueError(f"'cohort_hash' must be a hex digest (Cohort.content_hash()); got {cohort_hash!r}")
+    path = Path(folder) / f"splits_{cohort_hash[:12]}_seed004_val{val_size}_test{test_size}_seed{int(seed)}.json"
+    return load_or_create_splits(
+        path, lambda: [split_patients(scans, val_size=val_size, test_size=test_size, seed=seed)],
+        seed=seed, table=scans)[0]
 
 
 # --------------------------------------------------------------------------- images
@@ -1390,6 +1393,58 @@ def bootstrap_detection(per_scan: pd.DataFrame, *, by: str = "patient", after: b
             return detection_metrics(int(tp_), int(fp_), int(fn_))[name]
         ci = bootstrap_ci(data, stat, units=units, n_boot=n_boot, seed=seed)
         out[name] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n_units": ci.n_units}
+    return out
+
+
+def _ci_text(ci: Mapping[str, Any] | None, key: str) -> str:
+    if not ci:
+        return ""
+    lo, hi = ci[key]["low"], ci[key]["high"]
+    return "n/a" if lo is None or not np.isfinite(lo) else f"[{lo:.4f}, {hi:.4f}]"
+
+
+def table1(before: Mapping[str, Any], after: Mapping[str, Any], ci: Mapping[str, Mapping[str, Any]],
+           published: Mapping[str, Any]) -> pd.DataFrame:
+    """The paper's Table 1 beside this run's: counts, F1, PPV and their bootstrap intervals.
+
+    Parameters
+    ----------
+    before, after : mapping
+        :func:`detection_metrics` of the U-Net alone and after the refinement.
+    ci : mapping
+        :func:`bootstrap_detection` results under ``patient_before``,
+        ``patient_after``, ``lesion_before``, ``lesion_after`` (missing keys: empty cells).
+    published : mapping
+        The paper's ``table1`` (``msutils.studies.paper_numbers.load("004")["table1"]``).
+
+    Returns
+    -------
+    DataFrame
+        Rows ``TPs, FPs, FNs, F1 score, PPV`` and the four interval rows (patients
+        resampled; lesions resampled, the seed's way); columns ``(paper | this run,
+        U-Net only | U-Net + saliency)``. The paper's intervals resample lesions.
+    """
+    p_u, p_r = published["unet"], published["refined"]
+    paper_ci = {k: f"[{p_r[k + '_ci'][0]:.4f}, {p_r[k + '_ci'][1]:.4f}]" for k in ("f1", "ppv")}
+
+    def col(c: Mapping[str, Any], cis: tuple[str, str]) -> list[Any]:
+        return [c["tp"], c["fp"], c["fn"], f"{c['f1']:.4f}", f"{c['ppv']:.4f}",
+                _ci_text(ci.get(cis[0]), "f1"), _ci_text(ci.get(cis[0]), "ppv"),
+                _ci_text(ci.get(cis[1]), "f1"), _ci_text(ci.get(cis[1]), "ppv")]
+
+    data = {
+        ("paper", "U-Net only"): [p_u["tp"], p_u["fp"], p_u["fn"], f"{p_u['f1']:.4f}", f"{p_u['ppv']:.4f}",
+                                  "", "", "", ""],
+        ("paper", "U-Net + saliency"): [p_r["tp"], p_r["fp"], p_r["fn"], f"{p_r['f1']:.4f}", f"{p_r['ppv']:.4f}",
+                                        "", "", paper_ci["f1"], paper_ci["ppv"]],
+        ("this run", "U-Net only"): col(before, ("patient_before", "lesion_before")),
+        ("this run", "U-Net + saliency"): col(after, ("patient_after", "lesion_after")),
+    }
+    index = ["TPs", "FPs", "FNs", "F1 score", "PPV", "F1 95% CI, patients resampled",
+             "PPV 95% CI, patients resampled", "F1 95% CI, lesions resampled (seed)",
+             "PPV 95% CI, lesions resampled (seed)"]
+    out = pd.DataFrame(data, index=index)
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
     return out
 
 
