@@ -49,7 +49,7 @@ def _lines(path: Path) -> list[str]:
 # ----------------------------------------------------------------------------- profiles
 def test_packaged_profiles() -> None:
     assert profiles.notebook_names() == ["00_cohort", "01_gan_augmentation", "02_edss_regression", "03_flair_nnunet",
-                                         "04_radiomics_fusion"]
+                                         "04_radiomics_fusion", "05_xai_refinement"]
     all_p = profiles.load_profiles()
     for nb in all_p:
         assert sorted(all_p[nb]) == ["paper", "quick", "smoke"]
@@ -62,6 +62,7 @@ def test_packaged_profiles() -> None:
     assert profiles.profile_folds("04_radiomics_fusion", "smoke") == ["fold0", "fold1"]
     assert profiles.profile_folds("04_radiomics_fusion", "quick") == [f"fold{i}" for i in range(6)]
     assert profiles.profile_folds("04_radiomics_fusion", "paper") == [f"fold{i}" for i in range(6)]
+    assert all(profiles.profile_folds("05_xai_refinement", p) == ["main"] for p in ("smoke", "quick", "paper"))
     assert profiles.get_profile("02_edss_regression", "quick").parameters == {"preset": "edss-quick"}
     assert profiles.get_profile("00_cohort", "paper").parameters == {"preset": "paper"}
     assert profiles.get_profile("03_flair_nnunet", "smoke").parameters["preset"] == "smoke"

@@ -8,6 +8,8 @@ mask (a 2D slice or a 3D volume; any non-zero voxel is foreground). With
 metric        formula                     empty-mask convention
 ============  ==========================  =========================================
 dice          2 TP / (2 TP + FP + FN)     both empty -> ``empty_score`` (1.0)
+nDSC          2 TP / (2 TP + k FP + FN)   both empty -> ``empty_score``; k = 1
+              (normalized Dice, k below)  when the truth is empty
 iou           TP / (TP + FP + FN)         both empty -> ``empty_score`` (1.0)
 ppv           TP / (TP + FP)              both empty -> ``empty_score``; only the
                                           prediction empty -> 0.0
@@ -24,6 +26,12 @@ nothing is undefined; MONAI returns ``inf`` there). Average HD95 with
 ``nanmean`` and report how many cases had a finite value (``summarize_metrics``
 gives ``n``). Set ``empty_score=float("nan")`` to exclude both-empty cases
 from the overlap means instead (nnU-Net's convention).
+
+The normalized Dice (Raina et al., ISBI 2023; seed 004) rescales false positives
+by ``k = (1 - r) |T| / (r (n - |T|))`` (``n`` voxels, ``|T|`` truth voxels,
+reference load ``r = 0.001``), as if every scan had the lesion load ``r``: the
+plain Dice falls with the lesion load for the same voxel error rates, the
+normalized one does not.
 
 HD95 follows MONAI's ``compute_hausdorff_distance(percentile=95)``: the
 surface of a mask is the set of foreground voxels removed by one binary
@@ -52,6 +60,7 @@ from msutils.core.validation import as_mask, ratio
 
 __all__ = [
     "dice",
+    "normalized_dice",
     "iou",
     "ppv",
     "sensitivity",
@@ -117,6 +126,35 @@ def dice(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0) -> fl
     """
     tp, fp, fn = _counts(*_pair(pred, truth))
     return ratio(2 * tp, 2 * tp + fp + fn, empty_score)
+
+
+def normalized_dice(
+    pred: np.ndarray, truth: np.ndarray, *, effective_load: float = 1e-3, empty_score: float = 1.0
+) -> float:
+    """Normalized Dice ``2 TP / (2 TP + k FP + FN)`` (Raina et al. 2023).
+
+    Parameters
+    ----------
+    pred, truth : ndarray, 2D or 3D, same shape
+        Binary masks.
+    effective_load : float in (0, 1), default 0.001
+        Reference lesion load ``r``; ``k = (1 - r) |T| / (r (n - |T|))``
+        (``k = 1`` when the truth is empty or fills the array).
+    empty_score : float, default 1.0
+        Value when both masks are empty.
+
+    Returns
+    -------
+    float
+    """
+    r = float(effective_load)
+    if not 0.0 < r < 1.0:
+        raise ValueError(f"'effective_load' must be in (0, 1); got {effective_load!r}")
+    p, t = _pair(pred, truth)
+    tp, fp, fn = _counts(p, t)
+    n, n_truth = t.size, tp + fn
+    k = 1.0 if n_truth in (0, n) else (1.0 - r) * n_truth / (r * (n - n_truth))
+    return ratio(2 * tp, 2 * tp + k * fp + fn, empty_score)
 
 
 def iou(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0) -> float:
