@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from msutils.core.device import resolve_device
+from msutils.segmentation.slices import brain_mask_for, pad_to_square
 from msutils.studies import flair_nnunet as S
 from msutils.segmentation import slice_classification as SC
 from msutils.data.cohort import load_cohort, write_manifest
@@ -121,7 +123,7 @@ def test_config_validation_messages():
         S.SegConfig(n_stages=0)
     with pytest.raises(ValueError, match=r"'overlap_threshold' must be a number in \[0, 1\]; got 1.5"):
         S.SegConfig(overlap_threshold=1.5)
-    assert S.resolve_device("cpu") == "cpu"
+    assert resolve_device("cpu") == "cpu"
 
 
 def test_fold_index():
@@ -255,13 +257,13 @@ def test_fold_groups_subject_and_slab():
 # --------------------------------------------------------------------------- slices
 def test_pad_to_square():
     vol = np.arange(2 * 3 * 4).reshape(2, 3, 4)
-    out, widths = S.pad_to_square(vol, axis=2)
+    out, widths = pad_to_square(vol, axis=2)
     assert out.shape == (3, 3, 4) and widths == ((0, 1), (0, 0), (0, 0))
     np.testing.assert_array_equal(out[:2], vol)
     assert not out[2].any()
-    out, widths = S.pad_to_square(np.ones((5, 2, 7)), axis=0)  # in-plane axes 1 and 2 -> 7 x 7
+    out, widths = pad_to_square(np.ones((5, 2, 7)), axis=0)  # in-plane axes 1 and 2 -> 7 x 7
     assert out.shape == (5, 7, 7) and widths == ((0, 0), (2, 3), (0, 0)) and out.sum() == 70
-    same, widths = S.pad_to_square(np.ones((4, 4, 2)))
+    same, widths = pad_to_square(np.ones((4, 4, 2)))
     assert same.shape == (4, 4, 2) and widths == ((0, 0),) * 3
 
 
@@ -275,17 +277,17 @@ def _without_brain_masks(cohort, scan_ids):
 
 def test_brain_mask_sources(cohort):
     flair = cohort.array("ms00_ses-01", "flair")
-    mask, used = S.brain_mask_for(cohort, "ms00_ses-01", flair, "auto")
+    mask, used = brain_mask_for(cohort, "ms00_ses-01", flair, "auto")
     assert used == "manifest" and mask.sum() == (cohort.array("ms00_ses-01", "brain_mask") > 0).sum()
     cohort = _without_brain_masks(cohort, ["ms06_ses-01"])
     stripped = cohort.array("ms06_ses-01", "flair")  # no brain mask, background exactly 0
-    mask, used = S.brain_mask_for(cohort, "ms06_ses-01", stripped, "auto")
+    mask, used = brain_mask_for(cohort, "ms06_ses-01", stripped, "auto")
     assert used == "nonzero" and mask.sum() == np.count_nonzero(stripped)
-    assert S.brain_mask_for(cohort, "ms00_ses-01", flair, "estimate") == (None, "estimate")
+    assert brain_mask_for(cohort, "ms00_ses-01", flair, "estimate") == (None, "estimate")
     noisy = stripped + 1.0  # no zero background, no mask -> the fallback
-    assert S.brain_mask_for(cohort, "ms06_ses-01", noisy, "auto") == (None, "estimate")
+    assert brain_mask_for(cohort, "ms06_ses-01", noisy, "auto") == (None, "estimate")
     with pytest.raises(ValueError, match="scan 'ms06_ses-01' of .* has no 'brain_mask'"):
-        S.brain_mask_for(cohort, "ms06_ses-01", stripped, "manifest")
+        brain_mask_for(cohort, "ms06_ses-01", stripped, "manifest")
 
 
 def test_scan_slices_geometry_and_entropy(cohort):

@@ -42,11 +42,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from msutils.core.validation import check_choice
+
+if TYPE_CHECKING:  # pragma: no cover
+    from msutils.data.cohort import Cohort
+
 __all__ = [
+    "BRAIN_SOURCES",
+    "brain_mask_for",
+    "pad_to_square",
     "ENTROPY_THRESHOLD",
     "SliceStack",
     "AugmentedSlices",
@@ -572,3 +580,71 @@ def _to_numpy(x: object) -> np.ndarray:
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()  # type: ignore[no-any-return, attr-defined]
     return np.asarray(x)
+
+
+# --------------------------------------------------------------------------- brain masks and padding
+#: Where the skull-stripping mask comes from (see :func:`brain_mask_for`).
+BRAIN_SOURCES: tuple[str, ...] = ("auto", "manifest", "nonzero", "estimate")
+
+
+def brain_mask_for(cohort: "Cohort", scan_id: str, flair: np.ndarray, source: str = "auto") -> tuple[
+    np.ndarray | None, str
+]:
+    """Skull-stripping mask of one scan and where it came from.
+
+    ``source``:
+
+    - ``"manifest"``: the cohort's ``brain_mask`` column (error if empty);
+    - ``"nonzero"``: ``flair != 0``, for images that are already skull-stripped
+      (e.g. the MSLUB sample: background set to exactly 0);
+    - ``"estimate"``: None, i.e. :func:`msutils.segmentation.slices.estimate_brain_mask`, a
+      crude foreground mask (a fallback, **not** FSL BET);
+    - ``"auto"``: ``manifest`` when the scan has a brain mask; else ``nonzero``
+      when at least half of the voxels are exactly 0 (an already
+      skull-stripped image); else ``estimate``.
+
+    Returns
+    -------
+    mask : ndarray of bool or None
+        None means "let :func:`msutils.segmentation.slices.skull_strip` estimate it".
+    used : str
+        ``"manifest"``, ``"nonzero"`` or ``"estimate"``.
+    """
+    check_choice("source", source, BRAIN_SOURCES)
+    has_mask = bool(cohort.table.loc[scan_id].get("brain_mask"))
+    if source == "manifest" or (source == "auto" and has_mask):
+        if not has_mask:
+            raise ValueError(f"scan {scan_id!r} of {cohort.manifest_path} has no 'brain_mask' (brain_source="
+                             "'manifest'); use 'nonzero' or 'estimate'")
+        mask = cohort.array(scan_id, "brain_mask") > 0
+        if mask.shape != flair.shape:
+            raise ValueError(f"scan {scan_id!r}: brain_mask shape {mask.shape} differs from FLAIR {flair.shape}")
+        return mask, "manifest"
+    if source == "nonzero" or (source == "auto" and np.mean(flair == 0) >= 0.5):
+        mask = flair != 0
+        if not mask.any():
+            raise ValueError(f"scan {scan_id!r}: the FLAIR image is all zero")
+        return mask, "nonzero"
+    return None, "estimate"
+
+
+def pad_to_square(volume: np.ndarray, axis: int = 2) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """Zero-pad the two axes other than ``axis`` to the larger of them (centred).
+
+    Returns the padded array (same dtype) and the ``numpy.pad`` widths.
+    """
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"'volume' must be a 3D array; got shape {vol.shape}")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"'axis' must be one of [0, 1, 2]; got {axis!r}")
+    inplane = [a for a in range(3) if a != axis]
+    side = max(vol.shape[a] for a in inplane)
+    widths = [(0, 0)] * 3
+    for a in inplane:
+        extra = side - vol.shape[a]
+        widths[a] = (extra // 2, extra - extra // 2)
+    widths_t = tuple(widths)
+    if all(w == (0, 0) for w in widths_t):
+        return vol, widths_t
+    return np.pad(vol, widths_t), widths_t

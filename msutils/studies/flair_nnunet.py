@@ -19,7 +19,7 @@ Slices (:func:`scan_slices`)
     Paper steps 1-5 through :func:`msutils.segmentation.slices.volume_to_slices`: skull
     strip (the manifest's ``brain_mask``; without one, an already
     skull-stripped image's non-zero voxels, else the documented fallback
-    :func:`msutils.segmentation.slices.estimate_brain_mask`, see :func:`brain_mask_for`),
+    :func:`msutils.segmentation.slices.estimate_brain_mask`, see :func:`msutils.segmentation.slices.brain_mask_for`),
     min-max normalisation to [0, 1] inside the brain, resizing to
     ``image_size`` x ``image_size`` (after zero-padding the two in-plane axes
     to a square, so the anatomy keeps its aspect ratio), mask binarisation and
@@ -67,7 +67,6 @@ import json
 import logging
 import os
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -76,7 +75,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from msutils.core.validation import check_int
+from msutils.core.device import DEVICES, resolve_device
+from msutils.core.seeding import derived_seed
+from msutils.core.validation import check_choice, check_int
+from msutils.segmentation.slices import BRAIN_SOURCES, brain_mask_for, pad_to_square
 from msutils.segmentation.slice_classification import DEFAULT_THRESHOLDS, draw_negatives
 from msutils.core.io import (
     atomic_write_bytes,
@@ -91,7 +93,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from msutils.segmentation.nnunet import NnUNetWorkspace
 
 __all__ = [
-    "BRAIN_SOURCES",
     "VARIANTS",
     "EvalSlices",
     "Evaluation",
@@ -101,7 +102,6 @@ __all__ = [
     "SegConfig",
     "TrainingSlices",
     "VOXEL_ROWS",
-    "brain_mask_for",
     "eval_slices",
     "evaluate_test_set",
     "fold_files",
@@ -109,12 +109,10 @@ __all__ = [
     "fold_groups",
     "fold_index",
     "load_predictor",
-    "pad_to_square",
     "paper_slice_metrics",
     "paper_vs_ours_rows",
     "predict_slices",
     "prepare_workspace",
-    "resolve_device",
     "scan_slices",
     "study_scans",
     "table5",
@@ -127,12 +125,9 @@ logger = logging.getLogger(__name__)
 
 #: Training-set variants: with the offline augmentation (the paper) or without (Fig. 3, left).
 VARIANTS: tuple[str, ...] = ("aug", "noaug")
-#: Where the skull-stripping mask comes from (see :func:`brain_mask_for`).
-BRAIN_SOURCES: tuple[str, ...] = ("auto", "manifest", "nonzero", "estimate")
 _DATASET_IDS = {"aug": 1, "noaug": 2}
 _DATASET_NAMES = {"aug": "FLAIRslices", "noaug": "FLAIRslicesNoAug"}
 _NORMALIZATIONS = ("minmax", "percentile")
-_DEVICES = ("auto", "cpu", "cuda")
 _MARKER = "prepared.json"
 _CASES = "cases.csv"
 _SLICES = "training_slices.npz"
@@ -154,7 +149,7 @@ class SegConfig:
     normalization : {"minmax", "percentile"}
         Intensity scaling to [0, 1] inside the brain (paper: min-max).
     brain_source : {"auto", "manifest", "nonzero", "estimate"}
-        Skull-stripping mask, see :func:`brain_mask_for`.
+        Skull-stripping mask, see :func:`msutils.segmentation.slices.brain_mask_for`.
     axis : int
         Slicing axis of the volumes (2 = axial for RAS+ arrays).
     negative_ratio : float
@@ -215,10 +210,8 @@ class SegConfig:
         check_int("seed", self.seed, 0)
         if self.normalization not in _NORMALIZATIONS:
             raise ValueError(f"'normalization' must be one of {list(_NORMALIZATIONS)}; got {self.normalization!r}")
-        if self.brain_source not in BRAIN_SOURCES:
-            raise ValueError(f"'brain_source' must be one of {list(BRAIN_SOURCES)}; got {self.brain_source!r}")
-        if self.device not in _DEVICES:
-            raise ValueError(f"'device' must be one of {list(_DEVICES)}; got {self.device!r}")
+        check_choice("brain_source", self.brain_source, BRAIN_SOURCES)
+        check_choice("device", self.device, DEVICES)
         if self.axis not in (0, 1, 2):
             raise ValueError(f"'axis' must be one of [0, 1, 2]; got {self.axis!r}")
         for name in ("entropy_threshold", "min_brain_fraction", "overlap_threshold"):
@@ -239,17 +232,6 @@ class SegConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every field as a plain dict."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def resolve_device(device: str) -> str:
-    """``"cuda"`` or ``"cpu"``: ``"auto"`` picks CUDA when torch sees a GPU."""
-    if device not in _DEVICES:
-        raise ValueError(f"'device' must be one of {list(_DEVICES)}; got {device!r}")
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # --------------------------------------------------------------------------- patients and split
@@ -311,69 +293,6 @@ class ScanSlices:
         return (~lesion) & (area > 0) & (area >= min_brain_fraction * top)
 
 
-def brain_mask_for(cohort: Cohort, scan_id: str, flair: np.ndarray, source: str = "auto") -> tuple[
-    np.ndarray | None, str
-]:
-    """Skull-stripping mask of one scan and where it came from.
-
-    ``source``:
-
-    - ``"manifest"``: the cohort's ``brain_mask`` column (error if empty);
-    - ``"nonzero"``: ``flair != 0``, for images that are already skull-stripped
-      (e.g. the MSLUB sample: background set to exactly 0);
-    - ``"estimate"``: None, i.e. :func:`msutils.segmentation.slices.estimate_brain_mask`, a
-      crude foreground mask (a fallback, **not** FSL BET);
-    - ``"auto"``: ``manifest`` when the scan has a brain mask; else ``nonzero``
-      when at least half of the voxels are exactly 0 (an already
-      skull-stripped image); else ``estimate``.
-
-    Returns
-    -------
-    mask : ndarray of bool or None
-        None means "let :func:`msutils.segmentation.slices.skull_strip` estimate it".
-    used : str
-        ``"manifest"``, ``"nonzero"`` or ``"estimate"``.
-    """
-    if source not in BRAIN_SOURCES:
-        raise ValueError(f"'source' must be one of {list(BRAIN_SOURCES)}; got {source!r}")
-    has_mask = bool(cohort.table.loc[scan_id].get("brain_mask"))
-    if source == "manifest" or (source == "auto" and has_mask):
-        if not has_mask:
-            raise ValueError(f"scan {scan_id!r} of {cohort.manifest_path} has no 'brain_mask' (brain_source="
-                             "'manifest'); use 'nonzero' or 'estimate'")
-        mask = cohort.array(scan_id, "brain_mask") > 0
-        if mask.shape != flair.shape:
-            raise ValueError(f"scan {scan_id!r}: brain_mask shape {mask.shape} differs from FLAIR {flair.shape}")
-        return mask, "manifest"
-    if source == "nonzero" or (source == "auto" and np.mean(flair == 0) >= 0.5):
-        mask = flair != 0
-        if not mask.any():
-            raise ValueError(f"scan {scan_id!r}: the FLAIR image is all zero")
-        return mask, "nonzero"
-    return None, "estimate"
-
-
-def pad_to_square(volume: np.ndarray, axis: int = 2) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
-    """Zero-pad the two axes other than ``axis`` to the larger of them (centred).
-
-    Returns the padded array (same dtype) and the ``numpy.pad`` widths.
-    """
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise ValueError(f"'volume' must be a 3D array; got shape {vol.shape}")
-    if axis not in (0, 1, 2):
-        raise ValueError(f"'axis' must be one of [0, 1, 2]; got {axis!r}")
-    inplane = [a for a in range(3) if a != axis]
-    side = max(vol.shape[a] for a in inplane)
-    widths = [(0, 0)] * 3
-    for a in inplane:
-        extra = side - vol.shape[a]
-        widths[a] = (extra // 2, extra - extra // 2)
-    widths_t = tuple(widths)
-    if all(w == (0, 0) for w in widths_t):
-        return vol, widths_t
-    return np.pad(vol, widths_t), widths_t
-
 
 def scan_slices(cohort: Cohort, scan_id: str, config: SegConfig) -> ScanSlices:
     """Paper preprocessing steps 1-5 for one scan (see the module docstring).
@@ -408,11 +327,6 @@ def scan_slices(cohort: Cohort, scan_id: str, config: SegConfig) -> ScanSlices:
                       stack=stack, spacing=(float(spacing[0]), float(spacing[1])), brain_source=used)
 
 
-def _scan_seed(seed: int, scan_id: str) -> int:
-    """Per-scan augmentation seed: independent of which other scans are augmented."""
-    return int((int(seed) * 1_000_003 + zlib.crc32(scan_id.encode())) % 2**31)
-
-
 @dataclass(frozen=True)
 class TrainingSlices:
     """The training pool's slices (originals kept by the entropy check, plus augmented copies).
@@ -441,6 +355,8 @@ class TrainingSlices:
     def originals(self) -> np.ndarray:
         """Boolean over ``cases``: not an augmented copy."""
         return ~self.cases["augmented"].to_numpy(bool)
+
+
 
 
 def training_slices(
@@ -475,7 +391,7 @@ def training_slices(
         images.append(kept.images)
         masks.append(kept.masks)
         if n_copies:
-            aug = augment_slices(kept.images, kept.masks, n_copies=n_copies, seed=_scan_seed(config.seed, s.scan_id))
+            aug = augment_slices(kept.images, kept.masks, n_copies=n_copies, seed=derived_seed(config.seed, s.scan_id))
             for j in range(len(aug)):
                 src = int(kept.index[int(aug.source[j])])
                 rows.append({"case_id": make_case_id(s.scan_id, src, int(aug.copy[j])), "subject_id": s.subject_id,

@@ -18,7 +18,7 @@ Patients and folds (:func:`study_patients`, :func:`cv_splits`)
 Slices (:func:`prepare_scan`, :func:`select_slices`)
     Per scan: skull strip (the manifest's brain mask; an already skull-stripped
     image's non-zero voxels; else the documented fallback mask, see
-    :func:`msutils.studies.flair_nnunet.brain_mask_for`), min-max normalisation of the
+    :func:`msutils.segmentation.slices.brain_mask_for`), min-max normalisation of the
     volume to [0, 1] inside the brain ("intensity normalisation before the
     radiomics"), then the study slices: axial slices with at least
     ``min_lesion_pixels`` lesion pixels, non-adjacent (``slice_gap``; the
@@ -169,7 +169,7 @@ class FusionConfig:
     val_fraction : float
         Share of a fold's training patients used for validation (at least one).
     brain_source : {"auto", "manifest", "nonzero", "estimate"}
-        Skull-stripping mask (see :func:`msutils.studies.flair_nnunet.brain_mask_for`).
+        Skull-stripping mask (see :func:`msutils.segmentation.slices.brain_mask_for`).
     axis : int
         Slicing axis (2: axial for RAS+ arrays).
     maps : FusionMapParams
@@ -485,7 +485,7 @@ def prepare_scan(cohort: Cohort, scan_id: str, config: FusionConfig, *,
     FusionScan
     """
     from msutils.features.fusion_maps import cached_volume_maps
-    from msutils.studies.flair_nnunet import brain_mask_for
+    from msutils.segmentation.slices import brain_mask_for
     from msutils.segmentation.slices import binarize_mask, estimate_brain_mask, normalize_intensity, skull_strip
 
     flair = cohort.array(scan_id, "flair")
@@ -567,7 +567,7 @@ class NetInputs:
 def network_inputs(scans: Sequence[FusionScan], size: int) -> NetInputs:
     """Pad each native slice to a square, resize to ``size`` and scale per slice (see the module docstring)."""
     from msutils.segmentation.slices import resize_image, resize_mask
-    from msutils.studies.flair_nnunet import pad_to_square
+    from msutils.segmentation.slices import pad_to_square
 
     check_int("size", size, 1)
     xs, ys, rows = [], [], []

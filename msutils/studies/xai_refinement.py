@@ -14,7 +14,7 @@ Patients and split (:func:`study_scans`, :func:`split_patients`)
 Images (:func:`load_scan`)
     FLAIR and T1 z-scored over the brain (the manifest's brain mask, else the
     non-zero voxels of a skull-stripped image, else a crude foreground mask;
-    see :func:`msutils.studies.flair_nnunet.brain_mask_for`), 0 outside it; optionally
+    see :func:`msutils.segmentation.slices.brain_mask_for`), 0 outside it; optionally
     resampled to ``voxel_mm`` (linear for images, masks re-binarised at 0.5).
 Segmentation model (:func:`build_unet`, :func:`train_unet`)
     MONAI ``UNet`` (3D, 2 inputs FLAIR + T1, 2 outputs, batch norm, no
@@ -74,13 +74,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from msutils.core.seeding import derived_seed
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -289,16 +290,11 @@ class XaiConfig:
 
 
 def _device(name: str) -> str:
-    from msutils.studies.flair_nnunet import resolve_device
+    from msutils.core.device import resolve_device
 
     return resolve_device(name)
 
 
-def _scan_seed(seed: int, key: str) -> int:
-    return int(zlib.crc32(f"{seed}:{key}".encode()) & 0x7FFFFFFF)
-
-
-# --------------------------------------------------------------------------- patients and split
 def study_scans(cohort: Cohort) -> pd.DataFrame:
     """The study's scans: every visit of every MS patient, with FLAIR, T1 and a lesion mask.
 
@@ -420,7 +416,7 @@ class Scan:
     spacing : tuple of float
         Voxel size (mm).
     brain_source : str
-        Where the brain mask came from (see :func:`msutils.studies.flair_nnunet.brain_mask_for`).
+        Where the brain mask came from (see :func:`msutils.segmentation.slices.brain_mask_for`).
     zones : ndarray of int or None
         The manifest's ``roi_labels`` (for the location of false positives), if any.
     truth_gt : ndarray of bool or None
@@ -473,7 +469,7 @@ def load_scan(cohort: Cohort, scan_id: str, *, voxel_mm: float | None = None, br
         Resample to this isotropic voxel size (linear interpolation; masks
         interpolated and re-binarised at 0.5, ``roi_labels`` nearest neighbour).
     brain_source : str
-        See :func:`msutils.studies.flair_nnunet.brain_mask_for`.
+        See :func:`msutils.segmentation.slices.brain_mask_for`.
     mask_column : str
         Ground-truth lesion mask column.
 
@@ -483,7 +479,7 @@ def load_scan(cohort: Cohort, scan_id: str, *, voxel_mm: float | None = None, br
         With ``zones`` (``roi_labels``), ``truth_gt`` (:data:`TRUTH_LESION_COLUMN`)
         and ``lookalikes`` (:data:`LOOKALIKE_COLUMN`) when the cohort has them.
     """
-    from msutils.studies.flair_nnunet import brain_mask_for
+    from msutils.segmentation.slices import brain_mask_for
     from msutils.segmentation.slices import estimate_brain_mask
 
     if scan_id not in cohort.table.index:
@@ -925,7 +921,7 @@ def scan_maps(net: nn.Module, scan: Scan, labels: np.ndarray, ids: Sequence[int]
     if not len(ids):
         return {}
     return instance_smoothgrad(net, scan.image, labels, lesion_ids=list(ids), n_samples=config.n_samples,
-                               sigma=config.sigma, noise=config.noise, seed=_scan_seed(config.seed, scan.scan_id + tag),
+                               sigma=config.sigma, noise=config.noise, seed=derived_seed(config.seed, scan.scan_id + tag),
                                method=method, crop=True, receptive=receptive, sample_batch=config.sample_batch,
                                voxel_batch=config.voxel_batch, progress=f"{scan.scan_id} {tag} {method}")
 
@@ -1136,7 +1132,7 @@ def _compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig,
             if n_tn:
                 occupied = (les.pred_labels > 0) | (les.truth_labels > 0)
                 spheres = tn_spheres(scan, occupied, n_tn, mean_volume, np.random.default_rng(
-                    _scan_seed(config.seed, sid + "TN")))
+                    derived_seed(config.seed, sid + "TN")))
                 tn_maps = scan_maps(net, scan, spheres, [int(i) for i in np.unique(spheres) if i > 0], config,
                                     receptive, tag="TN")
                 for lid, smap in tn_maps.items():
