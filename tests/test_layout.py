@@ -182,3 +182,17 @@ def test_checker_catches_a_cycle_and_an_upward_import(tmp_path: Path, monkeypatc
         test_no_import_cycles()
     with pytest.raises(AssertionError, match="imports private msutils.core.a._hidden"):
         test_no_private_names_across_modules()
+
+
+def test_no_study_imports_another_study() -> None:
+    """Study modules are siblings: what two studies share lives in a lower layer."""
+    modules = _modules()
+    shared = {"msutils.studies", "msutils.studies.paper_numbers"}
+    problems = []
+    for name, path in modules.items():
+        if not name.startswith("msutils.studies."):
+            continue
+        for target, _attr, line in _imports(path, modules):
+            if target.startswith("msutils.studies") and target not in shared and target != name:
+                problems.append(f"{name}:{line}: imports {target}")
+    assert problems == []
