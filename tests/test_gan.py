@@ -223,7 +223,7 @@ def test_patch_output_shape_matches_monai_and_rejects_small_volumes():
     out = disc(torch.zeros(1, 7, S, S, 24))[-1]
     assert tuple(out.shape[2:]) == G.patch_output_shape((S, S, 24), 2, 4) == (2, 2, 4)
     assert all(m.negative_slope == 0.01 for m in disc.modules() if isinstance(m, torch.nn.LeakyReLU))
-    with pytest.raises(ValueError, match=r"volumes of shape \(16, 16, 16\) are too small for a PatchGAN with d_layers=3"):
+    with pytest.raises(ValueError, match=r"shape \(16, 16, 16\) are too small for a PatchGAN with d_layers=3"):
         G.patch_output_shape((S, S, S), 3, 4)
 
 
@@ -315,7 +315,8 @@ def test_train_rejects_bad_input():
 @pytest.fixture(scope="module")
 def tiny_fit() -> tuple[G.GanFit, G.GanData]:
     data, coder = _gan_data(6)
-    fit = G.train_cgan(data, None, G.GanConfig(**TINY), n_labels=coder.n_labels, seed=0, device="cpu", num_threads=1)
+    fit = G.train_cgan(data, None, G.GanConfig(**TINY), n_labels=coder.n_labels, seed=0, device="cpu",
+                       num_threads=1)
     return fit, data
 
 
