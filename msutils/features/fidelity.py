@@ -298,7 +298,7 @@ def psnr_pairs(generated: Any, reference: Any, *, data_range: float) -> np.ndarr
 # --------------------------------------------------------------------------- network features
 def unet_bottleneck(model: Any) -> Any:
     """The bottleneck block of a MONAI ``UNet`` (the submodule of its innermost skip connection)."""
-    from monai.networks.blocks import SkipConnection
+    from monai.networks.layers import SkipConnection
 
     skips = [m for m in model.modules() if isinstance(m, SkipConnection)]
     if not skips:
