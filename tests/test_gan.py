@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msutils.leakage import FitLog, LeakageError, assert_no_leak
+from msutils.data.leakage import FitLog, LeakageError, assert_no_leak
 from msutils.models import gan as G
 
 S = 16  # tiny volumes keep every test fast
@@ -65,7 +65,7 @@ def test_config_defaults_are_paper_scale_and_validate():
         G.GanConfig(adversarial="x")
     with pytest.raises(ValueError, match=r"'g_strides' must hold len\(g_channels\) - 1 = 2 positive ints"):
         G.GanConfig(g_channels=(4, 8, 16), g_strides=(2,))
-    with pytest.raises(ValueError, match=r"'patience' must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match=r"'patience' must be an integer >= 1; got 0"):
         G.GanConfig(patience=0)
     with pytest.raises(ValueError, match=r"'monitor_fraction' must be a number in \[0.0, 0.5\]; got 0.9"):
         G.GanConfig(monitor_fraction=0.9)
@@ -417,7 +417,7 @@ def test_gba_scenario_rejects_bad_input():
     only_hc = G.ImageSet(train.images[::2], train.label_maps[::2], train.classes[::2], train.subjects[::2])
     with pytest.raises(ValueError, match=r"'train' has no scan of class\(es\) \[1\]"):
         G.gba_scenario(only_hc, n_folds=1, n_per_class=1, seed=0, config=TINY)
-    with pytest.raises(ValueError, match=r"'n_per_class' must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match=r"'n_per_class' must be an integer >= 1; got 0"):
         G.gba_scenario(train, n_folds=1, n_per_class=0, seed=0, config=TINY)
     with pytest.raises(ValueError, match=r"label maps hold values \[9\] outside 'label_values' \[1\]"):
         G.gba_scenario(train, n_folds=1, n_per_class=1, seed=0, config=TINY, label_values=[1])

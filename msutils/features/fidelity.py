@@ -47,6 +47,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from msutils.core.validation import check_choice, check_int
+
 if TYPE_CHECKING:
     import torch
 
@@ -103,18 +105,6 @@ def _zscore(ref: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [(a - mu) / sd for a in (ref, *others)]
 
 
-def _seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"'seed' must be a non-negative int; got {seed!r}")
-    return int(seed)
-
-
-def _positive(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"'{name}' must be an int >= {minimum}; got {value!r}")
-    return int(value)
-
-
 # --------------------------------------------------------------------------- FID / KID
 def fid(real: Any, synthetic: Any) -> float:
     """Fréchet distance between two sets of feature vectors (MONAI ``FIDMetric``).
@@ -146,7 +136,7 @@ def fid(real: Any, synthetic: Any) -> float:
 def polynomial_kernel(x: Any, y: Any, *, degree: int = 3, gamma: float | None = None, coef0: float = 1.0) -> np.ndarray:
     """``(gamma * x @ y.T + coef0) ** degree`` with ``gamma = 1 / n_features`` by default."""
     a, b = _pair(x, y, ("x", "y"))
-    degree = _positive(degree, "degree")
+    degree = check_int("degree", degree, 1)
     g = 1.0 / a.shape[1] if gamma is None else float(gamma)
     if g <= 0:
         raise ValueError(f"'gamma' must be > 0; got {gamma!r}")
@@ -209,9 +199,9 @@ def kid(
     KIDResult
     """
     a, b = _pair(real, synthetic, ("real", "synthetic"), min_rows=2)
-    n_subsets = _positive(n_subsets, "n_subsets")
-    size = min(_positive(subset_size, "subset_size", 2), len(a), len(b))
-    rng = np.random.default_rng(_seed(seed))
+    n_subsets = check_int("n_subsets", n_subsets, 1)
+    size = min(check_int("subset_size", subset_size, 2), len(a), len(b))
+    rng = np.random.default_rng(check_int("seed", seed, 0))
     values = np.array([
         mmd2_unbiased(a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)],
                       degree=degree, gamma=gamma, coef0=coef0)
@@ -269,11 +259,10 @@ def ssim_pairs(
     from monai.metrics import SSIMMetric
 
     g, r = _volumes(generated, reference)
-    win_size = _positive(win_size, "win_size", 2)
+    win_size = check_int("win_size", win_size, 2)
     if min(g.shape[2:]) < win_size:
         raise ValueError(f"volumes of shape {tuple(g.shape[2:])} are smaller than 'win_size' {win_size}")
-    if kernel_type not in _KERNELS:
-        raise ValueError(f"'kernel_type' must be one of {list(_KERNELS)}; got {kernel_type!r}")
+    check_choice("kernel_type", kernel_type, _KERNELS)
     metric = SSIMMetric(spatial_dims=3, data_range=_data_range(data_range), kernel_type=kernel_type,
                         win_size=win_size, kernel_sigma=float(kernel_sigma))
     return metric(g, r).reshape(-1).double().numpy()
@@ -340,9 +329,8 @@ def network_features(
         arr = arr[:, None]
     if arr.ndim != 5 or len(arr) == 0:
         raise ValueError(f"'images' must be (n, X, Y, Z) or (n, C, X, Y, Z) with n >= 1; got shape {arr.shape}")
-    batch_size = _positive(batch_size, "batch_size")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"'device' must be one of ['auto', 'cpu', 'cuda']; got {device!r}")
+    batch_size = check_int("batch_size", batch_size, 1)
+    check_choice("device", device, ("auto", "cpu", "cuda"))
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if layers is None:
         modules = [unet_bottleneck(model)]
@@ -461,8 +449,7 @@ def nearest_neighbour_similarity(
     -------
     NonCopyResult
     """
-    if alternative not in _ALTERNATIVES:
-        raise ValueError(f"'alternative' must be one of {list(_ALTERNATIVES)}; got {alternative!r}")
+    check_choice("alternative", alternative, _ALTERNATIVES)
     n_real = len(real)
     if n_real < 2 or len(synthetic) < 1:
         raise ValueError(f"need >= 1 synthetic and >= 2 real images; got {len(synthetic)} and {n_real}")
@@ -542,12 +529,12 @@ def kmeans_ari(
     lab = np.asarray(labels)
     if lab.shape != (len(a),):
         raise ValueError(f"'labels' must have one entry per row ({len(a)}); got shape {lab.shape}")
-    n_clusters = _positive(n_clusters, "n_clusters", 2)
+    n_clusters = check_int("n_clusters", n_clusters, 2)
     if n_clusters > len(a):
         raise ValueError(f"'n_clusters' ({n_clusters}) exceeds the number of rows ({len(a)})")
     if standardize:
         (a,) = _zscore(a)
-    km = KMeans(n_clusters=n_clusters, n_init=_positive(n_init, "n_init"), random_state=_seed(seed))
+    km = KMeans(n_clusters=n_clusters, n_init=check_int("n_init", n_init, 1), random_state=check_int("seed", seed, 0))
     return float(adjusted_rand_score(lab, km.fit_predict(a)))
 
 
@@ -626,7 +613,7 @@ def umap_embedding(
     if isinstance(features, Mapping):
         features = np.vstack([_matrix(v, f"features[{k!r}]") for k, v in features.items()])
     a = _matrix(features, "features", min_rows=3)
-    n_neighbors = min(_positive(n_neighbors, "n_neighbors", 2), len(a) - 1)
+    n_neighbors = min(check_int("n_neighbors", n_neighbors, 2), len(a) - 1)
     if not 0 <= min_dist <= 1:
         raise ValueError(f"'min_dist' must be in [0, 1]; got {min_dist!r}")
     if standardize:
@@ -634,5 +621,5 @@ def umap_embedding(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*", category=UserWarning)
         reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=float(min_dist),
-                            random_state=_seed(seed))
+                            random_state=check_int("seed", seed, 0))
         return np.asarray(reducer.fit_transform(a), dtype=np.float64)

@@ -115,7 +115,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msutils.leakage import FitLog
+from msutils.core.validation import check_choice, check_int
+from msutils.data.leakage import FitLog
 
 __all__ = [
     "GanConfig",
@@ -151,17 +152,14 @@ _DEVICES = ("auto", "cpu", "cuda")
 
 # --------------------------------------------------------------------------- small helpers
 def _resolve_device(device: str) -> str:
-    if device not in _DEVICES:
-        raise ValueError(f"'device' must be one of {list(_DEVICES)}; got {device!r}")
-    if device != "auto":
+    if check_choice("device", device, _DEVICES) != "auto":
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @contextlib.contextmanager
 def _num_threads(n: int | None) -> Iterator[None]:
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"'num_threads' must be a positive int or None; got {n!r}")
+    check_int("num_threads", n, 1, optional=True)
     old = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)
@@ -174,18 +172,6 @@ def _num_threads(n: int | None) -> Iterator[None]:
 def _derive_seed(seed: int, *keys: int) -> int:
     """A 31-bit seed derived from ``seed`` and integer ``keys`` (independent streams)."""
     return int(np.random.SeedSequence([int(seed), *(int(k) for k in keys)]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"'seed' must be a non-negative int; got {seed!r}")
-    return int(seed)
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"'{name}' must be an int >= {minimum}; got {value!r}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -264,11 +250,10 @@ class GanConfig:
     intensity_percentile: float = 99.5
 
     def __post_init__(self) -> None:
-        for name in ("max_epochs", "patience", "batch_size", "d_channels", "d_layers", "deform_control_points"):
-            _positive_int(getattr(self, name), name, 2 if name == "deform_control_points" else 1)
-        for name in ("g_res_units", "noise_channels"):
-            _positive_int(getattr(self, name), name, 0)
-        _positive_int(self.d_kernel, "d_kernel", 2)
+        minimum = {"max_epochs": 1, "patience": 1, "batch_size": 1, "d_channels": 1, "d_layers": 1,
+                   "deform_control_points": 2, "d_kernel": 2, "g_res_units": 0, "noise_channels": 0}
+        for name, low in minimum.items():
+            check_int(name, getattr(self, name), low)
         g_channels = tuple(int(c) for c in self.g_channels)
         g_strides = tuple(int(s) for s in self.g_strides)
         if len(g_channels) < 2 or any(c < 1 for c in g_channels):
@@ -280,10 +265,8 @@ class GanConfig:
             )
         object.__setattr__(self, "g_channels", g_channels)
         object.__setattr__(self, "g_strides", g_strides)
-        if self.norm not in _NORMS:
-            raise ValueError(f"'norm' must be one of {list(_NORMS)}; got {self.norm!r}")
-        if self.adversarial not in _CRITERIA:
-            raise ValueError(f"'adversarial' must be one of {list(_CRITERIA)}; got {self.adversarial!r}")
+        check_choice("norm", self.norm, _NORMS)
+        check_choice("adversarial", self.adversarial, _CRITERIA)
         betas = tuple(float(b) for b in self.betas)
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"'betas' must be two floats in [0, 1); got {self.betas!r}")
@@ -545,7 +528,7 @@ def random_warp_grid(
         raise ValueError(f"'shape' must be 3 positive ints; got {shape!r}")
     if amplitude_vox < 0:
         raise ValueError(f"'amplitude_vox' must be >= 0; got {amplitude_vox!r}")
-    control_points = _positive_int(control_points, "control_points", 2)
+    control_points = check_int("control_points", control_points, 2)
     grid = _identity_grid(batch, shape)
     if amplitude_vox == 0:
         return grid
@@ -655,8 +638,8 @@ class ConditionalGenerator(nn.Module):
         super().__init__()
         from monai.networks.nets import UNet
 
-        self.n_labels = _positive_int(n_labels, "n_labels", 2)
-        self.n_classes = _positive_int(n_classes, "n_classes", 1)
+        self.n_labels = check_int("n_labels", n_labels, 2)
+        self.n_classes = check_int("n_classes", n_classes, 1)
         self.noise_channels = int(config.noise_channels)
         self.unet = UNet(
             spatial_dims=3, in_channels=self.n_labels + self.n_classes + self.noise_channels, out_channels=1,
@@ -716,7 +699,7 @@ def build_discriminator(in_channels: int, config: GanConfig) -> nn.Module:
     from monai.networks.nets import PatchDiscriminator
 
     return PatchDiscriminator(
-        spatial_dims=3, channels=config.d_channels, in_channels=_positive_int(in_channels, "in_channels"),
+        spatial_dims=3, channels=config.d_channels, in_channels=check_int("in_channels", in_channels, 1),
         out_channels=1, num_layers_d=config.d_layers, kernel_size=config.d_kernel, activation=_act(config),
         norm=config.norm, padding=(config.d_kernel - 1) // 2,
     )
@@ -853,9 +836,9 @@ def train_cgan(
     config = GanConfig() if config is None else config
     if not isinstance(config, GanConfig):
         raise TypeError(f"'config' must be a GanConfig; got {type(config).__name__}")
-    seed = _check_seed(seed)
-    n_labels = _positive_int(n_labels, "n_labels", 2)
-    n_classes = _positive_int(n_classes, "n_classes", 1)
+    seed = check_int("seed", seed, 0)
+    n_labels = check_int("n_labels", n_labels, 2)
+    n_classes = check_int("n_classes", n_classes, 1)
     _check_gan_data(train, n_labels, n_classes, "train", None)
     shape = train.shape
     if monitor is not None:
@@ -1048,12 +1031,12 @@ def generate(
     """
     if not isinstance(fit, GanFit):
         raise TypeError(f"'fit' must be a GanFit; got {type(fit).__name__}")
-    n_per_class = _positive_int(n_per_class, "n_per_class")
-    seed = _check_seed(seed)
+    n_per_class = check_int("n_per_class", n_per_class, 1)
+    seed = check_int("seed", seed, 0)
     _check_gan_data(parents, fit.n_labels, fit.n_classes, "parents", None)
     cfg = fit.config
     amplitude = cfg.generation_deform_vox if deform_vox is None else float(deform_vox)
-    batch_size = cfg.batch_size if batch_size is None else _positive_int(batch_size, "batch_size")
+    batch_size = cfg.batch_size if batch_size is None else check_int("batch_size", batch_size, 1)
     rng = np.random.default_rng(_derive_seed(seed, 3))
     rows = _parent_draw(parents.classes, fit.n_classes, n_per_class, rng)
     torch_rng = torch.Generator().manual_seed(_derive_seed(seed, 4))
@@ -1084,9 +1067,9 @@ def reconstruct(
     """
     if not isinstance(fit, GanFit):
         raise TypeError(f"'fit' must be a GanFit; got {type(fit).__name__}")
-    seed = _check_seed(seed)
+    seed = check_int("seed", seed, 0)
     _check_gan_data(data, fit.n_labels, fit.n_classes, "data", None)
-    batch_size = fit.config.batch_size if batch_size is None else _positive_int(batch_size, "batch_size")
+    batch_size = fit.config.batch_size if batch_size is None else check_int("batch_size", batch_size, 1)
     torch_rng = torch.Generator().manual_seed(_derive_seed(seed, 5))
     noise = torch.randn((len(data), fit.config.noise_channels, *data.shape), generator=torch_rng)
     dev = _resolve_device(device)
@@ -1120,7 +1103,7 @@ def monitor_split(
         raise ValueError(f"'subjects' ({len(subjects)}) and 'classes' ({len(classes)}) differ in length")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 0.5:
         raise ValueError(f"'fraction' must be a number in [0, 0.5]; got {fraction!r}")
-    seed = _check_seed(seed)
+    seed = check_int("seed", seed, 0)
     rng = np.random.default_rng(_derive_seed(seed, 6))
     subject_class: dict[str, int] = {}
     for s, c in zip(subjects, classes.tolist()):
@@ -1249,10 +1232,10 @@ def gba_scenario(
         raise TypeError(f"'train' must be an ImageSet; got {type(train).__name__}")
     if validation is not None and not isinstance(validation, ImageSet):
         raise TypeError(f"'validation' must be an ImageSet or None; got {type(validation).__name__}")
-    n_folds = _positive_int(n_folds, "n_folds")
-    n_per_class = _positive_int(n_per_class, "n_per_class")
-    seed = _check_seed(seed)
-    n_classes = _positive_int(n_classes, "n_classes")
+    n_folds = check_int("n_folds", n_folds, 1)
+    n_per_class = check_int("n_per_class", n_per_class, 1)
+    seed = check_int("seed", seed, 0)
+    n_classes = check_int("n_classes", n_classes, 1)
     cfg = config if isinstance(config, GanConfig) else GanConfig.from_mapping(config)
     if log is not None and not isinstance(log, FitLog):
         raise TypeError(f"'log' must be a FitLog or None; got {type(log).__name__}")
