@@ -421,3 +421,52 @@ def test_gba_scenario_rejects_bad_input():
         G.gba_scenario(train, n_folds=1, n_per_class=0, seed=0, config=TINY)
     with pytest.raises(ValueError, match=r"label maps hold values \[9\] outside 'label_values' \[1\]"):
         G.gba_scenario(train, n_folds=1, n_per_class=1, seed=0, config=TINY, label_values=[1])
+
+
+# --------------------------------------------------------------------------- coarse GAN grid
+def test_block_resampling():
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 4, 6, 8)).astype(np.float32)
+    down = G.downsample_images(img, 2)
+    np.testing.assert_allclose(down, img.reshape(2, 2, 2, 3, 2, 4, 2).mean(axis=(2, 4, 6)), rtol=1e-6)
+    lab = np.zeros((1, 2, 2, 2), np.int64)
+    lab[0, 0, 0, :] = 3  # 2 of 8 voxels
+    lab[0, 1, :, :] = 2  # 4 of 8 voxels
+    assert G.downsample_labels(lab, 2, 4).tolist() == [[[[2]]]]
+    lab[0, 1, 1, :] = 1  # now 2 x label 1, 2 x label 2, 2 x label 3, 2 x 0: the lowest label wins the tie
+    assert G.downsample_labels(lab, 2, 4).tolist() == [[[[0]]]]
+    ramp = np.broadcast_to(np.arange(16, dtype=np.float32)[:, None, None], (1, 16, 4, 4))
+    up = G.upsample_images(G.downsample_images(ramp, 2), 2)
+    np.testing.assert_allclose(up[0, 1:-1], ramp[0, 1:-1], atol=1e-5)  # linear ramps survive, edges clamp
+    with pytest.raises(ValueError, match=r"volume shape \(4, 6, 8\) must be divisible by the grid factor 4"):
+        G.downsample_images(img, 4)
+
+
+def test_generate_on_a_coarse_grid_keeps_fine_truth(tiny_fit):
+    fit, data = tiny_fit
+    fine = np.repeat(np.repeat(np.repeat(data.labels, 2, 1), 2, 2), 2, 3)
+    out = G.generate(fit, data, n_per_class=2, seed=0, deform_vox=0.0, fine_labels=fine, factor=2, device="cpu")
+    assert out.images.shape == (4, 32, 32, 32)
+    np.testing.assert_array_equal(out.labels, fine[out.parents])
+    assert float(np.abs(out.images[out.labels == 0]).max()) == 0.0
+    warped = G.generate(fit, data, n_per_class=2, seed=0, fine_labels=fine, factor=2, device="cpu")
+    # the fine truth follows the same deformation as the coarse generator input
+    coarse_of_truth = G.downsample_labels(warped.labels, 2, fit.n_labels)
+    agree = float((coarse_of_truth == G.generate(fit, data, n_per_class=2, seed=0, device="cpu").labels).mean())
+    assert agree > 0.9
+    with pytest.raises(ValueError, match=r"'fine_labels' must have shape \(6, 32, 32, 32\) for factor 2"):
+        G.generate(fit, data, n_per_class=1, seed=0, factor=2)
+
+
+def test_gba_scenario_with_grid_factor():
+    small = _cohort(8, seed=5)
+    up = lambda a: np.repeat(np.repeat(np.repeat(a, 2, 1), 2, 2), 2, 3)  # noqa: E731
+    train = G.ImageSet(up(small.images), up(small.label_maps), small.classes, small.subjects)
+    res = G.gba_scenario(train, n_folds=1, n_per_class=2, seed=0, config={**TINY, "max_epochs": 1}, grid_factor=2,
+                         validation=G.ImageSet(train.images[:2], train.label_maps[:2], train.classes[:2], ["v0", "v1"]),
+                         device="cpu")
+    fold = res.folds[0]
+    assert fold.images.shape == (4, 32, 32, 32) and fold.label_maps.shape == (4, 32, 32, 32)
+    assert set(np.unique(fold.label_maps).tolist()) == {0, 1, 9}
+    assert float(np.abs(fold.images[~fold.brain_masks]).max()) == 0.0
+    assert res.validation.generated.shape == (2, 32, 32, 32)

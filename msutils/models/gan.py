@@ -48,6 +48,15 @@ Intensities
     brain (:func:`intensity_scales`); the generator works in those units and
     a generated image is multiplied back by its parent's scale.
 
+Grid
+    ``gba_scenario(grid_factor=f)`` trains and runs the GAN on a grid ``f``
+    times coarser than the input volumes (block means / block-majority
+    labels), which is what makes CPU profiles affordable. Generation then
+    deforms the parent label map *on the input grid* (the same smooth field,
+    interpolated), feeds its block majority to the generator and upsamples
+    the output trilinearly, so the returned label map is exact on the input
+    grid while the image carries the coarse grid's detail only.
+
 Discriminator and loss
     A conditional PatchGAN (MONAI ``PatchDiscriminator``) sees the condition
     channels concatenated with the image. :class:`DiffAugment3D` (random
@@ -134,6 +143,9 @@ __all__ = [
     "random_warp_grid",
     "warp_images",
     "warp_labels",
+    "downsample_images",
+    "downsample_labels",
+    "upsample_images",
     "build_discriminator",
     "patch_output_shape",
     "monitor_split",
@@ -548,6 +560,50 @@ def warp_labels(labels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     out = F.grid_sample(labels[:, None].to(torch.float32), grid.to(labels.device, torch.float32),
                         mode="nearest", padding_mode="zeros", align_corners=False)
     return out[:, 0].round().to(torch.int64)
+
+
+def _check_factor(shape: Sequence[int], factor: int) -> int:
+    factor = check_int("factor", factor, 1)
+    if any(int(s) % factor for s in shape):
+        raise ValueError(f"volume shape {tuple(shape)} must be divisible by the grid factor {factor}")
+    return factor
+
+
+def downsample_images(images: np.ndarray, factor: int) -> np.ndarray:
+    """Block means over ``factor``^3 voxels of ``(n, X, Y, Z)`` volumes (float32)."""
+    images = np.require(images, dtype=np.float32, requirements=["C", "W"])
+    factor = _check_factor(images.shape[1:], factor)
+    if factor == 1:
+        return images
+    return F.avg_pool3d(torch.from_numpy(images)[:, None], factor)[:, 0].numpy()
+
+
+def downsample_labels(labels: np.ndarray, factor: int, n_labels: int) -> np.ndarray:
+    """Majority label of each ``factor``^3 block of ``(n, X, Y, Z)`` compact labels (ties: lower label)."""
+    labels = np.require(labels, dtype=np.int64, requirements=["C", "W"])
+    factor = _check_factor(labels.shape[1:], factor)
+    if factor == 1:
+        return labels
+    onehot = F.one_hot(torch.from_numpy(labels), check_int("n_labels", n_labels, 2)).permute(0, 4, 1, 2, 3)
+    return F.avg_pool3d(onehot.to(torch.float32), factor).argmax(dim=1).numpy()
+
+
+def upsample_images(images: np.ndarray, factor: int) -> np.ndarray:
+    """Trilinear upsampling of ``(n, X, Y, Z)`` volumes by ``factor`` (voxel centres kept, float32)."""
+    images = np.require(images, dtype=np.float32, requirements=["C", "W"])
+    factor = check_int("factor", factor, 1)
+    if factor == 1:
+        return images
+    return F.interpolate(torch.from_numpy(images)[:, None], scale_factor=factor, mode="trilinear",
+                         align_corners=False)[:, 0].numpy()
+
+
+def _upsample_grid(grid: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The same deformation on a finer grid covering the same field of view."""
+    batch = grid.shape[0]
+    disp = (grid - _identity_grid(batch, grid.shape[1:4])).permute(0, 4, 1, 2, 3)
+    fine = F.interpolate(disp, size=tuple(shape), mode="trilinear", align_corners=False)
+    return _identity_grid(batch, shape) + fine.permute(0, 2, 3, 4, 1)
 
 
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
@@ -971,8 +1027,9 @@ class Generated:
     Attributes
     ----------
     images : ndarray of float32, shape (n, X, Y, Z)
+        On the output grid.
     labels : ndarray of int64, shape (n, X, Y, Z)
-        Compact label map each image was generated from (its known anatomy).
+        Compact label map of each image on the output grid (its known anatomy).
     classes : ndarray of int64, shape (n,)
     parents : ndarray of int64, shape (n,)
         Row of the parent (label-map donor) in the ``parents`` data.
@@ -1003,6 +1060,8 @@ def generate(
     n_per_class: int,
     seed: int,
     deform_vox: float | None = None,
+    fine_labels: np.ndarray | None = None,
+    factor: int = 1,
     batch_size: int | None = None,
     device: str = "auto",
 ) -> Generated:
@@ -1015,11 +1074,19 @@ def generate(
     ----------
     fit : GanFit
     parents : GanData
-        Label-map donors (the fold's training subjects).
+        Label-map donors (the fold's training subjects), on the GAN's grid.
     n_per_class : int
     seed : int
     deform_vox : float, optional
-        Deformation SD; default ``fit.config.generation_deform_vox``.
+        Deformation SD in voxels of the GAN grid; default
+        ``fit.config.generation_deform_vox``.
+    fine_labels : ndarray, shape (n_parents, factor * X, factor * Y, factor * Z), optional
+        With ``factor > 1``: the parents' compact labels on the output grid
+        (``factor`` times finer than the GAN grid). The deformation is
+        applied to them, their block majority is the generator input and
+        the generated image is upsampled trilinearly to the output grid.
+    factor : int
+        Output grid / GAN grid voxel ratio (1: output on the GAN grid).
     batch_size : int, optional
         Default ``fit.config.batch_size``.
     device : {"auto", "cpu", "cuda"}
@@ -1027,7 +1094,7 @@ def generate(
     Returns
     -------
     Generated
-        Classes in blocks ``0, ..., n_classes - 1``.
+        On the output grid; classes in blocks ``0, ..., n_classes - 1``.
     """
     if not isinstance(fit, GanFit):
         raise TypeError(f"'fit' must be a GanFit; got {type(fit).__name__}")
@@ -1040,17 +1107,31 @@ def generate(
     rng = np.random.default_rng(_derive_seed(seed, 3))
     rows = _parent_draw(parents.classes, fit.n_classes, n_per_class, rng)
     torch_rng = torch.Generator().manual_seed(_derive_seed(seed, 4))
+    factor = check_int("factor", factor, 1)
     grid = random_warp_grid(len(rows), parents.shape, amplitude, cfg.deform_control_points, generator=torch_rng)
-    labels = warp_labels(torch.from_numpy(parents.labels[rows]), grid)
+    if factor == 1:
+        labels = warp_labels(torch.from_numpy(parents.labels[rows]), grid)
+        out_labels = labels
+    else:
+        fine_shape = tuple(factor * s for s in parents.shape)
+        if fine_labels is None or np.shape(fine_labels) != (len(parents), *fine_shape):
+            raise ValueError(f"'fine_labels' must have shape {(len(parents), *fine_shape)} for factor {factor}; "
+                             f"got {None if fine_labels is None else np.shape(fine_labels)}")
+        out_labels = warp_labels(torch.from_numpy(np.asarray(fine_labels, dtype=np.int64)[rows]),
+                                 _upsample_grid(grid, fine_shape))
+        labels = torch.from_numpy(downsample_labels(out_labels.numpy(), factor, fit.n_labels))
     classes = torch.from_numpy(parents.classes[rows])
     noise = torch.randn((len(rows), cfg.noise_channels, *parents.shape), generator=torch_rng)
     dev = _resolve_device(device)
     gen_net = fit.generator.to(dev).eval()
     try:
-        images = _synthesize(gen_net, labels, classes, noise, dev, batch_size)
+        images = _synthesize(gen_net, labels, classes, noise, dev, batch_size).numpy()
     finally:
         fit.generator.cpu()
-    return Generated(images.numpy(), labels.numpy(), classes.numpy(), rows.astype(np.int64))
+    out = out_labels.numpy()
+    if factor > 1:
+        images = upsample_images(images, factor) * (out > 0)
+    return Generated(images, out, classes.numpy(), rows.astype(np.int64))
 
 
 def reconstruct(
@@ -1187,6 +1268,7 @@ def gba_scenario(
     label_values: Sequence[int] | None = None,
     n_classes: int = 2,
     validation: ImageSet | None = None,
+    grid_factor: int = 1,
     log: FitLog | None = None,
     step: str = "cgan",
     device: str = "auto",
@@ -1216,6 +1298,14 @@ def gba_scenario(
     validation : ImageSet, optional
         Scans the GAN must not see (the inner validation split): returned as
         :class:`ValidationPairs` for SSIM / PSNR.
+    grid_factor : int
+        The GAN works on a grid ``grid_factor`` times coarser than the input
+        (block means of the images, block majority of the labels); generated
+        images are upsampled back to the input grid and their known label
+        maps are the deformed parents' label maps *at the input grid*
+        (:func:`generate` with ``fine_labels``). The input shape must be
+        divisible by ``grid_factor`` and the coarse shape by the generator's
+        total stride.
     log : FitLog, optional
         Receives ``step`` with every training subject (gradient and monitor).
     step : str
@@ -1254,7 +1344,10 @@ def gba_scenario(
     if label_values is None:
         label_values = [int(v) for v in np.unique(train.label_maps) if v != 0]
     coder = LabelCoder(label_values)
-    data, scales = GanData.from_images(train, coder, cfg.intensity_percentile)
+    factor = _check_factor(train.images.shape[1:], grid_factor)
+    fine, scales = GanData.from_images(train, coder, cfg.intensity_percentile)
+    data = GanData(downsample_images(fine.images, factor), downsample_labels(fine.labels, factor, coder.n_labels),
+                   fine.classes, fine.subjects)
     tr_rows, mon_rows = monitor_split(data.subjects, data.classes, cfg.monitor_fraction, seed)
     monitor = data.subset(mon_rows) if len(mon_rows) else None
     if log is not None:
@@ -1266,7 +1359,8 @@ def gba_scenario(
     with _num_threads(num_threads):
         for k in range(n_folds):
             fold_seed = _derive_seed(seed, 100, k)
-            gen = generate(fit, data, n_per_class=n_per_class, seed=fold_seed, device=device)
+            gen = generate(fit, data, n_per_class=n_per_class, seed=fold_seed, fine_labels=fine.labels, factor=factor,
+                           device=device)
             label_maps, masks = coder.decode(gen.labels)
             images = gen.images * scales[gen.parents][:, None, None, None].astype(np.float32)
             folds.append(SyntheticFold(k, images, label_maps, masks, gen.classes,
@@ -1274,9 +1368,11 @@ def gba_scenario(
         t_gen = time.perf_counter() - t0
         pairs = None
         if validation is not None:
-            vdata, vscales = GanData.from_images(validation, coder, cfg.intensity_percentile)
-            rec = reconstruct(fit, vdata, seed=_derive_seed(seed, 200), device=device)
-            pairs = ValidationPairs(rec * vscales[:, None, None, None].astype(np.float32),
+            vfine, vscales = GanData.from_images(validation, coder, cfg.intensity_percentile)
+            vdata = GanData(downsample_images(vfine.images, factor),
+                            downsample_labels(vfine.labels, factor, coder.n_labels), vfine.classes, vfine.subjects)
+            rec = upsample_images(reconstruct(fit, vdata, seed=_derive_seed(seed, 200), device=device), factor)
+            pairs = ValidationPairs(rec * (vfine.labels > 0) * vscales[:, None, None, None].astype(np.float32),
                                     validation.images * validation.brain_masks, validation.classes,
                                     validation.subjects)
     logger.info("GBA: %d fold(s) x %d image(s) per class generated in %.1f s", n_folds, n_per_class, t_gen)
