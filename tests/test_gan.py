@@ -385,6 +385,7 @@ def test_gba_scenario_end_to_end_and_leakage_record():
         assert (fold.brain_masks | (fold.label_maps == 0)).all()  # every labelled voxel is brain
         cls_of = dict(zip(train.subjects, train.classes.tolist()))
         assert [cls_of[p] for p in fold.parents] == fold.classes.tolist()
+        assert [train.subjects[i] for i in fold.parent_rows] == list(fold.parents)
         assert float(np.abs(fold.images[~fold.brain_masks]).max()) == 0.0
     assert not np.array_equal(res.folds[0].images, res.folds[1].images)
     assert res.fit.subjects_seen == sorted(train.subjects)

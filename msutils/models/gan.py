@@ -1216,6 +1216,8 @@ class SyntheticFold:
     classes : ndarray of int64, shape (n,)
     parents : tuple of str
         Subject id of each image's label-map donor.
+    parent_rows : ndarray of int64, shape (n,)
+        Row of that donor scan in the training :class:`ImageSet`.
     seed : int
         Generation seed of this fold.
     """
@@ -1226,6 +1228,7 @@ class SyntheticFold:
     brain_masks: np.ndarray
     classes: np.ndarray
     parents: tuple[str, ...]
+    parent_rows: np.ndarray
     seed: int
 
     def __len__(self) -> int:
@@ -1364,7 +1367,7 @@ def gba_scenario(
             label_maps, masks = coder.decode(gen.labels)
             images = gen.images * scales[gen.parents][:, None, None, None].astype(np.float32)
             folds.append(SyntheticFold(k, images, label_maps, masks, gen.classes,
-                                       tuple(data.subjects[i] for i in gen.parents), fold_seed))
+                                       tuple(data.subjects[i] for i in gen.parents), gen.parents, fold_seed))
         t_gen = time.perf_counter() - t0
         pairs = None
         if validation is not None:
