@@ -2,7 +2,9 @@
 
 Takes the first session of every subject of the training centers of one
 leave-one-center-out iteration (default: hold out center B), crops a cubic
-box (``--box`` voxels) around the deep grey matter, maps the ROI label map to
+box (``--box`` voxels) around the deep grey matter (or, with ``--box 0``, the
+whole-brain box of :func:`msutils.studies.gba.brain_box`, as the study does),
+maps the ROI label map to
 the ten seed-000 ROIs (1..8 deep-GM nuclei, 9 whole WM, 10 whole GM = every
 cortical parcel), splits off an inner validation split (``--val-fraction`` of
 the subjects per class) and runs :func:`msutils.models.gan.gba_scenario` on
@@ -22,6 +24,7 @@ Default data: the quick synthetic cohort (``msutils.synth.default_cohort("quick"
 generated on first use). Usage::
 
     python bench/gan_bench.py [--manifest PATH] [--heldout B] [--box 32] [--epochs 20]
+    python bench/gan_bench.py --box 0 --grid-factor 2 --epochs 5
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def _box(label_maps: list[np.ndarray], size: int) -> tuple[slice, ...]:
     return tuple(out)
 
 
-def _load(manifest: Path | None, heldout: str, size: int):
+def _load(manifest: Path | None, heldout: str, size: int, multiple: int):
     from msutils.data.cohort import load_cohort
 
     if manifest is None:
@@ -72,12 +75,21 @@ def _load(manifest: Path | None, heldout: str, size: int):
     if len(train) == len(first):
         raise SystemExit(f"--heldout {heldout!r} is not a center of the cohort: {cohort.centers}")
     labels = [np.rint(cohort.array(s, "roi_labels")).astype(np.int32) for s in train.index]
-    box = _box(labels, size)
-    images = np.stack([cohort.array(s, "t1")[box] for s in train.index])
-    masks = np.stack([cohort.array(s, "brain_mask")[box] > 0 for s in train.index])
-    rois = np.stack([_ten_rois(lab[box]) for lab in labels])
+    images = np.stack([cohort.array(s, "t1") for s in train.index])
+    masks = np.stack([cohort.array(s, "brain_mask") > 0 for s in train.index])
+    rois = np.stack([_ten_rois(lab) for lab in labels])
     classes = (train["group"].astype(str) == "MS").to_numpy().astype(np.int64)
-    return images, rois, masks, classes, train["subject_id"].astype(str).tolist(), box
+    subjects = train["subject_id"].astype(str).tolist()
+    if size:
+        box = _box(labels, size)
+        crop = (slice(None), *box)
+        return images[crop], rois[crop], masks[crop], classes, subjects, box
+    from msutils.studies.gba import brain_box, crop_box
+
+    start, shape = brain_box(masks, multiple=multiple, margin=2)
+    box = tuple(slice(a, a + n) for a, n in zip(start, shape))
+    return (crop_box(images, start, shape), crop_box(rois, start, shape), crop_box(masks, start, shape), classes,
+            subjects, box)
 
 
 def _class_signal(images: np.ndarray, rois: np.ndarray, classes: np.ndarray) -> dict[int, tuple[float, float, float]]:
@@ -95,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", type=Path, default=None, help="cohort manifest CSV (default: quick synthetic)")
     ap.add_argument("--heldout", default="B", help="held-out center (default: B)")
-    ap.add_argument("--box", type=int, default=32, help="cubic box side in voxels around the deep GM (default: 32)")
+    ap.add_argument("--box", type=int, default=32,
+                    help="cubic box side in voxels around the deep GM; 0 = whole-brain box (default: 32)")
+    ap.add_argument("--grid-factor", type=int, default=1, help="GAN grid coarsening factor (default: 1)")
     ap.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: 20)")
     ap.add_argument("--patience", type=int, default=10, help="early-stopping patience (default: 10)")
     ap.add_argument("--channels", default="8,16,32,64", help="generator channels per level (default: 8,16,32,64)")
@@ -110,20 +124,23 @@ def main(argv: list[str] | None = None) -> int:
     from msutils.features import fidelity as Fd
     from msutils.models import gan as G
 
-    images, rois, masks, classes, subjects, box = _load(args.manifest, args.heldout, args.box)
+    channels = tuple(int(c) for c in args.channels.split(","))
+    images, rois, masks, classes, subjects, box = _load(args.manifest, args.heldout, args.box,
+                                                        args.grid_factor * 2 ** (len(channels) - 1))
     tr, va = G.monitor_split(subjects, classes, args.val_fraction, seed=args.seed + 1000)
-    print(f"{len(subjects)} training-center subjects ({int(classes.sum())} MS); box {[(b.start, b.stop) for b in box]}; "
-          f"inner train {len(tr)}, validation {len(va)}")
+    print(f"{len(subjects)} training-center subjects ({int(classes.sum())} MS); box {[(b.start, b.stop) for b in box]} "
+          f"(GAN grid {[(b.stop - b.start) // args.grid_factor for b in box]}); inner train {len(tr)}, "
+          f"validation {len(va)}", flush=True)
 
     def subset(rows: np.ndarray) -> G.ImageSet:
         return G.ImageSet(images[rows], rois[rows], classes[rows], [subjects[i] for i in rows], masks[rows])
 
-    channels = tuple(int(c) for c in args.channels.split(","))
     cfg = G.GanConfig(max_epochs=args.epochs, patience=args.patience, g_channels=channels,
                       g_strides=(2,) * (len(channels) - 1), g_res_units=1, d_channels=args.d_channels, d_layers=3)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     res = G.gba_scenario(subset(tr), n_folds=1, n_per_class=args.n_per_class, seed=args.seed, config=cfg,
-                         validation=subset(va), device="cpu", num_threads=args.threads)
+                         validation=subset(va), grid_factor=args.grid_factor, device="cpu",
+                         num_threads=args.threads)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     h = res.fit.history
     print(f"training: {len(h)} epoch(s), best {res.fit.best_epoch}, early stop {res.fit.stopped_early}; "
@@ -134,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
           f"d_loss {h['d_loss'].iloc[0]:.3f} -> {h['d_loss'].iloc[-1]:.3f}")
     pairs = res.validation
     rng = float(pairs.real.max())
-    ssim = Fd.ssim_pairs(pairs.generated, pairs.real, data_range=rng, win_size=min(11, args.box))
+    ssim = Fd.ssim_pairs(pairs.generated, pairs.real, data_range=rng, win_size=min(11, *pairs.real.shape[1:]))
     psnr = Fd.psnr_pairs(pairs.generated, pairs.real, data_range=rng)
     print(f"validation pairs (n={len(ssim)}): SSIM {ssim.mean():.3f} +/- {ssim.std(ddof=1):.3f}, "
           f"PSNR {psnr.mean():.2f} +/- {psnr.std(ddof=1):.2f} dB")

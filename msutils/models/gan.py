@@ -96,7 +96,9 @@ Scenario signature (for the study's scenario registry)
 (0 = HC, 1 = MS) and subject ids; the result's ``folds`` are ``n_folds``
 :class:`SyntheticFold` objects, each with ``n_per_class`` images per class,
 their known ROI label maps and brain masks, classes and parent subject ids.
-An adapter to another registry signature only re-packs these arrays.
+:func:`msutils.studies.gba.gba_images` wraps it in the study registry's
+signature ``fn(request) -> DataFrame`` (cohort I/O, brain box, segmentation,
+NIfTI files, image-quality record).
 
 Determinism: every random draw (data order, warps, noise, augmentation,
 monitor split, parents) comes from generators seeded by ``seed``, weights
