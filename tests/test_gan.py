@@ -296,6 +296,13 @@ def test_early_stopping_keeps_the_best_epoch():
     assert fit.stopped_early and fit.best_epoch == 1 and len(fit.history) == 4
 
 
+def test_divergence_is_reported_not_hidden():
+    data, coder = _gan_data(4)
+    cfg = G.GanConfig(**{**TINY, "max_epochs": 3, "lr_g": 1e9, "lr_d": 1e9})
+    with pytest.raises(RuntimeError, match=r"cGAN training diverged at epoch 1: non-finite \['monitor_l1'\]"):
+        G.train_cgan(data.subset([0, 1]), data.subset([2, 3]), cfg, n_labels=coder.n_labels, device="cpu")
+
+
 def test_train_rejects_bad_input():
     data, coder = _gan_data(4)
     cfg = G.GanConfig(**TINY)

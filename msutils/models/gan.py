@@ -1007,6 +1007,10 @@ def _fit_loop(
             row["monitor_l1"] = float("nan")
             improved = True
         row["seconds"] = time.perf_counter() - t0
+        checked = ["d_loss", "g_loss"] + (["monitor_l1"] if monitor is not None else [])
+        bad = [k for k in checked if not math.isfinite(row[k])]
+        if bad:
+            raise RuntimeError(f"cGAN training diverged at epoch {epoch}: non-finite {bad}; lower 'lr_g' / 'lr_d'")
         rows.append(row)
         logger.debug("cGAN epoch %d: %s", epoch, {k: round(v, 5) for k, v in row.items()})
         if improved:
