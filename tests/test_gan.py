@@ -125,16 +125,34 @@ def test_random_warp_grid_identity_and_smooth_displacement():
     assert grid0.shape == (2, 8, 10, 12, 3)
     torch.testing.assert_close(G.warp_images(x, grid0), x, atol=1e-6, rtol=0)
     gen = torch.Generator().manual_seed(0)
-    grid = G.random_warp_grid(64, (16, 16, 16), 2.0, 5, generator=gen)
+    grid = G.random_warp_grid(64, (16, 16, 16), 0.5, 5, generator=gen)
     # displacement in voxels: normalised offset * n / 2, components (z, y, x) -> tensor axes reversed
     disp = (grid - G.random_warp_grid(64, (16, 16, 16), 0.0)) * 8.0
-    sd = float(disp.std())
-    assert 0.8 < sd < 2.0  # control-point SD 2, trilinear interpolation shrinks it between points
+    # the corner voxels hold lattice points exactly: SD 0.5 x spacing 15 / 4 = 1.875 voxels
+    corners = disp[:, [0, -1]][:, :, [0, -1]][:, :, :, [0, -1]]
+    assert float(corners.std()) == pytest.approx(1.875, rel=0.1)
+    sd = float(disp.std())  # trilinear interpolation: variance x (2/3)^3 on average, SD x 0.54
+    assert sd == pytest.approx(0.544 * 1.875, rel=0.15)
     # smooth: neighbouring voxels move together (independent voxels would differ by about 1.13 sd)
     assert float((disp[:, 1:] - disp[:, :-1]).abs().mean()) < 0.5 * sd
     lab = torch.randint(0, 4, (64, 16, 16, 16))
     warped = G.warp_labels(lab, grid)
     assert warped.dtype == torch.int64 and set(warped.unique().tolist()) <= {0, 1, 2, 3}
+
+
+def test_generation_deformation_keeps_structure_volumes():
+    # a thalamus-sized ellipsoid (451 voxels) in a 48 x 56 x 48 box keeps its volume within a few per cent
+    shape = (48, 56, 48)
+    x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    ell = ((x - 20) / 3.75) ** 2 + ((y - 27) / 6.5) ** 2 + ((z - 24) / 4.25) ** 2 < 1
+    ell = torch.from_numpy(ell.astype(np.int64))
+    sds = []
+    for strength in (0.0, 0.03, 0.06):
+        grid = G.random_warp_grid(24, shape, strength, 5, generator=torch.Generator().manual_seed(0))
+        ratio = G.warp_labels(ell.expand(24, *shape), grid).sum((1, 2, 3)).double() / ell.sum()
+        assert abs(float(ratio.mean()) - 1) < 0.03
+        sds.append(float(ratio.std()))
+    assert sds[0] == 0.0 and 0.01 < sds[1] < 0.06 and sds[2] > 1.5 * sds[1]
 
 
 def test_warp_axis_convention_matches_tensor_axes():
@@ -267,7 +285,7 @@ def test_l1_and_monitor_loss_fall_during_training():
 
 
 # no augmentation or deformation: each loss then moves only because of the network being trained
-STILL = dict(aug_rotation_deg=0.0, aug_translation=0.0, aug_scale=0.0, train_deform_vox=0.0, lambda_l1=0.0,
+STILL = dict(aug_rotation_deg=0.0, aug_translation=0.0, aug_scale=0.0, train_deform=0.0, lambda_l1=0.0,
              max_epochs=6)
 
 
@@ -329,9 +347,9 @@ def tiny_fit() -> tuple[G.GanFit, G.GanData]:
 
 def test_generate_shapes_parents_and_determinism(tiny_fit):
     fit, data = tiny_fit
-    a = G.generate(fit, data, n_per_class=4, seed=1, device="cpu")
-    b = G.generate(fit, data, n_per_class=4, seed=1, device="cpu")
-    c = G.generate(fit, data, n_per_class=4, seed=2, device="cpu")
+    a = G.generate(fit, data, n_per_class=4, seed=1, deform=0.15, device="cpu")
+    b = G.generate(fit, data, n_per_class=4, seed=1, deform=0.15, device="cpu")
+    c = G.generate(fit, data, n_per_class=4, seed=2, deform=0.15, device="cpu")
     assert a.images.shape == (8, S, S, S) and a.labels.shape == (8, S, S, S)
     np.testing.assert_array_equal(a.classes, [0, 0, 0, 0, 1, 1, 1, 1])
     np.testing.assert_array_equal(data.classes[a.parents], a.classes)
@@ -348,7 +366,7 @@ def test_generate_shapes_parents_and_determinism(tiny_fit):
 
 def test_generate_without_deformation_keeps_parent_anatomy(tiny_fit):
     fit, data = tiny_fit
-    out = G.generate(fit, data, n_per_class=2, seed=0, deform_vox=0.0, device="cpu")
+    out = G.generate(fit, data, n_per_class=2, seed=0, deform=0.0, device="cpu")
     np.testing.assert_array_equal(out.labels, data.labels[out.parents])
     with pytest.raises(ValueError, match="no parent image of class 1"):
         G.generate(fit, data.subset([0, 2]), n_per_class=1, seed=0)
@@ -453,7 +471,7 @@ def test_block_resampling():
 def test_generate_on_a_coarse_grid_keeps_fine_truth(tiny_fit):
     fit, data = tiny_fit
     fine = np.repeat(np.repeat(np.repeat(data.labels, 2, 1), 2, 2), 2, 3)
-    out = G.generate(fit, data, n_per_class=2, seed=0, deform_vox=0.0, fine_labels=fine, factor=2, device="cpu")
+    out = G.generate(fit, data, n_per_class=2, seed=0, deform=0.0, fine_labels=fine, factor=2, device="cpu")
     assert out.images.shape == (4, 32, 32, 32)
     np.testing.assert_array_equal(out.labels, fine[out.parents])
     assert float(np.abs(out.images[out.labels == 0]).max()) == 0.0
