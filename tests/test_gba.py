@@ -184,3 +184,6 @@ def test_gba_images_rejects_foreign_inner_subjects(tmp_path):
     req.inner = [{"train": ["s0", "zz"], "test": ["s1"]}]
     with pytest.raises(ValueError, match=r"inner fold 0 names subjects outside the training rows: \['zz'\]"):
         gba.gba_images(req, class_map_fn=_class_map, options=TINY)
+    req.inner = [{"train": ["s0", "s1"], "test": []}]
+    with pytest.raises(ValueError, match="inner fold 0 needs training and validation scans; got 2 and 0"):
+        gba.gba_images(req, class_map_fn=_class_map, options=TINY)

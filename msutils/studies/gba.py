@@ -269,6 +269,9 @@ def gba_images(
         raise ValueError(f"inner fold {k} names subjects outside the training rows: {outside[:5]}")
     tr_scans = [str(s) for s in train_table.index[subjects.isin(tr_subj)]]
     va_scans = [str(s) for s in train_table.index[subjects.isin(va_subj)]]
+    if not tr_scans or not va_scans:
+        raise ValueError(f"inner fold {k} needs training and validation scans; got {len(tr_scans)} and "
+                         f"{len(va_scans)}")
     classes = {str(s): int(str(g) == "MS") for s, g in zip(train_table.index, train_table["group"])}
     t0 = time.perf_counter()
     tr_img, tr_lab = _load(request, tr_scans, class_map_fn)
