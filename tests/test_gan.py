@@ -359,6 +359,10 @@ def test_generate_shapes_parents_and_determinism(tiny_fit):
         assert len(set(first3.tolist())) == 3
     np.testing.assert_array_equal(a.images, b.images)
     assert not np.array_equal(a.images, c.images)
+    # one random stream per image: the batch size changes nothing but rounding
+    d = G.generate(fit, data, n_per_class=4, seed=1, deform=0.15, batch_size=3, device="cpu")
+    np.testing.assert_array_equal(d.labels, a.labels)
+    np.testing.assert_allclose(d.images, a.images, atol=1e-5)
     assert float(np.abs(a.images[a.labels == 0]).max()) == 0.0
     # new deformations: no generated label map equals its parent's
     assert all(not np.array_equal(a.labels[i], data.labels[p]) for i, p in enumerate(a.parents))
@@ -461,6 +465,10 @@ def test_block_resampling():
     assert G.downsample_labels(lab, 2, 4).tolist() == [[[[2]]]]
     lab[0, 1, 1, :] = 1  # now 2 x label 1, 2 x label 2, 2 x label 3, 2 x 0: the lowest label wins the tie
     assert G.downsample_labels(lab, 2, 4).tolist() == [[[[0]]]]
+    many = rng.integers(0, 5, (5, 4, 4, 6))
+    np.testing.assert_array_equal(G.downsample_labels(many, 2, 5, chunk=2), G.downsample_labels(many, 2, 5, chunk=5))
+    onehot = np.eye(5)[many].reshape(5, 2, 2, 2, 2, 3, 2, 5).sum(axis=(2, 4, 6))
+    np.testing.assert_array_equal(G.downsample_labels(many, 2, 5), onehot.argmax(-1))  # argmax: lowest on ties
     ramp = np.broadcast_to(np.arange(16, dtype=np.float32)[:, None, None], (1, 16, 4, 4))
     up = G.upsample_images(G.downsample_images(ramp, 2), 2)
     np.testing.assert_allclose(up[0, 1:-1], ramp[0, 1:-1], atol=1e-5)  # linear ramps survive, edges clamp

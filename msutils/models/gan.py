@@ -339,6 +339,8 @@ class LabelCoder:
         values = [int(v) for v in np.asarray(list(label_values)).ravel()]
         if not values or any(v <= 0 for v in values) or len(set(values)) != len(values):
             raise ValueError(f"'label_values' must be distinct positive ints; got {list(label_values)!r}")
+        if len(values) > 1000:
+            raise ValueError(f"'label_values' holds {len(values)} labels; at most 1000 are supported")
         self.label_values: tuple[int, ...] = tuple(sorted(values))
 
     @property
@@ -347,7 +349,7 @@ class LabelCoder:
         return len(self.label_values) + 2
 
     def encode(self, label_maps: np.ndarray, brain_masks: np.ndarray) -> np.ndarray:
-        """Compact int64 labels; ROI voxels count as brain even where the mask is 0."""
+        """Compact int16 labels; ROI voxels count as brain even where the mask is 0."""
         label_maps = np.asarray(label_maps)
         brain_masks = np.asarray(brain_masks)
         if label_maps.shape != brain_masks.shape:
@@ -359,7 +361,7 @@ class LabelCoder:
         unknown = sorted(set(np.unique(label_maps).tolist()) - {0, *self.label_values})
         if unknown:
             raise ValueError(f"label maps hold values {unknown} outside 'label_values' {list(self.label_values)}")
-        lut = np.zeros(max(self.label_values) + 1, dtype=np.int64)
+        lut = np.zeros(max(self.label_values) + 1, dtype=np.int16)
         lut[list(self.label_values)] = np.arange(2, self.n_labels)
         out = lut[label_maps]
         out[(out == 0) & (brain_masks > 0)] = 1
@@ -465,7 +467,7 @@ class ImageSet:
 
 @dataclass(frozen=True)
 class GanData:
-    """Generator-ready arrays: normalised images, compact labels, classes, subject ids."""
+    """Generator-ready arrays: normalised images (float32), compact labels (int16), classes, subject ids."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -474,7 +476,7 @@ class GanData:
 
     def __post_init__(self) -> None:
         images = np.ascontiguousarray(self.images, dtype=np.float32)
-        labels = np.ascontiguousarray(self.labels, dtype=np.int64)
+        labels = np.ascontiguousarray(self.labels, dtype=np.int16)
         classes = np.asarray(self.classes, dtype=np.int64)
         if images.ndim != 4 or labels.shape != images.shape:
             raise ValueError(f"images {images.shape} and labels {labels.shape} must both be (n, X, Y, Z)")
@@ -590,14 +592,29 @@ def downsample_images(images: np.ndarray, factor: int) -> np.ndarray:
     return F.avg_pool3d(torch.from_numpy(images)[:, None], factor)[:, 0].numpy()
 
 
-def downsample_labels(labels: np.ndarray, factor: int, n_labels: int) -> np.ndarray:
-    """Majority label of each ``factor``^3 block of ``(n, X, Y, Z)`` compact labels (ties: lower label)."""
-    labels = np.require(labels, dtype=np.int64, requirements=["C", "W"])
+def downsample_labels(labels: np.ndarray, factor: int, n_labels: int, *, chunk: int = 8) -> np.ndarray:
+    """Majority label of each ``factor``^3 block of ``(n, X, Y, Z)`` compact labels (ties: lower label).
+
+    Works on ``chunk`` volumes and one label at a time (memory: a few float32
+    volumes per chunk). Returns int16.
+    """
+    labels = np.asarray(labels)
     factor = _check_factor(labels.shape[1:], factor)
+    n_labels = check_int("n_labels", n_labels, 2)
     if factor == 1:
-        return labels
-    onehot = F.one_hot(torch.from_numpy(labels), check_int("n_labels", n_labels, 2)).permute(0, 4, 1, 2, 3)
-    return F.avg_pool3d(onehot.to(torch.float32), factor).argmax(dim=1).numpy()
+        return labels.astype(np.int16)
+    out = []
+    for start in range(0, len(labels), check_int("chunk", chunk, 1)):
+        lab = torch.from_numpy(np.ascontiguousarray(labels[start:start + chunk], dtype=np.int16))[:, None]
+        best_count = F.avg_pool3d((lab == 0).to(torch.float32), factor)
+        best = torch.zeros(best_count.shape, dtype=torch.int16)
+        for value in range(1, n_labels):
+            count = F.avg_pool3d((lab == value).to(torch.float32), factor)
+            better = count > best_count
+            best[better] = value
+            best_count = torch.where(better, count, best_count)
+        out.append(best[:, 0].numpy())
+    return np.concatenate(out)
 
 
 def upsample_images(images: np.ndarray, factor: int) -> np.ndarray:
@@ -719,7 +736,8 @@ class ConditionalGenerator(nn.Module):
         """Condition channels ``(B, n_labels + n_classes, X, Y, Z)``: one-hot labels and class."""
         if labels.ndim != 4:
             raise ValueError(f"'labels' must be (B, X, Y, Z); got shape {tuple(labels.shape)}")
-        onehot = F.one_hot(labels, self.n_labels).permute(0, 4, 1, 2, 3).to(torch.float32)
+        onehot = torch.zeros((labels.shape[0], self.n_labels, *labels.shape[1:]), device=labels.device)
+        onehot.scatter_(1, labels[:, None].long(), 1.0)
         cls = F.one_hot(classes, self.n_classes).to(torch.float32)[:, :, None, None, None]
         return torch.cat([onehot, cls.expand(-1, -1, *labels.shape[1:])], dim=1)
 
@@ -962,7 +980,7 @@ def _fit_loop(
     if monitor is not None:
         mon_rng = torch.Generator().manual_seed(_derive_seed(seed, 2))
         mon_noise = torch.randn((len(monitor), config.noise_channels, *shape), generator=mon_rng)
-        mon_labels = torch.from_numpy(monitor.labels)
+        mon_labels = torch.from_numpy(monitor.labels).long()
         mon_classes = torch.from_numpy(monitor.classes)
         mon_target = torch.from_numpy(monitor.images) * (mon_labels > 0)
     rows: list[dict[str, float]] = []
@@ -979,7 +997,7 @@ def _fit_loop(
             idx = perm[sl]
             b = len(idx)
             grid = random_warp_grid(b, shape, config.train_deform, config.deform_control_points, generator=rng)
-            lab = warp_labels(labels[idx], grid)
+            lab = warp_labels(labels[idx].long(), grid)
             real = warp_images(images[idx][:, None], grid) * (lab > 0)[:, None]
             noise = torch.randn((b, config.noise_channels, *shape), generator=rng)
             thetas = [aug.sample(b, generator=rng) for _ in range(3)]
@@ -1044,7 +1062,7 @@ class Generated:
     ----------
     images : ndarray of float32, shape (n, X, Y, Z)
         On the output grid.
-    labels : ndarray of int64, shape (n, X, Y, Z)
+    labels : ndarray of int16, shape (n, X, Y, Z)
         Compact label map of each image on the output grid (its known anatomy).
     classes : ndarray of int64, shape (n,)
     parents : ndarray of int64, shape (n,)
@@ -1120,34 +1138,34 @@ def generate(
     cfg = fit.config
     amplitude = cfg.generation_deform if deform is None else float(deform)
     batch_size = cfg.batch_size if batch_size is None else check_int("batch_size", batch_size, 1)
-    rng = np.random.default_rng(_derive_seed(seed, 3))
-    rows = _parent_draw(parents.classes, fit.n_classes, n_per_class, rng)
-    torch_rng = torch.Generator().manual_seed(_derive_seed(seed, 4))
     factor = check_int("factor", factor, 1)
-    grid = random_warp_grid(len(rows), parents.shape, amplitude, cfg.deform_control_points, generator=torch_rng)
-    if factor == 1:
-        labels = warp_labels(torch.from_numpy(parents.labels[rows]), grid)
-        out_labels = labels
-    else:
-        fine_shape = tuple(factor * s for s in parents.shape)
-        if fine_labels is None or np.shape(fine_labels) != (len(parents), *fine_shape):
-            raise ValueError(f"'fine_labels' must have shape {(len(parents), *fine_shape)} for factor {factor}; "
-                             f"got {None if fine_labels is None else np.shape(fine_labels)}")
-        out_labels = warp_labels(torch.from_numpy(np.asarray(fine_labels, dtype=np.int64)[rows]),
-                                 _upsample_grid(grid, fine_shape))
-        labels = torch.from_numpy(downsample_labels(out_labels.numpy(), factor, fit.n_labels))
-    classes = torch.from_numpy(parents.classes[rows])
-    noise = torch.randn((len(rows), cfg.noise_channels, *parents.shape), generator=torch_rng)
+    out_shape = tuple(factor * s for s in parents.shape)
+    if factor > 1 and (fine_labels is None or np.shape(fine_labels) != (len(parents), *out_shape)):
+        raise ValueError(f"'fine_labels' must have shape {(len(parents), *out_shape)} for factor {factor}; "
+                         f"got {None if fine_labels is None else np.shape(fine_labels)}")
+    source = parents.labels if factor == 1 else fine_labels
+    rows = _parent_draw(parents.classes, fit.n_classes, n_per_class, np.random.default_rng(_derive_seed(seed, 3)))
+    images = np.empty((len(rows), *out_shape), dtype=np.float32)
+    labels = np.empty((len(rows), *out_shape), dtype=np.int16)
     dev = _resolve_device(device)
     gen_net = fit.generator.to(dev).eval()
     try:
-        images = _synthesize(gen_net, labels, classes, noise, dev, batch_size).numpy()
+        for sl in _batches(len(rows), batch_size):
+            # one generator per image: the result does not depend on the batch size
+            rngs = [torch.Generator().manual_seed(_derive_seed(seed, 4, i)) for i in range(sl.start, sl.stop)]
+            grid = torch.cat([random_warp_grid(1, parents.shape, amplitude, cfg.deform_control_points, generator=g)
+                              for g in rngs])
+            noise = torch.cat([torch.randn((1, cfg.noise_channels, *parents.shape), generator=g) for g in rngs])
+            chunk = torch.from_numpy(np.asarray(source[rows[sl]], dtype=np.int64))
+            out = warp_labels(chunk, grid if factor == 1 else _upsample_grid(grid, out_shape))
+            coarse = out if factor == 1 else torch.from_numpy(downsample_labels(out.numpy(), factor, fit.n_labels))
+            img = _synthesize(gen_net, coarse.long(), torch.from_numpy(parents.classes[rows[sl]]), noise, dev,
+                              batch_size).numpy()
+            labels[sl] = out.numpy()
+            images[sl] = img if factor == 1 else upsample_images(img, factor) * (labels[sl] > 0)
     finally:
         fit.generator.cpu()
-    out = out_labels.numpy()
-    if factor > 1:
-        images = upsample_images(images, factor) * (out > 0)
-    return Generated(images, out, classes.numpy(), rows.astype(np.int64))
+    return Generated(images, labels, parents.classes[rows].copy(), rows.astype(np.int64))
 
 
 def reconstruct(
@@ -1167,16 +1185,19 @@ def reconstruct(
     seed = check_int("seed", seed, 0)
     _check_gan_data(data, fit.n_labels, fit.n_classes, "data", None)
     batch_size = fit.config.batch_size if batch_size is None else check_int("batch_size", batch_size, 1)
-    torch_rng = torch.Generator().manual_seed(_derive_seed(seed, 5))
-    noise = torch.randn((len(data), fit.config.noise_channels, *data.shape), generator=torch_rng)
+    out = np.empty(data.images.shape, dtype=np.float32)
     dev = _resolve_device(device)
     gen_net = fit.generator.to(dev).eval()
     try:
-        out = _synthesize(gen_net, torch.from_numpy(data.labels), torch.from_numpy(data.classes), noise, dev,
-                          batch_size)
+        for sl in _batches(len(data), batch_size):
+            noise = torch.cat([torch.randn((1, fit.config.noise_channels, *data.shape),
+                                           generator=torch.Generator().manual_seed(_derive_seed(seed, 5, i)))
+                               for i in range(sl.start, sl.stop)])
+            out[sl] = _synthesize(gen_net, torch.from_numpy(data.labels[sl]).long(),
+                                  torch.from_numpy(data.classes[sl]), noise, dev, batch_size).numpy()
     finally:
         fit.generator.cpu()
-    return out.numpy()
+    return out
 
 
 # --------------------------------------------------------------------------- the study scenario
