@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", default="8,16,32,64", help="generator channels per level (default: 8,16,32,64)")
     ap.add_argument("--d-channels", type=int, default=8, help="discriminator first-layer channels (default: 8)")
     ap.add_argument("--n-per-class", type=int, default=20, help="generated images per class (default: 20)")
+    ap.add_argument("--train-deform", type=float, default=None, help="GanConfig.train_deform (default: its default)")
+    ap.add_argument("--generation-deform", type=float, default=None,
+                    help="GanConfig.generation_deform (default: its default)")
     ap.add_argument("--val-fraction", type=float, default=0.2, help="inner validation fraction (default: 0.2)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     ap.add_argument("--seed", type=int, default=0)
@@ -136,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     def subset(rows: np.ndarray) -> G.ImageSet:
         return G.ImageSet(images[rows], rois[rows], classes[rows], [subjects[i] for i in rows], masks[rows])
 
+    deform = {k: v for k, v in (("train_deform", args.train_deform), ("generation_deform", args.generation_deform))
+              if v is not None}
     cfg = G.GanConfig(max_epochs=args.epochs, patience=args.patience, g_channels=channels,
-                      g_strides=(2,) * (len(channels) - 1), g_res_units=1, d_channels=args.d_channels, d_layers=3)
+                      g_strides=(2,) * (len(channels) - 1), g_res_units=1, d_channels=args.d_channels, d_layers=3,
+                      **deform)
+    print(f"deformation strength: training {cfg.train_deform}, generation {cfg.generation_deform}")
     cpu0, wall0 = time.process_time(), time.perf_counter()
     res = G.gba_scenario(subset(tr), n_folds=1, n_per_class=args.n_per_class, seed=args.seed, config=cfg,
                          validation=subset(va), grid_factor=args.grid_factor, device="cpu",
@@ -162,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         nc = Fd.nearest_neighbour_similarity(fold.images, real_tr, real_groups=[subjects[i] for i in tr],
                                              center=centred)
         s = nc.summary()
+        own = int((nc.synthetic_nn_index == fold.parent_rows).sum())  # rows of real_tr are rows of the train set
         print(f"non-copy ({'Pearson' if centred else 'cosine'}): synthetic->real NN {s['synthetic_mean']:.4f}, "
-              f"real->real NN {s['real_mean']:.4f}, Mann-Whitney p(less) = {s['pvalue']:.2g}")
+              f"real->real NN {s['real_mean']:.4f}, Mann-Whitney p(less) = {s['pvalue']:.2g}; nearest real "
+              f"image is the parent for {own}/{len(fold)}")
     real_sig = _class_signal(real_tr, rois[tr], classes[tr])
     syn_sig = _class_signal(fold.images, fold.label_maps, fold.classes)
     for name, sig in (("real", real_sig), ("generated", syn_sig)):
