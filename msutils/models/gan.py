@@ -227,13 +227,16 @@ class GanConfig:
         Smooth random deformations (:func:`random_warp_grid`): SD of the
         control-point displacements as a fraction of the control-point
         spacing (resolution-free) during training and at generation, and
-        control points per axis. Measured with 5 points on a thalamus-sized
-        ellipsoid (450 voxels): 0.03 changes its volume by 3 % (SD) in a
-        48 x 56 x 48 box and by 7.5 % in a 96 x 112 x 96 box, where the
-        nearest-neighbour label warp's sub-voxel quantisation adds about 5 %;
-        the synthetic cohort's natural deep-GM volume SD is 5 % and its MS
-        atrophy 9-15 %, so the parents' atrophy survives. Strengths above
-        about 0.1 start to fold the warp.
+        control points per axis. The generation default 0.06 is about the
+        synthetic cohort's own between-subject warp (2 mm SD at 30 mm
+        spacing): a new anatomy differs from its parent about as much as two
+        subjects differ. The price is volume noise: measured with 5 points on
+        a thalamus-sized ellipsoid (450 voxels), 0.03 / 0.06 change its volume
+        by 3 / 7 % (SD) in a 48 x 56 x 48 box and by 7.5 / 11 % in a
+        96 x 112 x 96 box (the nearest-neighbour label warp's sub-voxel
+        quantisation adds about 5 %), against a natural deep-GM volume SD of
+        5 % and an MS atrophy of 9-15 % in that cohort. Strengths above about
+        0.1 start to fold the warp.
     monitor_fraction
         Fraction of the fold's training subjects (per class) held out of the
         gradient steps to early-stop on (:func:`monitor_split`); 0 trains
@@ -265,7 +268,7 @@ class GanConfig:
     aug_translation: float = 0.05
     aug_scale: float = 0.05
     train_deform: float = 0.06
-    generation_deform: float = 0.03
+    generation_deform: float = 0.06
     deform_control_points: int = 5
     monitor_fraction: float = 0.15
     intensity_percentile: float = 99.5
