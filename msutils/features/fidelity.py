@@ -48,6 +48,7 @@ import pandas as pd
 from scipy import stats
 
 from msutils.core.validation import check_choice, check_int
+from msutils.core.device import resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -330,8 +331,7 @@ def network_features(
     if arr.ndim != 5 or len(arr) == 0:
         raise ValueError(f"'images' must be (n, X, Y, Z) or (n, C, X, Y, Z) with n >= 1; got shape {arr.shape}")
     batch_size = check_int("batch_size", batch_size, 1)
-    check_choice("device", device, ("auto", "cpu", "cuda"))
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = resolve_device(device)
     if layers is None:
         modules = [unet_bottleneck(model)]
     else:

@@ -53,6 +53,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 
 from msutils.core.validation import check_choice
 from msutils.data.leakage import record_fit
+from msutils.core.device import resolve_device
 
 __all__ = [
     "SCALERS",
@@ -160,10 +161,7 @@ class TabularResNet(ClassifierMixin, BaseEstimator):
     def _device(self) -> Any:
         import torch
 
-        check_choice("device", self.device, ("cpu", "cuda", "auto"))
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return torch.device(resolve_device(self.device))
 
     def _build(self, n_in: int) -> Any:
         return _resnet_module(n_in, int(self.width), int(self.n_blocks), float(self.dropout))

@@ -111,7 +111,6 @@ agree only to floating-point tolerance (the documented GPU exception).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -128,6 +127,7 @@ from torch import nn
 
 from msutils.core.validation import check_choice, check_int
 from msutils.data.leakage import FitLog
+from msutils.core.device import resolve_device, torch_threads
 
 __all__ = [
     "GanConfig",
@@ -161,28 +161,9 @@ logger = logging.getLogger(__name__)
 
 _CRITERIA = ("bce", "least_squares", "hinge")
 _NORMS = ("INSTANCE", "BATCH")
-_DEVICES = ("auto", "cpu", "cuda")
 
 
 # --------------------------------------------------------------------------- small helpers
-def _resolve_device(device: str) -> str:
-    if check_choice("device", device, _DEVICES) != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextlib.contextmanager
-def _num_threads(n: int | None) -> Iterator[None]:
-    check_int("num_threads", n, 1, optional=True)
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _derive_seed(seed: int, *keys: int) -> int:
     """A 31-bit seed derived from ``seed`` and integer ``keys`` (independent streams)."""
     return int(np.random.SeedSequence([int(seed), *(int(k) for k in keys)]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -939,10 +920,10 @@ def train_cgan(
     if any(s % factor for s in shape):
         raise ValueError(f"volume shape {shape} must be divisible by the product of 'g_strides' ({factor})")
     patch_output_shape(shape, config.d_layers, config.d_kernel)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     fork_devices = [torch.cuda.current_device()] if dev == "cuda" else []
     t0 = time.perf_counter()
-    with _num_threads(num_threads), torch.random.fork_rng(devices=fork_devices):
+    with torch_threads(num_threads), torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         gen_net = ConditionalGenerator(n_labels, n_classes, config).to(dev)
         disc = build_discriminator(n_labels + n_classes + 1, config).to(dev)
@@ -1150,7 +1131,7 @@ def generate(
     rows = _parent_draw(parents.classes, fit.n_classes, n_per_class, np.random.default_rng(_derive_seed(seed, 3)))
     images = np.empty((len(rows), *out_shape), dtype=np.float32)
     labels = np.empty((len(rows), *out_shape), dtype=np.int16)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     gen_net = fit.generator.to(dev).eval()
     try:
         for sl in _batches(len(rows), batch_size):
@@ -1189,7 +1170,7 @@ def reconstruct(
     _check_gan_data(data, fit.n_labels, fit.n_classes, "data", None)
     batch_size = fit.config.batch_size if batch_size is None else check_int("batch_size", batch_size, 1)
     out = np.empty(data.images.shape, dtype=np.float32)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     gen_net = fit.generator.to(dev).eval()
     try:
         for sl in _batches(len(data), batch_size):
@@ -1399,7 +1380,7 @@ def gba_scenario(
                      device=device, num_threads=num_threads)
     t0 = time.perf_counter()
     folds = []
-    with _num_threads(num_threads):
+    with torch_threads(num_threads):
         for k in range(n_folds):
             fold_seed = _derive_seed(seed, 100, k)
             gen = generate(fit, data, n_per_class=n_per_class, seed=fold_seed, fine_labels=fine.labels, factor=factor,

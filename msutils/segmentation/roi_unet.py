@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from msutils.core.device import resolve_device
 
 __all__ = [
     "ROI_NAMES",
@@ -177,9 +178,7 @@ def _normalize(image: np.ndarray) -> np.ndarray:
 def _device(name: str) -> Any:
     import torch
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch.device(resolve_device(name))
 
 
 @dataclass

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from msutils.core.validation import check_choice
+from msutils.core.device import resolve_device
 
 __all__ = [
     "RECIPES",
@@ -154,9 +155,7 @@ class TrainConfig:
 
     def resolved_device(self) -> str:
         """``"cuda"`` or ``"cpu"`` (``"auto"``: CUDA when torch sees a GPU)."""
-        if self.device != "auto":
-            return self.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device(self.device)
 
 
 #: The seed's recipes, per network.

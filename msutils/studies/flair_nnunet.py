@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from msutils.core.device import DEVICES, resolve_device
+from msutils.core.device import DEVICES, resolve_device, torch_threads
 from msutils.core.seeding import derived_seed
 from msutils.core.validation import check_choice, check_int
 from msutils.segmentation.slices import BRAIN_SOURCES, brain_mask_for, pad_to_square
@@ -649,23 +649,6 @@ def fold_fit_log(prepared: PreparedStudy, fold: int, log: FitLog | None = None) 
     return log
 
 
-def _threads(num_threads: int | None) -> Any:
-    import contextlib
-
-    import torch
-
-    @contextlib.contextmanager
-    def ctx() -> Any:
-        old = torch.get_num_threads()
-        if num_threads is not None:
-            torch.set_num_threads(int(num_threads))
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-
-    return ctx()
-
 
 def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[str, Any]:
     """Train fold ``fold`` and score it on its validation slices (Table 4).
@@ -699,7 +682,7 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
     slices = prepared.training_slices()
     pos = pd.Series(np.arange(len(cases)), index=cases["case_id"])
     idx = pos.loc[val_ids].to_numpy()
-    with _threads(config.num_threads):
+    with torch_threads(config.num_threads):
         pred = N.predict(prepared.workspace, prepared.dataset_id, slices.images[idx], folds=(int(fold),),
                          device=device, use_mirroring=config.use_mirroring)
     truth = slices.masks[idx]
@@ -823,7 +806,7 @@ def predict_slices(prepared: PreparedStudy, images: np.ndarray, config: SegConfi
         predictor = load_predictor(prepared, folds, config)
     if len(images) == 0:
         return np.zeros(np.shape(images), np.uint8)
-    with _threads(config.num_threads):
+    with torch_threads(config.num_threads):
         return N.predict(prepared.workspace, prepared.dataset_id, images, predictor=predictor,
                          device=resolve_device(config.device), use_mirroring=config.use_mirroring)
 

@@ -82,6 +82,7 @@ import numpy as np
 import pandas as pd
 
 from msutils.core.seeding import derived_seed
+from msutils.core.device import resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -287,12 +288,6 @@ class XaiConfig:
         """Config from a mapping, ignoring keys that are not fields (e.g. a notebook's other parameters)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items() if k in names})
-
-
-def _device(name: str) -> str:
-    from msutils.core.device import resolve_device
-
-    return resolve_device(name)
 
 
 def study_scans(cohort: Cohort) -> pd.DataFrame:
@@ -633,7 +628,7 @@ def train_unet(train_scans: Sequence[Scan], val_scans: Sequence[Scan], config: X
 
     from msutils.segmentation.losses import BlobNormalizedDiceLoss
 
-    device = _device(config.device)
+    device = resolve_device(config.device)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
