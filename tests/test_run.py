@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -269,19 +270,50 @@ def test_local_run_then_resume_from_cache(tmp_path: Path, caplog: pytest.LogCapt
                       out_dir=out, notebook_path=NB_DIR / "t_folds.ipynb", default_identity=default_cohort_identity)
     assert status == {"a": cache.entry_dir("a"), "b": cache.entry_dir("b")}
 
-    # second run: nothing recomputed, only the aggregate re-executes
+    # second run: nothing recomputed, the aggregate comes from its cache entry
     caplog.set_level(logging.INFO, logger="msutils")
     mtimes = {f: (cache.entry_dir(f) / "meta.json").stat().st_mtime_ns for f in "ab"}
+    (tmp_path / "book" / "t_folds.ipynb").unlink()
+    summary.unlink()
     run.run_notebook("t_folds", profile="smoke", overrides=over, **kw)
     assert "t_folds fold a: cached, skipped" in caplog.text and "t_folds fold b: cached, skipped" in caplog.text
     assert len(_lines(work / "a.count")) == 1 and len(_lines(work / "b.count")) == 1
     assert {f: (cache.entry_dir(f) / "meta.json").stat().st_mtime_ns for f in "ab"} == mtimes
     record = json.loads((out / "t_folds" / "run.json").read_text())
     assert {f: r["status"] for f, r in record["folds"].items()} == {"a": "cached", "b": "cached"}
+    assert record["aggregate"]["status"] == "cached"
+    assert json.loads(summary.read_text()) == {"total": 3, "folds": ["a", "b"]}
+    assert json.loads((tmp_path / "book" / "t_folds.ipynb").read_text())["cells"] == book["cells"]
+
+    # force: folds and aggregate recomputed
+    run.run_notebook("t_folds", profile="smoke", overrides=over, force=True, **kw)
+    record = json.loads((out / "t_folds" / "run.json").read_text())
+    assert record["aggregate"]["status"] == "computed"
+    assert len(_lines(work / "a.count")) == 2
 
     # a profile without folds: only the aggregate run
     summary = run.run_notebook("t_folds", profile="nofolds", **kw)
     assert json.loads(summary.read_text()) == {"total": 0, "folds": []}
+
+
+def test_aggregate_cache_follows_the_aggregate_code(tmp_path: Path) -> None:
+    """Editing a cell after ``fold-end`` re-executes the aggregate but reuses every fold."""
+    nb_dir = tmp_path / "notebooks"
+    shutil.copytree(NB_DIR, nb_dir)
+    kw = {**_kw(tmp_path), "notebooks_dir": nb_dir}
+    work = tmp_path / "work"
+    work.mkdir()
+    over = {"work_dir": str(work)}
+    run.run_notebook("t_folds", profile="smoke", overrides=over, **kw)
+    nb_path = nb_dir / "t_folds.ipynb"
+    nb = json.loads(nb_path.read_text())
+    last = nb["cells"][-1]
+    last["source"] = "".join(last["source"]) + "\n# an edit of the aggregate part\n"
+    nb_path.write_text(json.dumps(nb))
+    run.run_notebook("t_folds", profile="smoke", overrides=over, **kw)
+    record = json.loads((tmp_path / "out" / "t_folds" / "run.json").read_text())
+    assert {f: r["status"] for f, r in record["folds"].items()} == {"a": "cached", "b": "cached"}
+    assert record["aggregate"]["status"] == "computed"
 
 
 def test_configure_logging_file_or_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -50,7 +50,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from msutils.core.fingerprint import library_fingerprint
 from msutils.core.io import file_lock
@@ -85,17 +85,19 @@ _TMP_PREFIX = ".tmp-"
 _UNSET: Any = object()
 
 
-def code_hash(notebook: str | os.PathLike | Mapping[str, Any]) -> str:
-    """sha256 (hex) of a notebook's fold code.
+def code_hash(notebook: str | os.PathLike | Mapping[str, Any], *, whole: bool = False) -> str:
+    """sha256 (hex) of a notebook's fold code (or of all its code).
 
     Code cells up to and including the first cell tagged ``fold-end`` (all code
-    cells if none is tagged), skipping parameter cells and empty cells. Outputs,
-    execution counts, metadata and markdown do not count.
+    cells if none is tagged, or with ``whole=True``), skipping parameter cells and
+    empty cells. Outputs, execution counts, metadata and markdown do not count.
 
     Parameters
     ----------
     notebook : str, path-like or mapping
         Path of an ``.ipynb`` file, or the notebook's parsed JSON.
+    whole : bool
+        Hash every code cell (what the aggregate run executes), not only the fold part.
     """
     nb = load_notebook(notebook)
     sources: list[str] = []
@@ -107,7 +109,7 @@ def code_hash(notebook: str | os.PathLike | Mapping[str, Any]) -> str:
             src = cell_source(cell).strip()
             if src:
                 sources.append(src)
-        if FOLD_END_TAG in tags:
+        if FOLD_END_TAG in tags and not whole:
             break
     return hashlib.sha256(json.dumps(sources).encode("utf-8")).hexdigest()
 
@@ -288,6 +290,17 @@ class FoldCache:
         """Full sha256 key of ``fold`` under this configuration."""
         return cache_key(self.notebook, self.code_hash, self.params, self.manifest_id, self._fold_name(fold),
                          library=self.library)
+
+    def aggregate_key(self, folds: Sequence[str]) -> str:
+        """Key of the aggregate run over ``folds``: every code cell, parameters, cohort, library, folds.
+
+        Two aggregate runs with the same key execute the same code on the same fold
+        results, so the second can reuse the first's executed notebook and summary.
+        """
+        whole = code_hash(self.notebook_path, whole=True)
+        return cache_key(self.notebook, whole, {**self.params, "__folds__": [str(f) for f in folds],
+                                                 "__cohort_hash__": self.cohort_hash},
+                         self.manifest_id, "aggregate", library=self.library)
 
     def entry_dir(self, fold: Any) -> Path:
         """Final directory of ``fold``'s entry (exists only once it is complete)."""

@@ -28,7 +28,10 @@ notebook) with their log files ``<fold>.log`` / ``aggregate.log`` (every log rec
 the kernel: none goes into the notebook; the runner prints the kernel's progress lines,
 logger ``msutils.progress``, on its console as they come), ``<notebook>/summary.json``
 (written by the notebook) and
-``<notebook>/run.json`` (what this run did). The aggregate notebook is copied,
+``<notebook>/run.json`` (what this run did). The aggregate run is cached too
+(``cache/<notebook>/aggregate-<key16>/``: its executed notebook and summary, keyed
+on every code cell, the parameters, the cohort, the library fingerprint and the
+profile's folds): a second run with nothing changed only re-publishes it. The aggregate notebook is copied,
 atomically and with its parameter cells tagged ``remove-cell``, to
 ``book/executed/<notebook>.ipynb``.
 """
@@ -40,6 +43,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -49,7 +53,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from msutils.core.environ import temporary_environ
-from msutils.core.io import atomic_write_json, atomic_write_text
+from msutils.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_lock
 from msutils.core.progress import LOG_FORMAT, PROGRESS_LOGGER
 from msutils.pipeline.cache import FoldCache
 from msutils.pipeline.kernel import LOG_FILE_ENV, default_cohort_identity, summary_path
@@ -77,6 +81,11 @@ BACKENDS: tuple[str, ...] = ("dask", "local")
 #: Parameters every notebook's ``parameters`` cell must define.
 REQUIRED_PARAMETERS: tuple[str, ...] = ("profile", "fold", "manifest", "seed", "out_dir")
 _REMOVE_TAG = "remove-cell"
+#: Aggregate-cache entries: ``<out_dir>/cache/<notebook>/aggregate-<key16>/``.
+_AGGREGATE = "aggregate"
+_AGG_NOTEBOOK = "aggregate.ipynb"
+_AGG_SUMMARY = "summary.json"
+_AGG_META = "meta.json"
 
 
 # --------------------------------------------------------------------------------------
@@ -489,6 +498,33 @@ def fold_status(
     return {f: (cache.entry_dir(f) if cache.has(f) else None) for f in plan["folds"]}
 
 
+def _store_aggregate(entry: Path, key: str, executed: Path, summary: Path) -> None:
+    """Keep the aggregate's executed notebook and summary under its key (atomically)."""
+    tmp = entry.with_name(f".tmp-{entry.name}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        shutil.copyfile(executed, tmp / _AGG_NOTEBOOK)
+        shutil.copyfile(summary, tmp / _AGG_SUMMARY)
+        (tmp / _AGG_META).write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
+        shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _restore_aggregate(entry: Path, key: str, executed: Path, summary: Path) -> bool:
+    """Put a stored aggregate's notebook and summary back in place; False if there is none for ``key``."""
+    try:
+        meta = json.loads((entry / _AGG_META).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    if meta.get("key") != key or not (entry / _AGG_NOTEBOOK).is_file() or not (entry / _AGG_SUMMARY).is_file():
+        return False
+    atomic_write_bytes(executed, (entry / _AGG_NOTEBOOK).read_bytes())
+    atomic_write_bytes(summary, (entry / _AGG_SUMMARY).read_bytes())
+    return True
+
+
 def _publish(executed: Path, dest: Path, source: Path) -> Path:
     """Copy an executed notebook to the book, parameter cells tagged ``remove-cell``."""
     nb = json.loads(executed.read_text(encoding="utf-8"))
@@ -558,7 +594,8 @@ def run_notebook(
     aggregate : bool
         Run the aggregate (``fold=None``) pass; False only precomputes folds.
     force : bool
-        Delete the selected folds' cache entries first, so they are recomputed.
+        Delete the selected folds' cache entries and the stored aggregate first, so
+        they are recomputed.
     kernel_name : str
         Jupyter kernel.
     progress_bar : bool
@@ -656,17 +693,31 @@ def run_notebook(
     if not aggregate:
         save_record()
         return None
-    t_agg = time.time()
-    res = _execute_task(task(None))
-    if not res["ok"]:
-        save_record(aggregate={"status": "failed", "seconds": _seconds(res["seconds"]), "executed": res["output"],
-                               "log": res["log"]})
-        _raise_failed(name, res)
-    if not summary.is_file() or summary.stat().st_mtime < t_agg - 1.0:
-        raise RuntimeError(
-            f"notebook {name!r} did not write {summary}: call "
-            f"msutils.pipeline.kernel.write_summary(out_dir, {name!r}, {{...}}) in its aggregate part"
-        )
+    agg_key = cache.aggregate_key(plan["profile"].folds)
+    agg_entry = cache.root / f"{_AGGREGATE}-{agg_key[:16]}"
+    # Concurrent runs of the same aggregate (e.g. the book build and a notebook test) execute it once.
+    with file_lock(out / "cache" / ".locks" / name / f"{agg_entry.name}.lock"):
+        if force:
+            shutil.rmtree(agg_entry, ignore_errors=True)
+        cached = _restore_aggregate(agg_entry, agg_key, Path(task(None)["output"]), summary)
+        if cached:
+            book_copy = _publish(Path(task(None)["output"]), dest_dir / f"{name}.ipynb", plan["nb_path"])
+            logger.info("%s: aggregate cached (%s); executed notebook %s", name, agg_entry, book_copy)
+            save_record(aggregate={"status": "cached", "entry": str(agg_entry), "book": str(book_copy)},
+                        summary=str(summary))
+            return summary
+        t_agg = time.time()
+        res = _execute_task(task(None))
+        if not res["ok"]:
+            save_record(aggregate={"status": "failed", "seconds": _seconds(res["seconds"]),
+                                   "executed": res["output"], "log": res["log"]})
+            _raise_failed(name, res)
+        if not summary.is_file() or summary.stat().st_mtime < t_agg - 1.0:
+            raise RuntimeError(
+                f"notebook {name!r} did not write {summary}: call "
+                f"msutils.pipeline.kernel.write_summary(out_dir, {name!r}, {{...}}) in its aggregate part"
+            )
+        _store_aggregate(agg_entry, agg_key, Path(res["output"]), summary)
     book_copy = _publish(Path(res["output"]), dest_dir / f"{name}.ipynb", plan["nb_path"])
     logger.info("%s: aggregate done in %.1f s; executed notebook %s", name, res["seconds"], book_copy)
     save_record(
