@@ -135,6 +135,14 @@ def test_no_page_shows_a_log_record_or_progress(smoke_book: dict[str, Path]) -> 
         assert stderr == [], (nb_path.name, stderr[:2])
 
 
+def test_pages_load_no_script_from_the_network(smoke_book: dict[str, Path]) -> None:
+    """The report reads offline: no page pulls a script from a CDN (MathJax is the usual one)."""
+    html_dir = smoke_book["root"] / "_build" / "html"
+    remote = {page: re.findall(r'<script[^>]*\bsrc="(?:https?:)?//[^"]*"', (html_dir / f"{page}.html").read_text())
+              for page in _toc_files()}
+    assert {page: tags for page, tags in remote.items() if tags} == {}
+
+
 def test_report_opens_in_headless_chromium(smoke_book: dict[str, Path]) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:

@@ -93,7 +93,7 @@ def test_smoke_summary(smoke_run):
     # the folds were fanned out and cached; the executed notebook was published
     cache_root = out / "cache" / NOTEBOOK
     assert {p.name.split("-")[0] for p in cache_root.iterdir() if not p.name.startswith(".")} == \
-        {"shared", "cv0", "cv1", "cv2"}
+        {"shared", "cv0", "cv1", "cv2", "aggregate"}
     assert (out.parent / "book" / f"{NOTEBOOK}.ipynb").is_file()
 
 

@@ -100,7 +100,7 @@ def test_smoke_summary(smoke_run):
         assert key in s, key
     assert s["profile"] == "smoke" and s["fold_unit"] == "subject"
     assert (s["image_size"], s["num_epochs"], s["iterations_per_epoch"]) == (64, 2, 5)
-    assert s["folds"] == ["fold0", "fold1"] and set(s["validation_dice"]) == {"fold0", "fold1"}
+    assert s["folds"] == ["fold0", "fold1"] and set(s["validation_dice"]) == {"fold0", "fold1", "aggregate"}
     assert all(0 <= d <= 1 for d in s["validation_dice"].values())
     assert s["validation_dice_mean"] == pytest.approx(sum(s["validation_dice"].values()) / 2)
     assert s["ablation_no_augmentation"] is None  # the smoke profile runs no fold0-noaug
@@ -118,7 +118,7 @@ def test_smoke_summary(smoke_run):
     assert pre["augmented_copies"] == 2 * pre["kept"] and pre["exported_cases"] == 3 * pre["kept"]
     # the folds ran in their own processes and were cached; the nnU-Net artefacts exist
     cache_root = out / "cache" / NOTEBOOK
-    assert {p.name.split("-")[0] for p in cache_root.iterdir() if not p.name.startswith(".")} == {"fold0", "fold1"}
+    assert {p.name.split("-")[0] for p in cache_root.iterdir() if not p.name.startswith(".")} == {"fold0", "fold1", "aggregate"}
     ws = next((out / NOTEBOOK).glob("nnunet-*"))
     assert len(list(ws.glob("workspace/nnUNet_raw/Dataset001_*/imagesTr/*_0000.nii.gz"))) == pre["exported_cases"]
     splits = json.loads(next(ws.glob("workspace/nnUNet_preprocessed/Dataset001_*/splits_final.json")).read_text())

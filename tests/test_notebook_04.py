@@ -139,7 +139,7 @@ def test_smoke_summary(smoke_run, mslub_manifest):
     else:
         assert s["inside_outside"]["real"] is None
     cache_root = out / "cache" / NOTEBOOK
-    assert {p.name.split("-")[0] for p in cache_root.iterdir() if not p.name.startswith(".")} == {"fold0", "fold1"}
+    assert {p.name.split("-")[0] for p in cache_root.iterdir() if not p.name.startswith(".")} == {"fold0", "fold1", "aggregate"}
     assert len(list((out / NOTEBOOK / "maps").glob("*.npz"))) >= 6  # one map cache entry per scan
     assert (out.parent / "book" / f"{NOTEBOOK}.ipynb").is_file()
 

@@ -459,7 +459,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "out" / "t_folds" / "run.json").read_text())
     assert {f: r["status"] for f, r in record["folds"].items()} == {"a": "cached", "b": "computed"}
     complete, temp = _entries(root)
-    assert [c.split("-")[0] for c in complete] == ["a", "b"] and temp == []
+    assert [c.split("-")[0] for c in complete] == ["a", "aggregate", "b"] and temp == []
 
 
 @pytest.mark.slow
@@ -473,7 +473,7 @@ def test_dask_local_cluster_backend(tmp_path: Path) -> None:
     assert {f: r["status"] for f, r in record["folds"].items()} == {"a": "computed", "b": "computed",
                                                                     "c": "computed"}
     complete, temp = _entries(tmp_path / "out" / "cache" / "t_folds")
-    assert [c.split("-")[0] for c in complete] == ["a", "b", "c"] and temp == []
+    assert [c.split("-")[0] for c in complete] == ["a", "aggregate", "b", "c"] and temp == []
 
 
 def _book_root(tmp_path: Path) -> Path:
