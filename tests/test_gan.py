@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from msutils.data.leakage import FitLog, LeakageError, assert_no_leak
 from msutils.models import gan as G

@@ -2,14 +2,12 @@
 
 The runner fans the two LOCO iterations (B-out, C-out) out as processes, then the
 aggregate run writes summary.json; a manifest that cannot support the design fails
-in the design cell, before any training. Cohorts go to a temporary MSUTILS_HOME.
+in the design cell, before any training. The smoke run is shared with the smoke book (tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -20,12 +18,9 @@ pytestmark = pytest.mark.xdist_group("notebook_01")
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nb01_smoke")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSUTILS_HOME", str(root / "home"))
-        path = run.run_notebook(NOTEBOOK, profile="smoke", out_dir=root / "out", executed_dir=root / "book")
-    return root, json.loads(Path(path).read_text())
+def smoke_run(smoke_notebook):
+    out, summary = smoke_notebook(NOTEBOOK)  # shared with the smoke book (tests/conftest.py)
+    return out.parent, summary
 
 
 def _unit(x) -> bool:
@@ -65,11 +60,9 @@ def test_smoke_summary(smoke_run):
 
 
 def test_bad_heldout_center_fails_before_training(tmp_path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSUTILS_HOME", str(tmp_path / "home"))
-        with pytest.raises(run.FoldFailed) as err:
-            run.run_notebook(NOTEBOOK, profile="smoke", out_dir=tmp_path / "out", executed_dir=tmp_path / "book",
-                             overrides={"heldout_centers": ["B", "Z"]}, folds=[], aggregate=True)
+    with pytest.raises(run.FoldFailed) as err:
+        run.run_notebook(NOTEBOOK, profile="smoke", out_dir=tmp_path / "out", executed_dir=tmp_path / "book",
+                         overrides={"heldout_centers": ["B", "Z"]}, folds=[], aggregate=True)
     assert err.value.ename == "StudyDesignError"
     assert "held-out center 'Z' does not exist" in err.value.evalue
     assert err.value.first_line.startswith("manifest_path = ")

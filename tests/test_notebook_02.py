@@ -50,8 +50,8 @@ def _run(tmp_root: Path, profile: str) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("nb02_smoke"), "smoke")
+def smoke_run(smoke_notebook):
+    return smoke_notebook(NOTEBOOK)  # shared with the smoke book (tests/conftest.py)
 
 
 @pytest.fixture(scope="session")

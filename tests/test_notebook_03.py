@@ -48,8 +48,8 @@ def _run(root: Path, overrides: dict | None = None) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("nb03_smoke"))
+def smoke_run(smoke_notebook):
+    return smoke_notebook(NOTEBOOK)  # shared with the smoke book (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -53,9 +53,9 @@ def _run(root: Path, overrides: dict) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, mslub_manifest):
-    return _run(tmp_path_factory.mktemp("nb04_smoke"),
-                {"real_manifest": str(mslub_manifest) if mslub_manifest else None})
+def smoke_run(smoke_notebook):
+    # the notebook's default real sample (data_manifests/mslub), as in the smoke book it is shared with
+    return smoke_notebook(NOTEBOOK)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ MSUTILS_HOME (tests/conftest.py).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -38,8 +37,8 @@ def _run(root: Path, overrides: dict | None = None) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("nb05_smoke"))
+def smoke_run(smoke_notebook):
+    return smoke_notebook(NOTEBOOK, n_workers=1)  # shared with the smoke book (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
