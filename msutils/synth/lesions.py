@@ -18,9 +18,10 @@ is split into ``count`` lesions with log-normal sizes. Each lesion has a kind
 ``infratentorial``
     A smaller (x 0.6 volume) ellipsoid in brainstem / cerebellar white matter.
 
-Every blob's border is irregular: its normalised radius is modulated by a
-smooth random field (``lesion_irregularity``), and the soft edge has width
-``lesion_edge_mm``. The intensity is heterogeneous: a lesion's FLAIR contrast
+Every blob's border is irregular: its radius varies with direction by
+``1 + lesion_irregularity * g``, ``g`` a unit-SD sum of six random bumps on the
+sphere (a lobulated, star-shaped border that never fragments), and the soft
+edge has width ``lesion_edge_mm``. The intensity is heterogeneous: a lesion's FLAIR contrast
 ``c ~ N(lesion_flair_contrast, lesion_flair_contrast_sd)`` is multiplied at
 normalised radius ``d`` by ``1 + h (d - 0.5)`` (``h ~ U(-1, 1) x
 lesion_heterogeneity``: a brighter rim for h > 0, a brighter core for h < 0)
@@ -35,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
-from scipy import ndimage
 
 from msutils.synth import anatomy
 from msutils.synth.params import LESION_KINDS, SynthParams
@@ -43,6 +43,8 @@ from msutils.synth.params import LESION_KINDS, SynthParams
 __all__ = ["LesionMaps", "render_lesions", "random_rotation"]
 
 _SMALL_INFRATENTORIAL = 0.6
+_N_BUMPS = 6
+_BUMP_KAPPA = 4.0
 
 
 @dataclass
@@ -107,9 +109,14 @@ def _blob(atlas: anatomy.Atlas, params: SynthParams, maps: dict[str, np.ndarray]
     d = np.sqrt((loc**2).sum(0))
     shape = d.shape
     if params.lesion_irregularity > 0:
-        noise = ndimage.gaussian_filter(rng.standard_normal(shape), max(0.5 * r_geo / res, 0.5))
-        noise /= noise.std() or 1.0
-        d = d * (1.0 + params.lesion_irregularity * noise)
+        # star-shaped lobulation: the radius varies with direction only (never fragments)
+        direction = loc / np.maximum(d, 1e-6)
+        bumps = rng.standard_normal((_N_BUMPS, 3))
+        bumps /= np.linalg.norm(bumps, axis=1, keepdims=True)
+        weights = rng.standard_normal(_N_BUMPS)
+        g = np.tensordot(weights, np.exp(_BUMP_KAPPA * (np.tensordot(bumps, direction, axes=1) - 1.0)), axes=1)
+        g = (g - g.mean()) / (g.std() or 1.0)
+        d = d / np.maximum(1.0 + params.lesion_irregularity * g, 0.4)
     f = 1.0 / (1.0 + np.exp(np.clip((d - 1.0) * r_geo / edge, -50, 50)))
     dd = np.clip(d, 0.0, 1.0)
     het = (1.0 + h * (dd - 0.5) + 0.1 * rng.standard_normal(shape)) * c_fl

@@ -107,6 +107,10 @@ class SynthParams:
         Fractional deep-GM volume change per year of age (relative to 40 y).
     tissue_edge_mm : float
         Width of the soft edge of deep-GM ellipsoids (mm).
+    tissue_sharpness : float
+        Power (>= 1) that sharpens the template GM / WM / CSF probabilities
+        (:func:`msutils.synth.tissue.sharpened_tissues`): the MNI152 maps are a
+        population average, blurrier than one brain; 1 keeps them.
     thickness_sd_mm, thickness_local_sd_mm, thickness_spacing_mm : float
         Cortical thickness variation: the GM/WM boundary moves by a subject
         shift ~ N(0, ``thickness_sd_mm``) plus a smooth local field (SD
@@ -119,6 +123,10 @@ class SynthParams:
         SD of a per-subject multiplicative gain of the clean intensity of
         ``csf``, ``gm``, ``wm`` and ``deep`` (deep-GM nuclei), drawn per contrast:
         between-subject GM/WM contrast.
+    contrast_age_slope : float
+        GM/WM contrast fades with age: the GM (and deep-GM) intensity moves
+        towards WM by this fraction of the gap per year from 40 y (Salat et al.
+        2009 report a decline of the GM/WM T1 contrast with age).
     regional_sd, regional_spacing_mm : float
         A smooth multiplicative intensity field per tissue (GM, WM, deep GM)
         and contrast, SD ``regional_sd``, control points ``regional_spacing_mm``
@@ -271,15 +279,17 @@ class SynthParams:
     dgm_volume_sd: float = 0.07
     dgm_age_slope: float = -0.002
     tissue_edge_mm: float = 1.0
+    tissue_sharpness: float = 1.0
     thickness_sd_mm: float = 0.25
     thickness_local_sd_mm: float = 0.2
     thickness_spacing_mm: float = 40.0
     # tissue texture and contrast
-    tissue_gain_sd: dict = field(default_factory=lambda: {"csf": 0.08, "gm": 0.05, "wm": 0.03, "deep": 0.05})
-    regional_sd: float = 0.04
+    tissue_gain_sd: dict = field(default_factory=lambda: {"csf": 0.12, "gm": 0.08, "wm": 0.04, "deep": 0.07})
+    contrast_age_slope: float = 0.003
+    regional_sd: float = 0.06
     regional_spacing_mm: float = 30.0
-    fine_texture: dict = field(default_factory=lambda: {"gm": 0.04, "wm": 0.025})
-    fine_texture_log_sd: float = 0.35
+    fine_texture: dict = field(default_factory=lambda: {"gm": 0.08, "wm": 0.05})
+    fine_texture_log_sd: float = 0.5
     fine_texture_corr_mm: float = 1.2
     # lesions
     lesion_volume_median_ml: float = 5.5
@@ -318,16 +328,16 @@ class SynthParams:
     thalamus_atrophy_loading: float = 0.03
     thalamus_atrophy_sd: float = 0.035
     other_dgm_atrophy_ratio: float = 0.6
-    texture_hc_mean: float = 0.03
-    texture_hc_sd: float = 0.008
-    texture_ms_mean: float = 0.055
-    texture_ms_loading: float = 0.012
-    texture_ms_sd: float = 0.014
+    texture_hc_mean: float = 0.08
+    texture_hc_sd: float = 0.025
+    texture_ms_mean: float = 0.12
+    texture_ms_loading: float = 0.03
+    texture_ms_sd: float = 0.035
     texture_corr_mm: float = 2.0
     # contrast
     t1_intensity: dict = field(default_factory=lambda: {
-        "csf": 0.25, "gm": 0.62, "wm": 1.0, "thalamus": 0.80, "caudate": 0.68, "putamen": 0.72,
-        "pallidum": 0.86})
+        "csf": 0.25, "gm": 0.62, "wm": 1.0, "thalamus": 0.84, "caudate": 0.74, "putamen": 0.78,
+        "pallidum": 0.90})
     flair_intensity: dict = field(default_factory=lambda: {
         "csf": 0.10, "gm": 0.78, "wm": 0.58, "thalamus": 0.66, "caudate": 0.75, "putamen": 0.72,
         "pallidum": 0.62})
@@ -445,6 +455,8 @@ def _validate(p: SynthParams) -> None:
                              f"got {unknown}")
         if "course_probs" in over:
             _check_fractions(f"center_clinical[{center!r}]['course_probs']", over["course_probs"], COURSES)
+    if not p.tissue_sharpness >= 1.0:
+        raise ValueError(f"'tissue_sharpness' must be >= 1; got {p.tissue_sharpness!r}")
     if p.max_lesions < 1 or p.min_per_cell < 0 or p.reference_n < 100:
         raise ValueError("'max_lesions' must be >= 1, 'min_per_cell' >= 0 and 'reference_n' >= 100")
 

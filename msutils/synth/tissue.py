@@ -18,7 +18,8 @@ and truth maps on the atlas grid:
    voxels keep the WM label), the truth lesion mask (lesion fraction > 0.5),
    the truth look-alike kind map and the brain mask (tissue sum > 0.5);
 6. the subject's tissue properties (every subject, HC too): per-contrast tissue
-   gains (``tissue_gain_sd``), smooth regional intensity fields per tissue
+   gains (``tissue_gain_sd``; GM and deep-GM intensities move towards WM with
+   age, ``contrast_age_slope``), smooth regional intensity fields per tissue
    shared by both contrasts (``regional_*``), a fine texture field shared by T1 and FLAIR with subject
    amplitudes for GM and WM (``fine_texture*``), and the deep-GM texture field
    whose amplitude is the MS texture effect.
@@ -39,7 +40,7 @@ from msutils.synth.lesions import render_lesions
 from msutils.synth.lookalikes import CSF_KINDS, WM_KINDS, render_lookalikes
 from msutils.synth.params import SynthParams
 
-__all__ = ["SubjectAnatomy", "subject_anatomy", "CONTRASTS"]
+__all__ = ["SubjectAnatomy", "subject_anatomy", "sharpened_tissues", "CONTRASTS"]
 
 CONTRASTS: tuple[str, ...] = ("t1", "flair")
 
@@ -112,15 +113,43 @@ class SubjectAnatomy:
     thickness_shift_mm: float = 0.0
 
 
+_SHARP_CACHE: dict[tuple[float, int, float], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def sharpened_tissues(atlas: anatomy.Atlas, gamma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Template GM, WM and CSF probabilities sharpened by the power ``gamma`` (cached, read-only).
+
+    ``p_c <- total * p_c ** gamma / sum_k p_k ** gamma`` keeps the tissue sum of
+    every voxel: the MNI152 maps average many brains and are blurrier than one
+    brain, whose tissue boundaries are about a voxel wide. ``gamma = 1``
+    returns the atlas maps.
+    """
+    if gamma == 1.0:
+        return atlas.gm, atlas.wm, atlas.csf
+    key = (atlas.resolution, id(atlas), float(gamma))
+    if key not in _SHARP_CACHE:
+        stack = np.stack([atlas.gm, atlas.wm, atlas.csf]).astype(np.float64)
+        total = stack.sum(axis=0)
+        powered = stack**gamma
+        norm = powered.sum(axis=0)
+        out = np.where(norm > 0, total * powered / np.where(norm > 0, norm, 1.0), 0.0).astype(np.float32)
+        for a in out:
+            a.setflags(write=False)
+        _SHARP_CACHE.clear()
+        _SHARP_CACHE[key] = (out[0], out[1], out[2])
+    return _SHARP_CACHE[key]
+
+
 def _thickness(atlas: anatomy.Atlas, params: SynthParams, rng: np.random.Generator
                ) -> tuple[np.ndarray, np.ndarray, float]:
     """Template GM / WM maps with the subject's cortical thickness (boundary shift)."""
-    gm = atlas.gm.copy()
-    wm = atlas.wm.copy()
+    gm0, wm0, _ = sharpened_tissues(atlas, params.tissue_sharpness)
+    gm = gm0.copy()
+    wm = wm0.copy()
     shift = float(rng.normal(0.0, params.thickness_sd_mm))
     delta = shift + params.thickness_local_sd_mm * anatomy.smooth_field(
         atlas.shape, atlas.resolution, params.thickness_spacing_mm, rng)
-    share = gm / (gm + atlas.csf + 1e-6)  # GM share of the non-WM tissue: 0 at the ventricle walls
+    share = gm / (gm + sharpened_tissues(atlas, params.tissue_sharpness)[2] + 1e-6)  # GM share of the non-WM tissue: 0 at the ventricle walls
     change = delta * atlas.wm_grad * share
     grow_gm = np.minimum(np.clip(change, 0.0, None), wm)   # thicker cortex: WM -> GM
     grow_wm = np.minimum(np.clip(-change, 0.0, None), gm)  # thinner cortex: GM -> WM
@@ -172,7 +201,7 @@ def subject_anatomy(atlas: anatomy.Atlas, params: SynthParams, subj: Mapping[str
     coords = anatomy.random_deformation(atlas, rng, params.deformation_mm, params.deformation_spacing_mm, scale)
 
     gm, wm, shift = _thickness(atlas, params, rng)
-    csf = atlas.csf.copy()
+    csf = sharpened_tissues(atlas, params.tissue_sharpness)[2].copy()
     les = render_lesions(atlas, params, subj, rng)
     allowed = np.minimum(1.0, 2.0 * (wm + np.where(les.cortical, gm, 0.0)))
     lesion = (les.fraction * allowed).astype(np.float32)
@@ -224,6 +253,12 @@ def subject_anatomy(atlas: anatomy.Atlas, params: SynthParams, subj: Mapping[str
     # tissue properties of the subject
     gains = {c: {t: float(1.0 + sd * rng.standard_normal()) for t, sd in params.tissue_gain_sd.items()}
              for c in CONTRASTS}
+    ageing = params.contrast_age_slope * (float(subj["age"]) - 40.0)  # GM/WM contrast fades with age
+    for c in CONTRASTS:
+        inten = params.t1_intensity if c == "t1" else params.flair_intensity
+        gains[c]["gm"] *= 1.0 + ageing * (inten["wm"] / inten["gm"] - 1.0)
+        deep_mean = float(np.mean([inten[k] for k in ("thalamus", "caudate", "putamen", "pallidum")]))
+        gains[c]["deep"] *= 1.0 + ageing * (inten["wm"] / deep_mean - 1.0)
     fields = {t: (params.regional_sd * anatomy.smooth_field(atlas.shape, res, params.regional_spacing_mm,
                                                             rng)).astype(np.float32) for t in ("gm", "wm", "deep")}
     regional = {c: fields for c in CONTRASTS}  # one tissue property, seen by both contrasts
