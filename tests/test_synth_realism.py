@@ -26,22 +26,19 @@ CONN = np.ones((3, 3, 3), bool)
 #: Documented Dice ranges of the rater-like masks against the truth, per center (median over scans),
 #: smoke preset (3 mm). The data page lists them; a rater that copies the truth (Dice 1) fails.
 DICE_RANGES = {
-    "A": {"lesion": (0.55, 0.9), "thalamus": (0.85, 0.97), "brain": (0.97, 0.998)},
-    "B": {"lesion": (0.45, 0.85), "thalamus": (0.78, 0.95), "brain": (0.95, 0.995)},
-    "C": {"lesion": (0.4, 0.85), "thalamus": (0.78, 0.95), "brain": (0.96, 0.995)},
+    "A": {"lesion": (0.6, 0.9), "thalamus": (0.85, 0.96), "brain": (0.95, 0.99)},
+    "B": {"lesion": (0.45, 0.8), "thalamus": (0.84, 0.96), "brain": (0.92, 0.98)},
+    "C": {"lesion": (0.5, 0.85), "thalamus": (0.82, 0.95), "brain": (0.95, 0.99)},
 }
-
 
 def _read(manifest) -> pd.DataFrame:
     return pd.read_csv(manifest, keep_default_na=False, na_values=[""])
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    home = tmp_path_factory.mktemp("msutils_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSUTILS_HOME", str(home))
-        manifest = synth.default_cohort("smoke", seed=0)
+def smoke():
+    """The smoke cohort in the session's msutils home (conftest), shared with other test modules."""
+    manifest = synth.default_cohort("smoke", seed=0)
     return SimpleNamespace(manifest=manifest, root=manifest.parent, df=_read(manifest),
                            meta=yaml.safe_load(manifest.with_suffix(".yaml").read_text()))
 
@@ -138,35 +135,55 @@ def test_punctate_wmh_increase_with_age_also_in_controls():
     assert stats.mannwhitneyu(n_old, n_young, alternative="greater").pvalue < 0.01
 
 
-def _threshold_fp(flair: np.ndarray, brain: np.ndarray, wm: np.ndarray, truth: np.ndarray) -> int:
-    """Connected components of FLAIR > 1.5 x NAWM median (>= 2 voxels) that do not touch a true lesion."""
-    nawm = wm & ~truth
-    hyper = (flair > 1.5 * np.median(flair[nawm])) & brain
+def _threshold_fp(flair: np.ndarray, brain: np.ndarray, labels: np.ndarray, truth: np.ndarray,
+                  lookalike: np.ndarray) -> tuple[int, float]:
+    """FLAIR > 1.5 x local NAWM intensity in WM and CSF (a lesion screen): false positives, share on look-alikes.
+
+    The local NAWM intensity (a Gaussian-weighted mean over normal WM, sigma 4
+    voxels) removes the smooth bias / regional fields, as a bias correction
+    would. Components (>= 2 voxels) that do not touch a true lesion (dilated by
+    a voxel: partial-volume edges are lesion) are false positives; grey matter
+    (labels 1-8, 101+), brighter than WM on FLAIR, is left out.
+    """
+    nawm = ((labels == 9) & ~truth).astype(float)
+    local = ndimage.gaussian_filter(flair * nawm, 4.0) / np.maximum(ndimage.gaussian_filter(nawm, 4.0), 1e-3)
+    region = brain & ((labels == 9) | (labels == 0))
+    hyper = (flair > 1.5 * local) & region & (ndimage.gaussian_filter(nawm, 4.0) > 0.05)
     comp, n = ndimage.label(hyper, structure=CONN)
     if not n:
-        return 0
+        return 0, float("nan")
     idx = np.arange(1, n + 1)
     size = ndimage.sum_labels(np.ones_like(comp), comp, idx)
-    on_lesion = ndimage.maximum(truth.astype(np.uint8), comp, idx) > 0
-    return int(((size >= 2) & ~on_lesion).sum())
+    near_lesion = ndimage.binary_dilation(truth, iterations=1)  # partial-volume lesion edges are lesion
+    on_lesion = ndimage.maximum(near_lesion.astype(np.uint8), comp, idx) > 0
+    fp = (size >= 2) & ~on_lesion
+    near_la = ndimage.binary_dilation(lookalike > 0, iterations=1)
+    on_la = ndimage.maximum(near_la.astype(np.uint8), comp, idx) > 0
+    return int(fp.sum()), float(on_la[fp].mean()) if fp.any() else float("nan")
 
 
 def test_flair_threshold_yields_false_positives_that_lookalikes_cause(tmp_path):
-    base = synth.PRESETS["smoke"].replace(name="fp", counts={"A": {"MS": 3, "HC": 3}}, size_factor=1.0,
+    # healthy controls: no lesions at all, so every hyperintense component is a false positive
+    base = synth.PRESETS["quick"].replace(name="fp", counts={"A": {"HC": 6}}, size_factor=1.0,
                                           min_per_cell=0, second_visit_fraction=0.0)
     none = base.replace(cap_logit=-30.0, band_logit=-30.0, punctate_rate=0.0, sulcal_rate=0.0, flow_rate=0.0)
-    fps = {}
+    fps, share = {}, []
     for name, params in (("with", base), ("without", none)):
         m = synth.generate(params, tmp_path / name, seed=3, n_jobs=1, progress=False)
         df = _read(m)
         ns = SimpleNamespace(root=m.parent)
         fps[name] = []
         for _, row in df.iterrows():
-            wm = _arr(ns, row, "gt_roi_labels") == 9
-            fps[name].append(_threshold_fp(_arr(ns, row, "flair", np.float64), _arr(ns, row, "gt_brain_mask") > 0,
-                                           wm, _arr(ns, row, "gt_lesion_mask") > 0))
-    assert sum(fps["without"]) == 0, fps  # no look-alikes: a threshold finds lesions only
-    assert sum(f > 0 for f in fps["with"]) >= 4 and sum(fps["with"]) >= 6, fps
+            n_fp, on_la = _threshold_fp(_arr(ns, row, "flair", np.float64), _arr(ns, row, "gt_brain_mask") > 0,
+                                        _arr(ns, row, "gt_roi_labels"), _arr(ns, row, "gt_lesion_mask") > 0,
+                                        _arr(ns, row, "gt_lookalike_labels"))
+            fps[name].append(n_fp)
+            if name == "with" and n_fp:
+                share.append(on_la)
+    # without look-alikes the screen is nearly clean (at most a voxel pair of GM partial volume per scan)
+    assert sum(fps["without"]) <= 2 and max(fps["without"]) <= 1, fps
+    assert sum(f > 0 for f in fps["with"]) >= 4 and sum(fps["with"]) >= sum(fps["without"]) + 6, fps
+    assert np.mean(share) > 0.7, share  # the false positives sit on the recorded look-alikes
 
 
 # ----------------------------------------------------------------------------- lesions

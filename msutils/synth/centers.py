@@ -67,14 +67,14 @@ class RaterEffects:
     """
 
     lesion_threshold: float = 0.5
-    lesion_boundary_sd: float = 0.12
+    lesion_boundary_sd: float = 0.17
     lesion_detect_ml: float = 0.02
     lookalike_fp_prob: float = 0.15
-    roi_boundary_sd: float = 0.12
+    roi_boundary_sd: float = 0.22
     dgm_bias: float = 0.0
     gm_bias: float = 0.0
     brain_bias: float = 0.0
-    brain_boundary_sd: float = 0.15
+    brain_boundary_sd: float = 0.20
     noise_spacing_mm: float = 10.0
 
     def __post_init__(self) -> None:
@@ -162,20 +162,20 @@ def loco_centers() -> dict[str, CenterEffects]:
     return {
         "A": CenterEffects("Siemens", t1_scale=1000.0, flair_scale=800.0, offset=0.00, gamma=1.00,
                            bias_strength=0.04, noise_sd=0.020, blur_mm=0.0, noise_log_sd=0.25,
-                           rater=RaterEffects(lesion_threshold=0.50, lesion_boundary_sd=0.10, lesion_detect_ml=0.015,
-                                              lookalike_fp_prob=0.12, roi_boundary_sd=0.10)),
+                           rater=RaterEffects(lesion_threshold=0.50, lesion_boundary_sd=0.17, lesion_detect_ml=0.015,
+                                              lookalike_fp_prob=0.12, roi_boundary_sd=0.22, brain_boundary_sd=0.20)),
         "B": CenterEffects("Philips", t1_scale=1350.0, flair_scale=650.0, offset=0.05, gamma=0.85,
                            bias_strength=0.08, noise_sd=0.035, blur_mm=1.0, noise_log_sd=0.30, flair_slice_mm=3.0,
                            artefact_rate=1.6,
-                           rater=RaterEffects(lesion_threshold=0.40, lesion_boundary_sd=0.14, lesion_detect_ml=0.025,
-                                              lookalike_fp_prob=0.25, roi_boundary_sd=0.14, dgm_bias=0.06,
-                                              gm_bias=-0.03, brain_bias=0.06, brain_boundary_sd=0.18)),
+                           rater=RaterEffects(lesion_threshold=0.45, lesion_boundary_sd=0.22, lesion_detect_ml=0.025,
+                                              lookalike_fp_prob=0.20, roi_boundary_sd=0.26, dgm_bias=0.06,
+                                              gm_bias=-0.03, brain_bias=0.06, brain_boundary_sd=0.24)),
         "C": CenterEffects("GE", t1_scale=820.0, flair_scale=1000.0, offset=0.02, gamma=1.15,
                            bias_strength=0.06, noise_sd=0.025, blur_mm=0.5, noise_log_sd=0.25, flair_slice_mm=5.5,
                            flair_gap_mm=1.0, artefact_rate=0.8,
-                           rater=RaterEffects(lesion_threshold=0.60, lesion_boundary_sd=0.18, lesion_detect_ml=0.060,
-                                              lookalike_fp_prob=0.18, roi_boundary_sd=0.16, dgm_bias=-0.06,
-                                              gm_bias=0.03, brain_bias=-0.04, brain_boundary_sd=0.15)),
+                           rater=RaterEffects(lesion_threshold=0.60, lesion_boundary_sd=0.22, lesion_detect_ml=0.060,
+                                              lookalike_fp_prob=0.18, roi_boundary_sd=0.26, dgm_bias=-0.06,
+                                              gm_bias=0.03, brain_bias=-0.04, brain_boundary_sd=0.20)),
     }
 
 
@@ -188,16 +188,16 @@ def edss_centers() -> dict[str, CenterEffects]:
     return {
         "site1": CenterEffects("3T-site1", t1_scale=1000.0, flair_scale=900.0, offset=0.00, gamma=1.00,
                                bias_strength=0.05, noise_sd=0.020, blur_mm=0.3, noise_log_sd=0.25,
-                               rater=RaterEffects(lesion_threshold=0.50, lesion_boundary_sd=0.12,
+                               rater=RaterEffects(lesion_threshold=0.50, lesion_boundary_sd=0.17,
                                                   lesion_detect_ml=0.02, lookalike_fp_prob=0.15,
-                                                  roi_boundary_sd=0.11)),
+                                                  roi_boundary_sd=0.22, brain_boundary_sd=0.20)),
         "site2": CenterEffects("3T-site2", t1_scale=1200.0, flair_scale=750.0, offset=0.03, gamma=0.90,
                                bias_strength=0.07, noise_sd=0.030, blur_mm=0.8, noise_log_sd=0.25,
                                flair_slice_mm=3.0, artefact_rate=1.3,
-                               rater=RaterEffects(lesion_threshold=0.58, lesion_boundary_sd=0.16,
+                               rater=RaterEffects(lesion_threshold=0.58, lesion_boundary_sd=0.22,
                                                   lesion_detect_ml=0.04, lookalike_fp_prob=0.20,
-                                                  roi_boundary_sd=0.14, dgm_bias=0.05, gm_bias=-0.02,
-                                                  brain_bias=0.05, brain_boundary_sd=0.16)),
+                                                  roi_boundary_sd=0.26, dgm_bias=0.05, gm_bias=-0.02,
+                                                  brain_bias=0.05, brain_boundary_sd=0.24)),
     }
 
 

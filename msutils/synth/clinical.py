@@ -172,10 +172,13 @@ def observe_edss(noise_free_latent: np.ndarray, ref: Mapping[str, Any], noise_sd
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
+    """Spearman rank correlation (average ranks for ties); NaN for fewer than 3 values or a constant input."""
     from scipy import stats
 
-    return float(stats.spearmanr(np.asarray(x, float), np.asarray(y, float)).statistic)
+    xv, yv = np.asarray(x, float), np.asarray(y, float)
+    if xv.size < 3 or np.ptp(xv) == 0 or np.ptp(yv) == 0:
+        return float("nan")
+    return float(stats.spearmanr(xv, yv).statistic)
 
 
 def incremental_r2(X: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, float]:

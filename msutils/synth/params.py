@@ -133,7 +133,8 @@ class SynthParams:
         apart: regional between-subject differences.
     fine_texture : dict of str to float
         Median relative SD of the fine-scale texture of ``gm`` and ``wm``; a
-        subject's amplitude is the median times ``exp(fine_texture_log_sd * N(0, 1))``.
+        subject's amplitude is the median times ``exp(fine_texture_log_sd * N(0, 1))``
+        (the exponent clipped to +-0.7, a factor 0.5-2).
     fine_texture_log_sd : float
         Between-subject log-SD of the fine texture amplitudes.
     fine_texture_corr_mm : float
@@ -288,7 +289,7 @@ class SynthParams:
     contrast_age_slope: float = 0.003
     regional_sd: float = 0.06
     regional_spacing_mm: float = 30.0
-    fine_texture: dict = field(default_factory=lambda: {"gm": 0.08, "wm": 0.05})
+    fine_texture: dict = field(default_factory=lambda: {"gm": 0.08, "wm": 0.04})
     fine_texture_log_sd: float = 0.5
     fine_texture_corr_mm: float = 1.2
     # lesions
@@ -328,11 +329,11 @@ class SynthParams:
     thalamus_atrophy_loading: float = 0.03
     thalamus_atrophy_sd: float = 0.035
     other_dgm_atrophy_ratio: float = 0.6
-    texture_hc_mean: float = 0.08
+    texture_hc_mean: float = 0.09
     texture_hc_sd: float = 0.025
-    texture_ms_mean: float = 0.12
-    texture_ms_loading: float = 0.03
-    texture_ms_sd: float = 0.035
+    texture_ms_mean: float = 0.16
+    texture_ms_loading: float = 0.036
+    texture_ms_sd: float = 0.042
     texture_corr_mm: float = 2.0
     # contrast
     t1_intensity: dict = field(default_factory=lambda: {

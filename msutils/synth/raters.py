@@ -21,8 +21,10 @@ Brain
 ROI labels
     The arg-max of the tissue-class probabilities (CSF, GM + ``gm_bias`` + n,
     WM + lesion - n, deep GM + ``dgm_bias`` + n') with two smooth random
-    fields n, n' (SD ``roi_boundary_sd``): boundary jitter of the cortex and
-    of the nuclei, and a center-specific volume bias;
+    fields n (SD ``roi_boundary_sd / 2``; the template's GM / WM maps are
+    blurry, so a smaller field moves the cortex as far) and n' (SD
+    ``roi_boundary_sd``): boundary jitter of the cortex and of the nuclei, and
+    a center-specific volume bias;
     GM voxels take the warped cortical parcel, deep-GM voxels the nearest
     nucleus, lesion voxels stay white matter, all inside the rater's brain mask.
 """
@@ -40,6 +42,7 @@ from msutils.synth.tissue import SubjectAnatomy
 __all__ = ["rater_masks", "dice"]
 
 _CONN = np.ones((3, 3, 3), bool)
+_CORTEX_JITTER = 0.5  # the GM/WM boundary field has half the SD: the template's tissue maps are blurry
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,7 +87,7 @@ def rater_masks(anat: SubjectAnatomy, res: float, rater: RaterEffects, rng: np.r
 
     # ROI labels: noisy, biased tissue-class arg-max (one field moves the GM/WM boundary, one the nuclei's)
     deep_zone = w["dgm"] > 0.01
-    n_gw = _field(shape, res, sp, rater.roi_boundary_sd, rng)
+    n_gw = _field(shape, res, sp, _CORTEX_JITTER * rater.roi_boundary_sd, rng)
     n_dgm = _field(shape, res, sp, rater.roi_boundary_sd, rng)
     probs = np.stack([
         w["csf"],

@@ -263,7 +263,7 @@ def subject_anatomy(atlas: anatomy.Atlas, params: SynthParams, subj: Mapping[str
                                                             rng)).astype(np.float32) for t in ("gm", "wm", "deep")}
     regional = {c: fields for c in CONTRASTS}  # one tissue property, seen by both contrasts
     fine = _unit_field(atlas.shape, params.fine_texture_corr_mm / res, rng)
-    amp = {t: float(a * math.exp(params.fine_texture_log_sd * rng.standard_normal()))
+    amp = {t: float(a * math.exp(float(np.clip(params.fine_texture_log_sd * rng.standard_normal(), -0.7, 0.7))))
            for t, a in params.fine_texture.items()}
 
     # deep-GM texture field (subject space, bounding box of the nuclei)
