@@ -293,7 +293,7 @@ class SynthParams:
     fine_texture_log_sd: float = 0.5
     fine_texture_corr_mm: float = 1.2
     # lesions
-    lesion_volume_median_ml: float = 5.5
+    lesion_volume_median_ml: float = 7.5
     lesion_volume_loading: float = 0.45
     lesion_volume_sd: float = 0.85
     lesion_volume_range_ml: tuple = (0.3, 80.0)
@@ -307,9 +307,9 @@ class SynthParams:
     confluent_blobs: tuple = (2, 5)
     lesion_irregularity: float = 0.25
     lesion_edge_mm: float = 0.8
-    lesion_flair_contrast: float = 0.9
+    lesion_flair_contrast: float = 1.0
     lesion_flair_contrast_sd: float = 0.15
-    lesion_t1_contrast: float = 0.35
+    lesion_t1_contrast: float = 0.40
     lesion_t1_contrast_sd: float = 0.08
     lesion_heterogeneity: float = 0.5
     # look-alikes
@@ -329,8 +329,8 @@ class SynthParams:
     thalamus_atrophy_loading: float = 0.03
     thalamus_atrophy_sd: float = 0.035
     other_dgm_atrophy_ratio: float = 0.6
-    texture_hc_mean: float = 0.09
-    texture_hc_sd: float = 0.025
+    texture_hc_mean: float = 0.08
+    texture_hc_sd: float = 0.022
     texture_ms_mean: float = 0.16
     texture_ms_loading: float = 0.036
     texture_ms_sd: float = 0.042
@@ -484,7 +484,7 @@ def _presets() -> dict[str, SynthParams]:
         duration_mean={"RR": 8.0, "SP": 16.0, "PP": 8.0, "CIS": 0.8},
         center_clinical={
             "site2": {"course_probs": {"RR": 0.808, "SP": 0.192}, "age_ms_mean": 36.9, "age_ms_sd": 9.8,
-                      "female_fraction_ms": 0.77, "lesion_volume_median_ml": 3.8, "edss_offset": -0.35},
+                      "female_fraction_ms": 0.77, "lesion_volume_median_ml": 5.1, "edss_offset": -0.35},
         },
     )
     return {

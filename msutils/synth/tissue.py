@@ -211,8 +211,10 @@ def subject_anatomy(atlas: anatomy.Atlas, params: SynthParams, subj: Mapping[str
 
     w = {name: anatomy.warp(vol, coords, 1) for name, vol in (("gm", gm), ("wm", wm), ("csf", csf))}
     w["lesion"] = _warp_sparse(lesion, coords, 1, 0.01)
-    contrast = {"flair": _warp_sparse(les.flair_contrast * (lesion > 0.01), coords, 1),
-                "t1": _warp_sparse(les.t1_contrast * (lesion > 0.01), coords, 1)}
+    # contrast maps warped fraction-weighted, then divided by the warped fraction: no dilution at the edges
+    denom = np.maximum(w["lesion"], 1e-3)
+    contrast = {c: np.where(w["lesion"] > 1e-3, _warp_sparse(lesion * m, coords, 1) / denom, 0.0).astype(np.float32)
+                for c, m in (("flair", les.flair_contrast), ("t1", les.t1_contrast))}
     la_frac = _warp_sparse(la.fraction, coords, 1, 0.01)
     la_kind = _warp_sparse(np.where(la.fraction > 0.01, la.kind, 0).astype(np.uint8), coords, 0)
     parcel_s = anatomy.warp(atlas.parcels, coords, 0)
