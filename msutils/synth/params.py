@@ -107,10 +107,6 @@ class SynthParams:
         Fractional deep-GM volume change per year of age (relative to 40 y).
     tissue_edge_mm : float
         Width of the soft edge of deep-GM ellipsoids (mm).
-    tissue_sharpness : float
-        Power (>= 1) that sharpens the template GM / WM / CSF probabilities
-        (:func:`msutils.synth.tissue.sharpened_tissues`): the MNI152 maps are a
-        population average, blurrier than one brain; 1 keeps them.
     thickness_sd_mm, thickness_local_sd_mm, thickness_spacing_mm : float
         Cortical thickness variation: the GM/WM boundary moves by a subject
         shift ~ N(0, ``thickness_sd_mm``) plus a smooth local field (SD
@@ -280,7 +276,6 @@ class SynthParams:
     dgm_volume_sd: float = 0.07
     dgm_age_slope: float = -0.002
     tissue_edge_mm: float = 1.0
-    tissue_sharpness: float = 1.0
     thickness_sd_mm: float = 0.25
     thickness_local_sd_mm: float = 0.2
     thickness_spacing_mm: float = 40.0
@@ -456,8 +451,6 @@ def _validate(p: SynthParams) -> None:
                              f"got {unknown}")
         if "course_probs" in over:
             _check_fractions(f"center_clinical[{center!r}]['course_probs']", over["course_probs"], COURSES)
-    if not p.tissue_sharpness >= 1.0:
-        raise ValueError(f"'tissue_sharpness' must be >= 1; got {p.tissue_sharpness!r}")
     if p.max_lesions < 1 or p.min_per_cell < 0 or p.reference_n < 100:
         raise ValueError("'max_lesions' must be >= 1, 'min_per_cell' >= 0 and 'reference_n' >= 100")
 

@@ -40,7 +40,7 @@ from msutils.synth.lesions import render_lesions
 from msutils.synth.lookalikes import CSF_KINDS, WM_KINDS, render_lookalikes
 from msutils.synth.params import SynthParams
 
-__all__ = ["SubjectAnatomy", "subject_anatomy", "sharpened_tissues", "CONTRASTS"]
+__all__ = ["SubjectAnatomy", "subject_anatomy", "CONTRASTS"]
 
 CONTRASTS: tuple[str, ...] = ("t1", "flair")
 
@@ -113,43 +113,15 @@ class SubjectAnatomy:
     thickness_shift_mm: float = 0.0
 
 
-_SHARP_CACHE: dict[tuple[float, int, float], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-
-def sharpened_tissues(atlas: anatomy.Atlas, gamma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Template GM, WM and CSF probabilities sharpened by the power ``gamma`` (cached, read-only).
-
-    ``p_c <- total * p_c ** gamma / sum_k p_k ** gamma`` keeps the tissue sum of
-    every voxel: the MNI152 maps average many brains and are blurrier than one
-    brain, whose tissue boundaries are about a voxel wide. ``gamma = 1``
-    returns the atlas maps.
-    """
-    if gamma == 1.0:
-        return atlas.gm, atlas.wm, atlas.csf
-    key = (atlas.resolution, id(atlas), float(gamma))
-    if key not in _SHARP_CACHE:
-        stack = np.stack([atlas.gm, atlas.wm, atlas.csf]).astype(np.float64)
-        total = stack.sum(axis=0)
-        powered = stack**gamma
-        norm = powered.sum(axis=0)
-        out = np.where(norm > 0, total * powered / np.where(norm > 0, norm, 1.0), 0.0).astype(np.float32)
-        for a in out:
-            a.setflags(write=False)
-        _SHARP_CACHE.clear()
-        _SHARP_CACHE[key] = (out[0], out[1], out[2])
-    return _SHARP_CACHE[key]
-
-
 def _thickness(atlas: anatomy.Atlas, params: SynthParams, rng: np.random.Generator
                ) -> tuple[np.ndarray, np.ndarray, float]:
     """Template GM / WM maps with the subject's cortical thickness (boundary shift)."""
-    gm0, wm0, _ = sharpened_tissues(atlas, params.tissue_sharpness)
-    gm = gm0.copy()
-    wm = wm0.copy()
+    gm = atlas.gm.copy()
+    wm = atlas.wm.copy()
     shift = float(rng.normal(0.0, params.thickness_sd_mm))
     delta = shift + params.thickness_local_sd_mm * anatomy.smooth_field(
         atlas.shape, atlas.resolution, params.thickness_spacing_mm, rng)
-    share = gm / (gm + sharpened_tissues(atlas, params.tissue_sharpness)[2] + 1e-6)  # GM share of the non-WM tissue: 0 at the ventricle walls
+    share = gm / (gm + atlas.csf + 1e-6)  # GM share of the non-WM tissue: 0 at the ventricle walls
     change = delta * atlas.wm_grad * share
     grow_gm = np.minimum(np.clip(change, 0.0, None), wm)   # thicker cortex: WM -> GM
     grow_wm = np.minimum(np.clip(-change, 0.0, None), gm)  # thinner cortex: GM -> WM
@@ -201,7 +173,7 @@ def subject_anatomy(atlas: anatomy.Atlas, params: SynthParams, subj: Mapping[str
     coords = anatomy.random_deformation(atlas, rng, params.deformation_mm, params.deformation_spacing_mm, scale)
 
     gm, wm, shift = _thickness(atlas, params, rng)
-    csf = sharpened_tissues(atlas, params.tissue_sharpness)[2].copy()
+    csf = atlas.csf.copy()
     les = render_lesions(atlas, params, subj, rng)
     allowed = np.minimum(1.0, 2.0 * (wm + np.where(les.cortical, gm, 0.0)))
     lesion = (les.fraction * allowed).astype(np.float32)
