@@ -205,7 +205,7 @@ def lesion_sample():
 
 
 def test_lesion_size_and_kind_distributions_match_the_targets(lesion_sample):
-    atlas, vv = lesion_sample.atlas, lesion_sample.atlas.voxel_volume_ml
+    vv = lesion_sample.atlas.voxel_volume_ml
     comp_vol, totals, design, kinds = [], [], [], {k: 0 for k in synth.LESION_KINDS}
     for subj, les in lesion_sample.items:
         mask = les.fraction > 0.5
@@ -227,6 +227,26 @@ def test_lesion_size_and_kind_distributions_match_the_targets(lesion_sample):
     n = sum(kinds.values())
     for k, p in lesion_sample.params.lesion_kinds.items():
         assert kinds[k] / n == pytest.approx(p, abs=0.06), (k, kinds[k] / n)
+
+
+def test_lesion_load_per_course_in_the_documented_range():
+    """Designed total lesion volume by course (4,000 simulated patients per seed).
+
+    Targets (book's data page): relapsing-remitting patients carry a median of
+    6-9 ml and a mean near seed 001's TLV of 10.6 ml (its cohort is 86 % RR),
+    secondary-progressive ones 1.3-1.9 x the RR median (the course shifts the
+    latent severity by 0.8 SD: exp(0.45 x 0.8) = 1.43), CIS less than RR.
+    """
+    params = synth.PRESETS["quick"]
+    for seed in (1, 2, 3):
+        clin = synth.simulate_clinical(params, 4000, "MS", np.random.default_rng(seed), center="A")
+        vol, course = clin["lesion_volume_design_ml"], clin["course"]
+        med = {k: float(np.median(vol[course == k])) for k in ("RR", "SP", "CIS")}
+        assert 6.0 <= med["RR"] <= 9.0, med
+        assert float(vol[course == "RR"].mean()) == pytest.approx(10.6, rel=0.2)
+        assert 1.3 <= med["SP"] / med["RR"] <= 1.9, med
+        assert med["CIS"] < med["RR"] < med["SP"]
+        assert vol.min() >= params.lesion_volume_range_ml[0] and vol.max() <= params.lesion_volume_range_ml[1]
 
 
 def test_lesion_shapes_and_locations():

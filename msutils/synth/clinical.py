@@ -38,6 +38,7 @@ __all__ = [
     "observe_edss",
     "edss_reference",
     "spearman",
+    "pearson",
     "incremental_r2",
 ]
 
@@ -179,6 +180,14 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     if xv.size < 3 or np.ptp(xv) == 0 or np.ptp(yv) == 0:
         return float("nan")
     return float(stats.spearmanr(xv, yv).statistic)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation; NaN for fewer than 3 values or a constant input (no division warning)."""
+    xv, yv = np.asarray(x, float), np.asarray(y, float)
+    if xv.size < 3 or np.ptp(xv) == 0 or np.ptp(yv) == 0:
+        return float("nan")
+    return float(np.corrcoef(xv, yv)[0, 1])
 
 
 def incremental_r2(X: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, float]:

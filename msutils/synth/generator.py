@@ -67,6 +67,7 @@ from msutils.synth.clinical import (
     edss_reference,
     latent,
     observe_edss,
+    pearson,
     simulate_clinical,
     spearman,
 )
@@ -236,7 +237,7 @@ def calibration(df, params: SynthParams) -> dict[str, Any]:
             "spearman_lesion_load_design": spearman(np.log(ms["gt_lesion_volume_design_ml"] + 0.1), e),
             "spearman_thalamus_volume_truth": spearman(ms["gt_thalamus_volume_ml"], e),
             "spearman_texture_amplitude": spearman(ms["gt_texture_amplitude"], e),
-            "pearson_edss_noisefree": float(np.corrcoef(e, ms["gt_edss_noisefree"])[0, 1]),
+            "pearson_edss_noisefree": pearson(e, ms["gt_edss_noisefree"]),
         }
     dice = {}
     for center, sub in df.groupby("center"):
