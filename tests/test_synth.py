@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from msutils import synth
-from msutils.synth import anatomy, generator
+from msutils.synth import anatomy, clinical
 
 pytestmark = pytest.mark.xdist_group("synth")
 
@@ -100,8 +100,9 @@ def test_default_cohort_location_and_cache(smoke, monkeypatch):
 def test_manifest_contract(smoke):
     df, meta = smoke.df, smoke.meta
     assert list(df.columns[: len(synth.REQUIRED_COLUMNS)]) == list(synth.REQUIRED_COLUMNS)
-    assert {"tiv_ml", "lesion_volume_ml", *synth.GT_COLUMNS} <= set(df.columns)
-    assert all(c.startswith("gt_") for c in synth.GT_COLUMNS)
+    assert list(df.columns) == [*synth.REQUIRED_COLUMNS, "tiv_ml", "lesion_volume_ml", *synth.TRUTH_MASKS,
+                                *synth.GT_COLUMNS]
+    assert all(c.startswith("gt_") for c in [*synth.GT_COLUMNS, *synth.TRUTH_MASKS])
     # design: counts per (center, group), second visits, sessions
     first = df[df.session == "ses-01"]
     counts = first.groupby(["center", "group"]).size().to_dict()
@@ -120,13 +121,16 @@ def test_manifest_contract(smoke):
     assert set(df.center) == {"A", "B", "C"}
     assert dict(zip(df.center, df.scanner)) == {"A": "Siemens", "B": "Philips", "C": "GE"}
     # paths are relative to the manifest folder and exist
-    for col in ("t1", "flair", "brain_mask", "lesion_mask", "roi_labels"):
+    for col in ("t1", "flair", "brain_mask", "lesion_mask", "roi_labels", *synth.TRUTH_MASKS):
         assert not df[col].str.startswith("/").any()
         assert all((smoke.root / p).is_file() for p in df[col])
     assert df.t1.iloc[0] == f"{df.subject_id.iloc[0]}/{df.session.iloc[0]}/t1.nii.gz"
+    assert df.gt_lesion_mask.iloc[0] == f"{df.subject_id.iloc[0]}/gt_lesion_mask.nii.gz"  # one truth per subject
     # sidecar
     assert meta["name"] == "synthetic-smoke" and meta["data_root"] == "."
     assert meta["images"] == ["t1", "flair"] and meta["masks"] == ["brain_mask", "lesion_mask", "roi_labels"]
+    assert meta["truth_masks"] == {"gt_brain_mask": "brain_mask", "gt_lesion_mask": "lesion_mask",
+                                   "gt_roi_labels": "roi_labels", "gt_lookalike_labels": "label_map"}
     labels = meta["roi_labels"]
     assert labels[1] == "thalamus_L" and labels[8] == "pallidum_R" and labels[9] == "whole_wm"
     assert labels[101] == "gm_001" and labels[148] == "gm_048" and len(labels) == 9 + 48
@@ -138,6 +142,9 @@ def test_manifest_contract(smoke):
     assert syn["params"] == synth.PRESETS["smoke"].to_dict()
     assert syn["params_hash"] == synth.params_hash(synth.PRESETS["smoke"])
     assert set(syn["ground_truth"]["columns"]) == set(synth.GT_COLUMNS)
+    assert syn["ground_truth"]["lookalike_kinds"] == synth.LOOKALIKE_KINDS
+    assert syn["generator_version"] == synth.GENERATOR_VERSION == "3"
+    assert {"edss", "rater_dice", "lesion_volume_ml", "lookalikes", "centers_ms"} <= set(syn["calibration"])
 
 
 # ----------------------------------------------------------------------------- images
@@ -145,34 +152,40 @@ def test_manifest_contract(smoke):
 
 def test_image_types_geometry_and_contrast(smoke):
     row = smoke.df[(smoke.df.group == "HC") & (smoke.df.center == "A")].iloc[0]
-    imgs = {c: nib.load(str(smoke.root / row[c])) for c in ("t1", "flair", "brain_mask", "lesion_mask", "roi_labels")}
+    cols = ("t1", "flair", "brain_mask", "lesion_mask", "roi_labels", *synth.TRUTH_MASKS)
+    imgs = {c: nib.load(str(smoke.root / row[c])) for c in cols}
     assert imgs["t1"].get_data_dtype() == np.float32 and imgs["flair"].get_data_dtype() == np.float32
     assert imgs["brain_mask"].get_data_dtype() == np.uint8 and imgs["lesion_mask"].get_data_dtype() == np.uint8
-    assert imgs["roi_labels"].get_data_dtype() == np.int16
+    assert imgs["roi_labels"].get_data_dtype() == np.int16 and imgs["gt_roi_labels"].get_data_dtype() == np.int16
+    assert imgs["gt_lesion_mask"].get_data_dtype() == np.uint8 and imgs["gt_lookalike_labels"].get_data_dtype() == np.uint8
     for img in imgs.values():
         assert img.shape == imgs["t1"].shape and np.allclose(img.affine, imgs["t1"].affine)
     assert np.allclose(np.diag(imgs["t1"].affine)[:3], 3.0)
     t1, fl = (np.asarray(imgs[c].dataobj) for c in ("t1", "flair"))
-    brain = np.asarray(imgs["brain_mask"].dataobj) > 0
-    lab = np.asarray(imgs["roi_labels"].dataobj)
+    brain = np.asarray(imgs["gt_brain_mask"].dataobj) > 0
+    lab = np.asarray(imgs["gt_roi_labels"].dataobj)
     assert (t1[~brain] == 0).all() and (fl[~brain] == 0).all() and (t1[brain] > 0).mean() > 0.99
     assert set(np.unique(lab)) == {0, *range(1, 10), *range(101, 149)}
-    assert row.tiv_ml == pytest.approx(brain.sum() * 27 / 1000, abs=0.1)
+    rater_brain = np.asarray(imgs["brain_mask"].dataobj) > 0
+    assert row.tiv_ml == pytest.approx(rater_brain.sum() * 27 / 1000, abs=0.1)
+    assert row.gt_brain_volume_ml == pytest.approx(brain.sum() * 27 / 1000, abs=0.1)
+    assert set(np.unique(np.asarray(imgs["roi_labels"].dataobj))) <= {0, *range(1, 10), *range(101, 149)}
     wm, gm, csf = lab == 9, lab > 100, brain & (lab == 0)
     t1m = {k: float(np.median(t1[m])) for k, m in (("wm", wm), ("gm", gm), ("csf", csf))}
     flm = {k: float(np.median(fl[m])) for k, m in (("wm", wm), ("gm", gm), ("csf", csf))}
     assert t1m["wm"] > 1.2 * t1m["gm"] > 1.2 * t1m["csf"]
     assert flm["gm"] > 1.1 * flm["wm"] > 1.5 * flm["csf"]
-    assert np.asarray(imgs["lesion_mask"].dataobj).sum() == 0  # HC: no lesions
+    assert np.asarray(imgs["gt_lesion_mask"].dataobj).sum() == 0  # HC: no true lesions
 
 
 def test_lesions_bright_on_flair_dark_on_t1(smoke):
     ms = smoke.df[(smoke.df.group == "MS") & (smoke.df.session == "ses-01")]
     ratios_fl, ratios_t1 = [], []
     for _, row in ms.iterrows():
-        les = _load(smoke, row, "lesion_mask") > 0
-        lab = _load(smoke, row, "roi_labels")
+        les = _load(smoke, row, "gt_lesion_mask") > 0
+        lab = _load(smoke, row, "gt_roi_labels")
         assert les.sum() * 27 / 1000 == pytest.approx(row.gt_lesion_volume_ml, abs=1e-3)
+        assert (_load(smoke, row, "lesion_mask") > 0).sum() * 27 / 1000 == pytest.approx(row.lesion_volume_ml, abs=1e-3)
         assert (lab[les] == 9).all()  # lesion voxels keep the WM label
         if les.sum() < 3:
             continue
@@ -192,18 +205,23 @@ def test_lesions_bright_on_flair_dark_on_t1(smoke):
 
 def test_deep_gm_atrophy(smoke):
     df = smoke.df[smoke.df.session == "ses-01"].copy()
-    vols = []
+    vols, rater = [], []
     for _, row in df.iterrows():
-        lab = _load(smoke, row, "roi_labels")
+        lab = _load(smoke, row, "gt_roi_labels")
         vols.append(((lab >= 1) & (lab <= 8)).sum() * 27 / 1000)
+        lab = _load(smoke, row, "roi_labels")
+        rater.append(((lab >= 1) & (lab <= 8)).sum() * 27 / 1000)
     df["dgm"] = vols
+    df["dgm_rater"] = rater
     assert np.allclose(df.dgm, df.gt_deep_gm_volume_ml, atol=1e-3)
-    frac = df.dgm / df.tiv_ml
-    ms, hc = frac[df.group == "MS"], frac[df.group == "HC"]
-    assert ms.mean() < 0.95 * hc.mean()
     from scipy import stats
 
-    assert stats.mannwhitneyu(ms, hc, alternative="less").pvalue < 1e-3
+    for col, tiv in (("dgm", "gt_brain_volume_ml"), ("dgm_rater", "tiv_ml")):  # the truth, and what a rater measures
+        frac = df[col] / df[tiv]
+        ms, hc = frac[df.group == "MS"], frac[df.group == "HC"]
+        assert ms.mean() < 0.95 * hc.mean()
+        assert stats.mannwhitneyu(ms, hc, alternative="less").pvalue < 1e-3
+    assert not np.allclose(df.dgm, df.dgm_rater, atol=0.05)  # the rater's labels are not the truth
     # rendered thalamus volume follows the ground-truth factor and head size
     expected = df.gt_thalamus_volume_factor * df.gt_head_scale**3
     assert np.corrcoef(expected, df.gt_thalamus_volume_ml)[0, 1] > 0.9
@@ -282,14 +300,18 @@ def test_rescans_share_anatomy_not_noise(smoke):
     two = df[df.session == "ses-02"].subject_id
     for sid in two[:3]:
         r1, r2 = (df[(df.subject_id == sid) & (df.session == s)].iloc[0] for s in ("ses-01", "ses-02"))
-        for col in ("brain_mask", "lesion_mask", "roi_labels"):
-            assert np.array_equal(_load(smoke, r1, col), _load(smoke, r2, col))
+        for col in synth.TRUTH_MASKS:  # one truth per subject
+            assert r1[col] == r2[col]
+        for col in ("brain_mask", "roi_labels"):  # a fresh re-segmentation of the rescan, close to the first
+            m1, m2 = _load(smoke, r1, col), _load(smoke, r2, col)
+            assert not np.array_equal(m1, m2)
+            assert 2 * ((m1 == m2) & (m1 > 0)).sum() / ((m1 > 0).sum() + (m2 > 0).sum()) > 0.8
         a, b = _load(smoke, r1, "t1", np.float64), _load(smoke, r2, "t1", np.float64)
         assert not np.array_equal(a, b)
-        brain = _load(smoke, r1, "brain_mask") > 0
+        brain = _load(smoke, r1, "gt_brain_mask") > 0
         assert np.corrcoef(a[brain], b[brain])[0, 1] > 0.85
-        keep = [c for c in df.columns if c not in ("session", "t1", "flair", "brain_mask", "lesion_mask",
-                                                   "roi_labels")]
+        per_scan = ("session", "t1", "flair", "brain_mask", "lesion_mask", "roi_labels", "tiv_ml", "lesion_volume_ml")
+        keep = [c for c in df.columns if c not in per_scan and not c.startswith("gt_rater_dice")]
         assert r1[keep].equals(r2[keep])
 
 
@@ -301,7 +323,7 @@ def test_edss_ground_truth_recorded_and_reproducible(smoke):
     params = synth.PRESETS["smoke"]
     assert gt["drivers"] == list(synth.EDSS_DRIVERS)
     assert gt["weights"] == params.edss_weights and gt["noise_sd"] == params.edss_noise_sd
-    assert 0.8 < gt["ceiling_r"] < 0.95
+    assert 0.75 < gt["ceiling_r"] < 0.85
     assert gt["edss_median_by_course"]["SP"] > gt["edss_median_by_course"]["RR"] + 2
     # the sidecar is enough to recompute the latent from the gt_ columns
     ms = smoke.df[smoke.df.group == "MS"]
@@ -318,11 +340,11 @@ def test_edss_ground_truth_recorded_and_reproducible(smoke):
     assert np.array_equal(synth.edss_from_latent(ms.gt_edss_latent, gt), ms.gt_edss_noisefree)
     # the observed EDSS follows its drivers with the recorded signs and rough magnitudes
     first = ms.drop_duplicates("subject_id")
-    assert np.corrcoef(first.edss, first.gt_edss_noisefree)[0, 1] > 0.6
-    for k in ("lesion_load", "thalamus_volume", "texture_amplitude"):
+    assert np.corrcoef(first.edss, first.gt_edss_noisefree)[0, 1] > 0.55
+    for k in ("thalamus_volume", "texture_amplitude"):
         r = np.corrcoef(drivers[k][first.index], first.edss)[0, 1]
         assert np.sign(r) == np.sign(gt["weights"][k]) == np.sign(gt["driver_edss_r"][k])
-        assert abs(r - gt["driver_edss_r"][k]) < 0.35, (k, r)
+        assert abs(r - gt["driver_edss_r"][k]) < 0.4, (k, r)
 
 
 def test_edss_model_on_large_sample():
@@ -331,8 +353,8 @@ def test_edss_model_on_large_sample():
     assert ref == synth.edss_reference(params)  # deterministic
     rng = np.random.default_rng(7)
     clin = synth.simulate_clinical(params, 5000, "MS", rng)
-    drv = generator._drivers(clin)
-    latent = generator._latent(drv, ref, params.edss_weights)
+    drv = clinical.drivers(clin)
+    latent = clinical.latent(drv, ref, params.edss_weights)
     edss = synth.edss_from_latent(latent + params.edss_noise_sd * rng.standard_normal(5000), ref)
     assert set(np.unique(edss)) <= set(np.arange(0, 9.75, 0.5))
     for k in synth.EDSS_DRIVERS:
@@ -366,7 +388,7 @@ def test_determinism_across_runs_and_workers(tmp_path):
     b = synth.generate(params, tmp_path / "b", seed=0, n_jobs=2, progress=False).parent
     c = synth.generate(params, tmp_path / "c", seed=1, n_jobs=1, progress=False).parent
     da, db, dc = _digest(a), _digest(b), _digest(c)
-    assert len(da) == 2 + 5 * 6  # 4 subjects, 2 of them with a rescan
+    assert len(da) == 2 + 5 * 6 + 4 * 4  # 4 subjects, 2 of them with a rescan; 4 truth images per subject
     assert da == db  # same seed: same bytes, whatever the number of workers
     t1 = "sub-001/ses-01/t1.nii.gz"
     assert t1 in dc and da[t1] != dc[t1]
@@ -403,7 +425,14 @@ def test_atlas_structure():
     thal = [(atlas.labels == k).sum() * vv for k in (1, 2)]
     assert all(2.5 < v < 5.0 for v in thal)
     assert 10 < atlas.ventricles.sum() * vv < 40
+    assert sorted(atlas.lesion_zones) == ["deep", "infratentorial", "juxtacortical", "periventricular"]
     assert all(z.size > 100 for z in atlas.lesion_zones.values())
+    assert sorted(atlas.lookalike_zones) == ["band", "flow", "punctate", "sulcal"]
+    world = atlas.world_coords().reshape(3, -1)
+    infra = world[:, atlas.lesion_zones["infratentorial"]]
+    assert (infra[2] < -12).all() and (infra[1] < -15).all()  # posterior fossa
+    tips = atlas.horn_tips_mm  # frontal horns in front of occipital ones, left at x < 0
+    assert (tips[:2, 1] > tips[2:, 1] + 40).all() and tips[0, 0] < 0 < tips[1, 0]
     # parcels are hemispheric: left labels 101..124 at x < 0, right 125..148 at x > 0
     x = atlas.world_coords()[0]
     assert (x[(atlas.labels > 100) & (atlas.labels <= 124)] < 0).all()

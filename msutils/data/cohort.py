@@ -41,6 +41,7 @@ from msutils.data.manifest_checks import (
     PATH_COLUMNS,
     REQUIRED_COLUMNS,
     SEXES,
+    TRUTH_KINDS,
     WM_LABEL,
     ParsedManifest,
     check_manifest,
@@ -65,6 +66,7 @@ __all__ = [
     "IMAGE_COLUMNS",
     "MASK_COLUMNS",
     "PATH_COLUMNS",
+    "TRUTH_KINDS",
     "AFFINE_ATOL",
     "ManifestError",
     "Cohort",
@@ -149,9 +151,10 @@ class Cohort:
         One row per scan, index ``scan_id`` = ``f"{subject_id}_{session}"``, in
         manifest order. ``age``, ``disease_duration``, ``edss``: float (NaN when
         empty). ``group``/``course``/``sex``/ids: str (``course`` of HC is the
-        string ``"NA"``). Path columns: absolute ``str`` or ``None`` (object
-        dtype). Extra columns are kept: numeric when every non-empty cell is a
-        number (empty -> NaN), otherwise the CSV strings.
+        string ``"NA"``). Path columns (standard, extra ``images``,
+        ``truth_masks``): absolute ``str`` or ``None`` (object dtype). Extra
+        columns are kept: numeric when every non-empty cell is a number
+        (empty -> NaN), otherwise the CSV strings.
     meta : dict
         The sidecar, as parsed (``roi_labels`` keys as written in YAML).
     manifest_path : pathlib.Path
@@ -199,6 +202,16 @@ class Cohort:
         return [c for c in MASK_COLUMNS if c in masks]
 
     @property
+    def truth_columns(self) -> dict[str, str]:
+        """Truth image columns the sidecar declares under ``truth_masks`` -> their kind.
+
+        Synthetic cohorts keep the true masks there (``gt_lesion_mask`` ...)
+        beside the rater-like ``masks``; real cohorts usually have none.
+        """
+        raw = self.meta.get("truth_masks") or {}
+        return {str(k): str(v) for k, v in raw.items()}
+
+    @property
     def centers(self) -> list[str]:
         """Sorted unique centers."""
         return sorted(self.table["center"].astype(str).unique().tolist())
@@ -227,7 +240,7 @@ class Cohort:
         ValueError
             Unknown ``column``, or the manifest cell is empty.
         """
-        allowed = self.image_columns + list(MASK_COLUMNS)
+        allowed = self.image_columns + list(MASK_COLUMNS) + list(self.truth_columns)
         if column not in allowed:
             raise ValueError(f"'column' must be one of {allowed}; got {column!r}")
         if scan_id not in self.table.index:
@@ -342,7 +355,7 @@ def _build_table(parsed: ParsedManifest) -> pd.DataFrame:
     rows = parsed.rows
     assert parsed.base_dir is not None
     base = parsed.base_dir
-    path_cols = set(parsed.image_columns) | set(MASK_COLUMNS)
+    path_cols = set(parsed.image_columns) | set(MASK_COLUMNS) | set(parsed.truth_columns)
     data: dict[str, Any] = {}
     for col in header:
         cells = [row[col] for row in rows]
@@ -438,7 +451,8 @@ def write_manifest(table: pd.DataFrame, meta: Mapping[str, Any], path: str | os.
         One row per scan with at least :data:`REQUIRED_COLUMNS` (a
         ``Cohort.table`` works: its ``scan_id`` index is dropped). Absolute
         paths are written relative to the manifest folder joined with
-        ``meta['data_root']`` (if any); relative paths are written as given
+        ``meta['data_root']`` (if any), in the standard path columns and the
+        sidecar's extra ``images`` and ``truth_masks``; relative paths are written as given
         (they must already be relative to that folder). Missing values are
         written as empty cells. Required columns come first, extras keep
         their order.
@@ -474,7 +488,7 @@ def write_manifest(table: pd.DataFrame, meta: Mapping[str, Any], path: str | os.
 
     data_root = meta.get("data_root") or "."
     base = Path(os.path.normpath(path.parent.absolute() / Path(str(data_root)).expanduser()))
-    images = meta.get("images") or []
+    images = list(meta.get("images") or []) + list(meta.get("truth_masks") or {})
     path_cols = list(PATH_COLUMNS) + [c for c in images if c in df.columns and c not in PATH_COLUMNS]
     for col in path_cols:
         df[col] = [

@@ -38,6 +38,7 @@ __all__ = [
     "MASK_COLUMNS",
     "PATH_COLUMNS",
     "NUMERIC_COLUMNS",
+    "TRUTH_KINDS",
     "AFFINE_ATOL",
     "ParsedManifest",
     "resolve_manifest_paths",
@@ -89,6 +90,11 @@ MASK_COLUMNS: tuple[str, ...] = ("brain_mask", "lesion_mask", "roi_labels")
 PATH_COLUMNS: tuple[str, ...] = IMAGE_COLUMNS + MASK_COLUMNS
 #: Numeric clinical columns (parsed to float; empty -> NaN).
 NUMERIC_COLUMNS: tuple[str, ...] = ("age", "disease_duration", "edss")
+#: Kinds of the extra truth image columns a sidecar may declare under ``truth_masks``
+#: (column -> kind): checked like ``brain_mask`` (binary, not empty), ``lesion_mask``
+#: (binary), ``roi_labels`` (integer labels of the sidecar's table), or ``label_map``
+#: (non-negative integers, e.g. a map of kind codes).
+TRUTH_KINDS: tuple[str, ...] = ("brain_mask", "lesion_mask", "roi_labels", "label_map")
 #: Absolute tolerance (mm) for comparing the affines of one scan's files.
 AFFINE_ATOL: float = 1e-3
 
@@ -113,6 +119,7 @@ class ParsedManifest:
     mask_columns: list[str] = field(default_factory=list)
     labels: dict[int, str] | None = None
     masks_valid: bool = False
+    truth_columns: dict[str, str] = field(default_factory=dict)
 
 
 class _Problems:
@@ -267,6 +274,29 @@ def _check_sidecar(
             parsed.mask_columns = [c for c in MASK_COLUMNS if c in masks]
             parsed.masks_valid = not unknown
 
+    # truth_masks: extra image columns holding true masks, checked by kind
+    raw_truth = meta.get("truth_masks")
+    if raw_truth is not None:
+        if not isinstance(raw_truth, Mapping):
+            problems.add(
+                f"{where}: key 'truth_masks' must be a mapping of column name -> kind "
+                f"({_fmt_list(TRUTH_KINDS)}); got {type(raw_truth).__name__}"
+            )
+        else:
+            for col, kind in raw_truth.items():
+                if not isinstance(col, str) or not col.strip():
+                    problems.add(f"{where}: truth_masks key {col!r} is not a column name")
+                elif col in REQUIRED_COLUMNS or col in parsed.image_columns:
+                    problems.add(
+                        f"{where}: truth_masks column {col!r} clashes with a standard or image column; "
+                        "use another name (e.g. prefixed 'gt_')"
+                    )
+                elif kind not in TRUTH_KINDS:
+                    problems.add(f"{where}: truth_masks {col!r} has kind {kind!r}; expected one of "
+                                 f"{_fmt_list(TRUTH_KINDS)}")
+                else:
+                    parsed.truth_columns[col] = str(kind)
+
     # roi_labels
     labels: dict[int, str] | None = {}
     raw_labels = meta.get("roi_labels")
@@ -301,9 +331,11 @@ def _check_sidecar(
                 continue
             if labels is not None:
                 labels[label] = value
-    if "roi_labels" in parsed.mask_columns and labels is not None and not labels:
+    needs_table = "roi_labels" in parsed.mask_columns or "roi_labels" in parsed.truth_columns.values()
+    if needs_table and labels is not None and not labels:
         problems.add(
-            f"{where}: key 'masks' lists 'roi_labels' but the label table 'roi_labels' is missing or empty"
+            f"{where}: key 'masks' (or 'truth_masks') lists 'roi_labels' but the label table 'roi_labels' "
+            "is missing or empty"
         )
         labels = None  # do not also flag every label of every map
     parsed.labels = labels
@@ -422,6 +454,9 @@ def _check_row_values(
     for col in parsed.image_columns:
         if col in row and not row[col]:
             add(f"column '{col}': empty; expected a path to a NIfTI image")
+    for col in parsed.truth_columns:
+        if col in row and not row[col]:
+            add(f"column '{col}': empty, but the sidecar lists it under truth_masks; expected a path to a NIfTI image")
     if not mask_known:
         return
     for col in MASK_COLUMNS:
@@ -539,7 +574,7 @@ def _read_voxels(img: Any, roles: set[str], path: Path) -> _Voxels:
         if not bool(np.all(is_binary)):
             out.nonbinary = _examples(values[~is_binary])
         out.any_nonzero = bool(np.any(values != 0))
-    if "roi_labels" in roles:
+    if roles & {"roi_labels", "label_map"}:
         if values.dtype.kind in "fc":
             nonint = values != np.round(values)
             if bool(np.any(nonint)):
@@ -567,7 +602,8 @@ def _check_files(
     base = parsed.base_dir
     # masks the sidecar does not list were already reported when given; skip their files
     masks = parsed.mask_columns if parsed.masks_valid else list(MASK_COLUMNS)
-    columns = list(parsed.image_columns) + list(masks)
+    truth = parsed.truth_columns
+    columns = list(parsed.image_columns) + list(masks) + list(truth)
     headers: dict[Path, tuple[_Header, Any]] = {}
     roles: dict[Path, set[str]] = {}
     refs: list[tuple[int, str, str, str, Path]] = []  # (row, tag, column, cell, path)
@@ -582,7 +618,7 @@ def _check_files(
             path = Path(os.path.normpath(base / Path(cell).expanduser()))
             if path not in headers:
                 headers[path] = _read_header(path)
-            roles.setdefault(path, set()).add(col)
+            roles.setdefault(path, set()).add(truth.get(col, col))
             refs.append((index, tag, col, cell, path))
     logger.info("checked %d file headers", len(headers))
 
@@ -638,13 +674,20 @@ def _check_files(
             continue
         if vox.nonfinite:
             problems.add(f"{where} contains {vox.nonfinite} NaN/inf voxels", index)
-        if col in _BINARY_COLUMNS:
+        kind = truth.get(col, col)
+        if kind in _BINARY_COLUMNS:
             if vox.nonbinary:
                 shown = ", ".join(_fmt_num(v) for v in vox.nonbinary)
                 problems.add(f"{where} is not binary: found values other than 0 and 1 (e.g. {shown})", index)
-            elif col == "brain_mask" and not vox.any_nonzero:
+            elif kind == "brain_mask" and not vox.any_nonzero:
                 problems.add(f"{where} is empty (all voxels are 0)", index)
-        elif col == "roi_labels":
+        elif kind == "label_map":
+            if vox.nonint:
+                shown = ", ".join(_fmt_num(v) for v in vox.nonint)
+                problems.add(f"{where} has non-integer values (e.g. {shown}); expected integer codes", index)
+            elif vox.labels is not None and any(v < 0 for v in vox.labels):
+                problems.add(f"{where} has negative values; expected integer codes >= 0", index)
+        elif kind == "roi_labels":
             if vox.nonint:
                 shown = ", ".join(_fmt_num(v) for v in vox.nonint)
                 problems.add(f"{where} has non-integer values (e.g. {shown}); expected integer labels", index)
@@ -739,6 +782,12 @@ def check_manifest(path: str | os.PathLike, *, check_images: bool = True) -> tup
         problems.add(
             f"manifest '{csv_name}': columns {_fmt_list(extra_images)} listed under the sidecar's "
             "'images' are missing"
+        )
+    missing_truth = [c for c in parsed.truth_columns if c not in header]
+    if missing_truth:
+        problems.add(
+            f"manifest '{csv_name}': columns {_fmt_list(missing_truth)} listed under the sidecar's "
+            "'truth_masks' are missing"
         )
     if len(records) == 1:
         problems.add(f"manifest '{csv_name}': no data rows")

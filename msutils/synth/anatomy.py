@@ -14,7 +14,8 @@ bounding box plus a margin:
   3/4 caudate, 5/6 putamen, 7/8 pallidum, 9 whole white matter, 101..100+K
   cortical GM parcels (``gm_001``...), 0 background / CSF;
 - the lateral-ventricle region and the candidate zones where the generator
-  places periventricular, juxtacortical and deep white-matter lesions.
+  places lesions (periventricular, juxtacortical, deep and infratentorial WM) and
+  lesion look-alikes (ventricle horns and lining, deep WM, sulcal CSF, CSF flow).
 
 Deep grey-matter nuclei are **approximate ellipsoids** at standard MNI
 coordinates (:data:`DEEP_GM`): no subcortical atlas ships offline with nilearn,
@@ -55,6 +56,7 @@ __all__ = [
     "warp",
     "warp_box",
     "subject_point",
+    "ventricle_normal",
 ]
 
 logger = logging.getLogger(__name__)
@@ -178,7 +180,9 @@ class Atlas:
     lesion_zones : dict of str to ndarray of int64
         Flat voxel indices of candidate lesion centres: ``"periventricular"``
         (WM within 8 mm of the ventricles), ``"juxtacortical"`` (WM within 5 mm
-        of cortical GM, away from the ventricles) and ``"deep"`` (other WM).
+        of cortical GM, away from the ventricles), ``"deep"`` (other
+        supratentorial WM) and ``"infratentorial"`` (brainstem and cerebellar
+        WM: below z = -12 mm and behind y = -15 mm, near the midline).
     deep_box : tuple of slice
         Bounding box of the deep-GM ellipsoids (grown by 50 % + 10 mm), where
         the generator computes deep-GM membership per subject.
@@ -186,6 +190,21 @@ class Atlas:
         Brain centroid in voxel coordinates (centre of the head-size scaling).
     n_parcels : int
         Number of cortical parcels K.
+    ventricle_dist : ndarray of float32
+        Distance (mm) to the ventricle region (its gradient points away from
+        the ventricles: the orientation of ovoid lesions).
+    wm_grad : ndarray of float32
+        Magnitude of the gradient of the WM probability (per mm): moving the
+        GM/WM boundary by ``d`` mm changes WM by about ``d * wm_grad``.
+    lookalike_zones : dict of str to ndarray of int64
+        Flat voxel indices where lesion look-alikes sit: ``"band"`` (WM lining
+        the ventricles, within 3 mm), ``"punctate"`` (deep and subcortical WM),
+        ``"sulcal"`` (CSF within 3 mm of cortical GM, outside the ventricles)
+        and ``"flow"`` (ventricles and the CSF spaces at the midline below them).
+    horn_tips_mm : ndarray, shape (4, 3)
+        World positions (mm) of the ventricle's frontal and occipital horn tips
+        (left frontal, right frontal, left occipital, right occipital), where
+        periventricular caps sit.
     """
 
     resolution: float
@@ -201,6 +220,10 @@ class Atlas:
     deep_box: tuple[slice, slice, slice]
     center_vox: np.ndarray
     n_parcels: int
+    ventricle_dist: np.ndarray
+    wm_grad: np.ndarray
+    lookalike_zones: Mapping[str, np.ndarray]
+    horn_tips_mm: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -509,6 +532,21 @@ def subject_point(atlas: Atlas, coords: np.ndarray, point_mm: np.ndarray, n_iter
     return atlas.affine[:3, :3] @ x + atlas.affine[:3, 3]
 
 
+def ventricle_normal(atlas: Atlas, vox: np.ndarray) -> np.ndarray:
+    """Unit vector (voxel axes) pointing away from the ventricles at voxel position ``vox``.
+
+    The central-difference gradient of ``atlas.ventricle_dist``; ``[1, 0, 0]``
+    where it vanishes.
+    """
+    idx = np.clip(np.round(np.asarray(vox, float)).astype(int), 1, np.asarray(atlas.shape) - 2)
+    dist = atlas.ventricle_dist
+    g = np.array([
+        float(dist[tuple(idx + e)]) - float(dist[tuple(idx - e)]) for e in np.eye(3, dtype=int)
+    ])
+    n = float(np.linalg.norm(g))
+    return g / n if n > 1e-6 else np.array([1.0, 0.0, 0.0])
+
+
 def _kmeans_parcels(
     coords_mm: np.ndarray, k: int, seed: int = 0, n_iter: int = 50
 ) -> np.ndarray:
@@ -573,7 +611,8 @@ def load_atlas(resolution: float = 2, n_parcels: int = N_PARCELS) -> Atlas:
         resolution=float(res), affine=affine, gm=gm, wm=wm, csf=csf, brain=brain,
         labels=np.zeros(gm.shape, np.int16), parcels=np.zeros(gm.shape, np.int16),
         ventricles=np.zeros(gm.shape, bool), lesion_zones={}, deep_box=full,
-        center_vox=center_vox, n_parcels=n_parcels,
+        center_vox=center_vox, n_parcels=n_parcels, ventricle_dist=np.zeros(gm.shape, np.float32),
+        wm_grad=np.zeros(gm.shape, np.float32), lookalike_zones={}, horn_tips_mm=np.zeros((4, 3)),
     )
 
     # deep-GM box: bounding box of all ellipsoids grown by 50 % + 10 mm (room for subject
@@ -642,19 +681,47 @@ def load_atlas(resolution: float = 2, n_parcels: int = N_PARCELS) -> Atlas:
 
     # lesion-centre zones
     dist_vent = ndimage.distance_transform_edt(~ventricles, sampling=res) if ventricles.any() else np.full(
-        gm.shape, np.inf
+        gm.shape, 1e3
     )
     dist_ctx = ndimage.distance_transform_edt(~cortex, sampling=res)
+    posterior_fossa = (world[2] < -12.0) & (world[1] < -15.0) & (
+        np.abs(world[0]) < np.where(world[1] > -45.0, 22.0, 35.0))
     wm_core = (wm > 0.6) & brain & ~deep_region & ~ventricles
-    pv = wm_core & (dist_vent <= 8.0)
-    jc = wm_core & (dist_ctx <= 5.0) & (dist_vent > 10.0)
-    dp = wm_core & ~pv & ~jc & (wm > 0.8)
+    supra = wm_core & ~posterior_fossa
+    pv = supra & (dist_vent <= 8.0)
+    jc = supra & (dist_ctx <= 5.0) & (dist_vent > 10.0)
+    dp = supra & ~pv & ~jc & (wm > 0.8)
+    infra = (wm > 0.5) & brain & posterior_fossa
     zones = {}
-    for name, z in (("periventricular", pv), ("juxtacortical", jc), ("deep", dp)):
+    for name, z in (("periventricular", pv), ("juxtacortical", jc), ("deep", dp), ("infratentorial", infra)):
         if not z.any():
             logger.warning("lesion zone %r is empty at %s mm; using all core WM", name, res)
             z = wm_core
         zones[name] = _readonly(np.flatnonzero(z).astype(np.int64))
+
+    # look-alike zones and horn tips
+    band = (wm > 0.4) & brain & ~ventricles & ~deep_region & (dist_vent <= 3.0)
+    punctate = supra & (dist_vent > 4.0)
+    sulcal = (csf > 0.5) & brain & ~ventricles & (dist_ctx <= 3.0) & ~posterior_fossa
+    flow = (ventricles | ((csf > 0.5) & brain & (np.abs(world[0]) < 12.0) & (world[2] < 5.0)
+                          & (world[2] > -40.0) & (world[1] > -60.0) & (world[1] < 10.0)))
+    la_zones = {}
+    for name, z in (("band", band), ("punctate", punctate), ("sulcal", sulcal), ("flow", flow)):
+        if not z.any():
+            logger.warning("look-alike zone %r is empty at %s mm; using the brain", name, res)
+            z = brain
+        la_zones[name] = _readonly(np.flatnonzero(z).astype(np.int64))
+    tips = []
+    for front in (True, False):
+        for left in (True, False):
+            side = ventricles & ((world[0] < -3.0) if left else (world[0] > 3.0))
+            if not side.any():
+                side = brain
+            y = world[1][side]
+            near = (y >= y.max() - 6.0) if front else (y <= y.min() + 6.0)
+            tips.append([float(world[d][side][near].mean()) for d in range(3)])
+    grad = np.stack(np.gradient(wm.astype(np.float32), res))
+    wm_grad = np.sqrt((grad**2).sum(axis=0)).astype(np.float32)
 
     atlas = Atlas(
         resolution=float(res),
@@ -670,6 +737,10 @@ def load_atlas(resolution: float = 2, n_parcels: int = N_PARCELS) -> Atlas:
         deep_box=deep_box,
         center_vox=_readonly(center_vox),
         n_parcels=n_parcels,
+        ventricle_dist=_readonly(np.minimum(dist_vent, 1e3).astype(np.float32)),
+        wm_grad=_readonly(wm_grad),
+        lookalike_zones=la_zones,
+        horn_tips_mm=_readonly(np.asarray(tips, dtype=np.float64)),
     )
     logger.info(
         "atlas %s mm: grid %s, brain %.0f ml, ventricles %.1f ml",
