@@ -691,14 +691,17 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
         ``val_dice`` (mean per-slice Dice), ``val_dice_pooled`` (Dice of all
         validation pixels together), ``train_subjects``, ``val_subjects``,
         ``fit_log`` (:meth:`FitLog.to_dict`), ``checkpoint`` (path),
-        ``settings`` (epochs, iterations, device) and ``seconds`` (``train``: this
+        ``settings`` (epochs, iterations, device, torch CPU threads) and ``seconds`` (``train``: this
         call, ~0 when a current checkpoint was reused; ``epochs``: nnU-Net's own
         epoch times, i.e. what training the network took; ``validate``).
     """
     from msutils.segmentation import nnunet as N
     from msutils.segmentation.metrics import voxel_metrics_table
 
+    import torch
+
     device = resolve_device(config.device)
+    threads = int(config.num_threads or torch.get_num_threads())
     t0 = time.perf_counter()
     log = N.train(
         prepared.workspace, prepared.dataset_id, int(fold), num_epochs=config.num_epochs,
@@ -738,7 +741,7 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
         "checkpoint": str(prepared.checkpoint(int(fold))),
         "workspace": str(prepared.root),
         "settings": {"num_epochs": config.num_epochs, "iterations_per_epoch": config.iterations_per_epoch,
-                     "val_iterations": config.val_iterations, "device": device, "seed": config.seed + int(fold)},
+                     "val_iterations": config.val_iterations, "device": device, "seed": config.seed + int(fold), "torch_threads": threads},
         "seconds": {"train": round(t_train, 2), "validate": round(time.perf_counter() - t0 - t_train, 2),
                     "epochs": round(float(np.nansum(log["epoch_time_s"])), 2)},
     }
