@@ -510,6 +510,94 @@ def test_compute_held_out_stores_the_predictions(cohort, tmp_path, monkeypatch):
     assert res["folds"] == [0, 1] and set(res["seconds"]) == {"slices", "predict", "evaluate"}
 
 
+@pytest.fixture(scope="module")
+def truth_cohort(cohort):
+    """The toy cohort with declared true lesion masks (sidecar ``truth_masks``): on ms00 the rater missed a lesion.
+
+    ms00's truth adds a lesion on axial slice 8, absent from its manifest mask; every other true mask
+    equals the manifest's.
+    """
+    from msutils.data.cohort import Cohort
+
+    root = Path(cohort.manifest_path).parent
+    table = cohort.table.copy()
+    paths = []
+    for sid in table.index:
+        lesion = cohort.array(sid, "lesion_mask").astype(np.uint8)
+        if sid == "ms00_ses-01":
+            x, y = np.mgrid[: SHAPE[0], : SHAPE[1]]
+            lesion[..., 8] |= (((x - 9) ** 2 + (y - 11) ** 2) < 9).astype(np.uint8)
+        path = root / f"{sid}_gt_lesion_mask.nii.gz"
+        nib.save(nib.Nifti1Image(lesion, cohort.image(sid, "lesion_mask").affine), path)
+        paths.append(str(path))
+    table[S.TRUTH_COLUMN] = paths
+    meta = {k: v for k, v in cohort.meta.items() if k not in ("synthetic",)}
+    meta["truth_masks"] = {S.TRUTH_COLUMN: "lesion_mask"}
+    if not hasattr(Cohort, "truth_columns"):  # before the realism merge, Cohort reads extra images only
+        meta["images"] = [*meta.get("images", ["t1", "flair"]), S.TRUTH_COLUMN]
+    return load_cohort(write_manifest(table, meta, root / "manifest_truth.csv"))
+
+
+def test_evaluation_against_the_true_lesions(truth_cohort, tmp_path, monkeypatch):
+    """Beyond the seed: predictions equal to the rater's masks miss the lesion the rater missed."""
+    scans = ["ms00_ses-01", "ms06_ses-01"]
+    assert S.has_truth(truth_cohort) and S.has_truth(truth_cohort, scans)
+    pool = S.held_out_slices(truth_cohort, scans, CFG, name="toy")
+    assert pool.truth is not None and pool.truth.shape == pool.masks.shape
+    t = pool.slices
+    missed = (t["scan_id"] == "ms00_ses-01").to_numpy() & (t["slice"] == 8).to_numpy()
+    assert missed.sum() == 1 and t.loc[missed, "lesion_pixels"].item() == 0 and t.loc[missed, "truth_pixels"].item() > 0
+    assert (t.loc[~missed, "truth_pixels"] == t.loc[~missed, "lesion_pixels"]).all()
+    np.testing.assert_array_equal(pool.reference("truth")[~missed], pool.masks[~missed])
+    # every slice against the truth: 5 true lesion slices, the rater-perfect prediction finds 4
+    every = S.evaluate_test_set(pool, pool.masks, CFG, protocol="all", reference="truth", n_boot=50)
+    n_neg = int((t["truth_pixels"] == 0).sum())
+    assert every.reference == "truth"
+    for rule in ("instance", "union"):
+        assert every.slice_rules[rule] == pytest.approx(classification_metrics(tp=4, fp=0, tn=n_neg, fn=1))
+    np.testing.assert_allclose(sorted(every.voxel["dice"]), [0.0, 1.0, 1.0, 1.0, 1.0])
+    # against the manifest the same prediction is perfect
+    manifest = S.evaluate_test_set(pool, pool.masks, CFG, protocol="all", n_boot=50)
+    assert manifest.slice_metrics["fn"] == 0 and manifest.slice_metrics["fp"] == 0
+
+    def fake_predict(prepared, images, config, *, predictor=None, folds=None):
+        return pool.masks.copy()
+
+    monkeypatch.setattr(S, "predict_slices", fake_predict)
+    res = S.compute_held_out(truth_cohort, scans, prepared=None, folds=[0], config=CFG, entry_dir=tmp_path,
+                             name="toy", n_boot=50)
+    assert set(res["evaluations"]) == {"seed", "all", "seed-truth", "all-truth", "rater-truth"}
+    assert res["evaluations"]["all-truth"].slice_metrics == every.slice_metrics
+    assert res["evaluations"]["rater-truth"].slice_metrics == every.slice_metrics  # prediction = rater here
+    loaded, _ = S.load_held_out(res, tmp_path)
+    np.testing.assert_array_equal(loaded.truth, pool.truth)
+    # a truth column declared but filled for only some scans
+    part = truth_cohort.table.copy()
+    part.loc["ms06_ses-01", S.TRUTH_COLUMN] = None
+    from dataclasses import replace as dc_replace
+
+    with pytest.raises(ValueError, match=r"column 'gt_lesion_mask' is empty for scan\(s\) \['ms06_ses-01'\]"):
+        S.has_truth(dc_replace(truth_cohort, table=part))
+
+
+def test_held_out_cache_name_follows_the_checkpoints(tmp_path):
+    from msutils.segmentation.nnunet import NnUNetWorkspace
+
+    ws = NnUNetWorkspace(tmp_path / "ws")
+    (ws.raw / "Dataset001_Toy").mkdir(parents=True)
+    prepared = S.PreparedStudy(root=tmp_path, workspace=ws, dataset_id=1, variant="aug", info={})
+    for f in (0, 1):
+        prepared.checkpoint(f).parent.mkdir(parents=True)
+        prepared.checkpoint(f).write_bytes(b"x")
+    name = S.held_out_cache_name("internal", prepared, [1, 0])
+    assert name.startswith("heldout-internal-") and name == S.held_out_cache_name("internal", prepared, [0, 1])
+    assert S.held_out_cache_name("internal", prepared, [0]) != name
+    prepared.checkpoint(1).write_bytes(b"retrained")
+    assert S.held_out_cache_name("internal", prepared, [0, 1]) != name
+    with pytest.raises(ValueError, match=r"'test_set' must be made of letters, digits, '_', '-', '.'; got 'a b'"):
+        S.held_out_cache_name("a b", prepared, [0])
+
+
 def test_table2_patient_characteristics():
     scans = pd.DataFrame({
         "subject_id": [f"s{i}" for i in range(6)], "sex": ["F", "F", "M", "F", "M", "F"],

@@ -129,6 +129,7 @@ __all__ = [
     "fold_groups",
     "fold_index",
     "has_truth",
+    "held_out_cache_name",
     "held_out_files",
     "held_out_slices",
     "load_held_out",
@@ -811,16 +812,25 @@ class HeldOutSlices:
 
 
 def has_truth(cohort: Cohort, scan_ids: Sequence[str] | None = None) -> bool:
-    """True when every scan (of ``scan_ids``) has a true lesion mask (:data:`TRUTH_COLUMN`).
+    """True when the cohort declares the true lesion masks and every scan (of ``scan_ids``) has one.
+
+    The declaration is the sidecar's ``truth_masks`` mapping (column -> kind, what
+    ``Cohort.truth_columns`` reads): :data:`TRUTH_COLUMN` of kind ``lesion_mask``.
+    A synthetic cohort whose manifest masks are rater-like estimates keeps the
+    true lesions there; a real cohort has none (False).
 
     Raises
     ------
     ValueError
-        If only some of the scans have one.
+        If the column is declared but only some of the scans have a file in it.
     """
+    declared = cohort.meta.get("truth_masks") or {}
+    if declared.get(TRUTH_COLUMN) != "lesion_mask":
+        return False
     table = cohort.table if scan_ids is None else cohort.table.loc[list(scan_ids)]
     if TRUTH_COLUMN not in table.columns:
-        return False
+        raise ValueError(f"cohort {cohort.manifest_path}: the sidecar declares truth mask {TRUTH_COLUMN!r} but the "
+                         "manifest has no such column")
     present = table[TRUTH_COLUMN].notna() & (table[TRUTH_COLUMN].astype(str) != "")
     if present.all():
         return True
@@ -1156,6 +1166,26 @@ def load_held_out(result: Mapping[str, Any], entry_dir: str | os.PathLike) -> tu
     pool = HeldOutSlices(name=result["name"], slices=result["slices"], images=arrays["images"],
                          masks=arrays["masks"], truth=arrays.get("truth"), counts=result["counts"])
     return pool, arrays["preds"]
+
+
+def held_out_cache_name(test_set: str, prepared: PreparedStudy, folds: Sequence[int]) -> str:
+    """Name of a test set's :class:`msutils.pipeline.cache.FoldCache` entry: ``heldout-<test_set>-<digest>``.
+
+    The cache key already covers the code, the parameters, the cohort and the
+    library; the digest (12 hex digits) adds the ensemble's checkpoints (path,
+    size, modification time), so networks trained again (e.g. ``--force``) are
+    never scored with the predictions of the old ones.
+    """
+    import re
+
+    if not isinstance(test_set, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", test_set):
+        raise ValueError(f"'test_set' must be made of letters, digits, '_', '-', '.'; got {test_set!r}")
+    parts = []
+    for f in sorted(int(k) for k in folds):
+        ckpt = prepared.checkpoint(f)
+        st = ckpt.stat()
+        parts.append(f"{ckpt}:{st.st_size}:{st.st_mtime_ns}")
+    return f"heldout-{test_set}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:12]}"
 
 
 def held_out_files(prepared: PreparedStudy, folds: Sequence[int]) -> list[str]:
