@@ -66,10 +66,13 @@ Test sets (:func:`held_out_slices`, :func:`select_slices`, :func:`compute_held_o
     slice, averaged over slices, with percentile-bootstrap CIs that resample
     **patients**; the ``"all"`` protocol adds each patient's metrics over the
     whole stack of slices (false positives on lesion-free slices count).
-    When the cohort has the true lesion masks (:data:`TRUTH_COLUMN`, a
+    When the cohort declares the true lesion masks (sidecar ``truth_masks``:
+    :data:`TRUTH_COLUMN` of kind ``lesion_mask``, see :func:`has_truth`; a
     synthetic cohort whose manifest masks are rater-like estimates) both
     protocols are also scored against them, and so are the manifest masks
-    themselves (beyond the seed).
+    themselves (beyond the seed). :func:`compute_held_out` computes all of it
+    once per test set, for a :class:`msutils.pipeline.cache.FoldCache` entry
+    named by :func:`held_out_cache_name`.
 """
 
 from __future__ import annotations
