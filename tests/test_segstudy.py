@@ -517,8 +517,6 @@ def truth_cohort(cohort):
     ms00's truth adds a lesion on axial slice 8, absent from its manifest mask; every other true mask
     equals the manifest's.
     """
-    from msutils.data.cohort import Cohort
-
     root = Path(cohort.manifest_path).parent
     table = cohort.table.copy()
     paths = []
@@ -533,8 +531,6 @@ def truth_cohort(cohort):
     table[S.TRUTH_COLUMN] = paths
     meta = {k: v for k, v in cohort.meta.items() if k not in ("synthetic",)}
     meta["truth_masks"] = {S.TRUTH_COLUMN: "lesion_mask"}
-    if not hasattr(Cohort, "truth_columns"):  # before the realism merge, Cohort reads extra images only
-        meta["images"] = [*meta.get("images", ["t1", "flair"]), S.TRUTH_COLUMN]
     return load_cohort(write_manifest(table, meta, root / "manifest_truth.csv"))
 
 

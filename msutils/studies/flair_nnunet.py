@@ -817,8 +817,8 @@ class HeldOutSlices:
 def has_truth(cohort: Cohort, scan_ids: Sequence[str] | None = None) -> bool:
     """True when the cohort declares the true lesion masks and every scan (of ``scan_ids``) has one.
 
-    The declaration is the sidecar's ``truth_masks`` mapping (column -> kind, what
-    ``Cohort.truth_columns`` reads): :data:`TRUTH_COLUMN` of kind ``lesion_mask``.
+    The declaration is ``cohort.truth_columns`` (the sidecar's ``truth_masks``:
+    column -> kind): :data:`TRUTH_COLUMN` of kind ``lesion_mask``.
     A synthetic cohort whose manifest masks are rater-like estimates keeps the
     true lesions there; a real cohort has none (False).
 
@@ -827,8 +827,7 @@ def has_truth(cohort: Cohort, scan_ids: Sequence[str] | None = None) -> bool:
     ValueError
         If the column is declared but only some of the scans have a file in it.
     """
-    declared = cohort.meta.get("truth_masks") or {}
-    if declared.get(TRUTH_COLUMN) != "lesion_mask":
+    if cohort.truth_columns.get(TRUTH_COLUMN) != "lesion_mask":
         return False
     table = cohort.table if scan_ids is None else cohort.table.loc[list(scan_ids)]
     if TRUTH_COLUMN not in table.columns:
