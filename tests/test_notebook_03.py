@@ -41,7 +41,8 @@ VOXEL_METRICS = ("dice", "iou", "ppv", "sensitivity", "hd95")
 #: test Dice 0.058 / 0.024 / 0.034, external 0.051 / 0.031 / 0.027, lowest slice sensitivity 0.818 / 0.265 /
 #: 0.37; on the realistic cohort (issue 8: rater-like masks, look-alikes), seed 0, the seed's TP rule and
 #: protocol (issue 13, under load): 0.016, internal 0.022, external 0.019, lowest sensitivity 0.41. They
-#: prove predictions that are non-empty and overlap the lesions (an empty or misaligned output scores 0); that nnU-Net really learns is tested in tests/test_nnunet.py::test_training_learns_the_lesions.
+#: prove predictions that are non-empty and overlap the lesions (an empty or misaligned output scores 0);
+#: that nnU-Net really learns is tested in tests/test_nnunet.py::test_training_learns_the_lesions.
 SMOKE_BOUNDS = {"validation_dice": 0.005, "test_dice": 0.01, "slice_sensitivity": 0.1}
 
 
