@@ -745,7 +745,8 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
         "checkpoint": str(prepared.checkpoint(int(fold))),
         "workspace": str(prepared.root),
         "settings": {"num_epochs": config.num_epochs, "iterations_per_epoch": config.iterations_per_epoch,
-                     "val_iterations": config.val_iterations, "device": device, "seed": config.seed + int(fold), "torch_threads": threads},
+                     "val_iterations": config.val_iterations, "device": device, "seed": config.seed + int(fold),
+                     "torch_threads": threads},
         "seconds": {"train": round(t_train, 2), "validate": round(time.perf_counter() - t0 - t_train, 2),
                     "epochs": round(float(np.nansum(log["epoch_time_s"])), 2)},
     }
