@@ -18,10 +18,17 @@ speed (s per iteration). Times are given as wall clock and as CPU time of
 this process (``time.process_time``, all threads): on a shared machine the
 wall clock depends on the other jobs, the CPU time much less.
 
+``--threads 1 2`` also times ``predict`` (given predictor) at each torch
+CPU thread count, interleaved, and prints each count's time relative to the
+first: the small 2D networks of the CPU profiles spend their time in many
+tiny operations, where extra threads add synchronisation (and, on a busy
+machine, spinning) rather than speed.
+
 Usage::
 
     python bench/nnunet_bench.py --size 128
     python bench/nnunet_bench.py --size 64 --workspace /tmp/nnbench64
+    python bench/nnunet_bench.py --size 96 --threads 1 2
 """
 
 from __future__ import annotations
@@ -77,6 +84,8 @@ def main() -> None:
     parser.add_argument("--no-mirroring", action="store_true", help="disable test-time mirroring")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (best is kept)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="also time predict at these torch CPU thread counts")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -170,6 +179,18 @@ def main() -> None:
     print(f"overhead ratio msutils / direct: wall {t_ours / t_direct:.3f}, CPU {c_ours / c_direct:.3f} "
           f"(given predictor); wall {t_load2 / t_direct:.3f}, CPU {c_load2 / c_direct:.3f} (incl. loading)")
     print(f"identical masks: {bool(np.array_equal(direct, ours) and np.array_equal(ours, ours_load))}")
+    if args.threads:
+        per: dict[int, list[float]] = {k: [np.inf, np.inf] for k in args.threads}
+        for _ in range(args.repeats):
+            for k in args.threads:
+                torch.set_num_threads(k)
+                _, t, c = _timed(N.predict, ws, dataset_id, test_images, predictor=predictor)
+                per[k] = [min(per[k][0], t), min(per[k][1], c)]
+        torch.set_num_threads(threads)
+        first = args.threads[0]
+        for k, (wall, cpu) in per.items():
+            print(f"  predict with {k} torch thread(s): {wall:.2f} s wall, {cpu:.2f} CPU-s; wall ratio to "
+                  f"{first} thread(s): {wall / per[first][0]:.2f}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -440,3 +440,67 @@ def test_slice_min_size_filters_tiny_predictions():
     assert res.table["outcome"].tolist() == ["TN", "TN", "TN"]
     res1 = SC.slice_stack_classification(p, t, negative_ratio=None)
     assert res1.table["outcome"].tolist() == ["FP", "TN", "TN"]
+
+
+# --------------------------------------------------------------------------- seed 003 TP rule on hand-made slices
+def _tp_rule_slices() -> tuple[np.ndarray, np.ndarray]:
+    """Five 20 x 20 slices, each with a hand-made prediction; coverage in the comments (of a 100-pixel lesion).
+
+    0: three disconnected 2 x 2 fragments inside the lesion: 12 % together, 4 % each
+    1: one 3 x 4 blob inside the lesion: 12 %
+    2: one blob with exactly 10 pixels inside the lesion and 30 outside: 10 % (the rule is >=)
+    3: the fragments of slice 0 plus, on a second 20-pixel lesion, one 2-pixel blob: 10 % of that lesion
+    4: one 3 x 3 blob inside the lesion: 9 %
+    """
+    truth = np.zeros((5, 20, 20), bool)
+    truth[:, 0:10, 0:10] = True
+    pred = np.zeros_like(truth)
+    for r, c in ((0, 0), (4, 4), (7, 0)):  # 2 x 2 fragments two pixels apart: not 8-connected
+        pred[0, r:r + 2, c:c + 2] = True
+        pred[3, r:r + 2, c:c + 2] = True
+    pred[1, 2:5, 2:6] = True
+    pred[2, 9, 0:10] = True  # 10 pixels in the lesion's last row
+    pred[2, 10:13, 0:10] = True  # 30 pixels outside, connected to them: one predicted lesion of 40 pixels
+    truth[3, 15:19, 12:17] = True  # second lesion of 20 pixels
+    pred[3, 15, 12:14] = True
+    pred[4, 2:5, 2:5] = True
+    return pred, truth
+
+
+def test_seed_tp_rule_is_the_default_and_differs_from_the_lenient_rule():
+    pred, truth = _tp_rule_slices()
+    seed = SC.slice_stack_classification(pred, truth, negative_ratio=None)
+    lenient = SC.slice_stack_classification(pred, truth, negative_ratio=None, truth_overlap="union")
+    assert seed.params["truth_overlap"] == "instance" and lenient.params["truth_overlap"] == "union"
+    # best coverage of a ground-truth lesion by ONE predicted lesion vs by the whole predicted mask
+    np.testing.assert_allclose(seed.table["best_overlap"], [0.04, 0.12, 0.10, 0.10, 0.09])
+    np.testing.assert_allclose(lenient.table["best_overlap"], [0.12, 0.12, 0.10, 0.12, 0.09])
+    assert seed.table["outcome"].tolist() == ["FN", "TP", "TP", "TP", "FN"]
+    assert lenient.table["outcome"].tolist() == ["TP", "TP", "TP", "TP", "FN"]
+    assert seed.counts == {"tp": 3, "fp": 0, "tn": 0, "fn": 2}
+    assert lenient.counts == {"tp": 4, "fp": 0, "tn": 0, "fn": 1}
+    # the same slices through the volume entry point (slices along axis 0)
+    vol = SC.slice_level_classification(pred, truth, axis=0, negative_ratio=None)
+    assert vol.table["outcome"].tolist() == seed.table["outcome"].tolist()
+    # re-scored at other thresholds: at 5 % both rules agree on slices 1-4, slice 0 stays FN for the seed rule
+    assert seed.counts_at(0.05) == {"tp": 4, "fp": 0, "tn": 0, "fn": 1}
+    assert lenient.counts_at(0.13) == {"tp": 0, "fp": 0, "tn": 0, "fn": 5}
+
+
+def test_seed_tp_rule_matches_a_loop_over_predicted_lesions():
+    """The instance rule against a straightforward loop: label both masks, test every (truth, pred) pair."""
+    rng = np.random.default_rng(7)
+    truth = np.stack([_blobs((24, 24), seed=s, sigma=2.0) for s in range(12)])
+    pred = truth & (rng.random(truth.shape) > 0.85)  # speckled hits: many small fragments
+    pred |= rng.random(truth.shape) > 0.995
+    res = SC.slice_stack_classification(pred, truth, negative_ratio=None)
+    for k in range(len(truth)):
+        t_lab, n_t = ndimage.label(truth[k], structure=np.ones((3, 3)))
+        p_lab, n_p = ndimage.label(pred[k], structure=np.ones((3, 3)))
+        best = 0.0
+        for i in range(1, n_t + 1):
+            for j in range(1, n_p + 1):
+                best = max(best, float(((t_lab == i) & (p_lab == j)).sum() / (t_lab == i).sum()))
+        assert res.table.loc[k, "best_overlap"] == pytest.approx(best), k
+        expected = ("TP" if best >= 0.1 else "FN") if n_t else ("FP" if n_p else "TN")
+        assert res.table.loc[k, "outcome"] == expected, k

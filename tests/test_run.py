@@ -515,3 +515,37 @@ def test_build_book_reports_jupyter_book_failure(tmp_path: Path, monkeypatch: py
         book.build_book("nofolds", overrides={"seed": 1, "nope": 2}, notebooks_dir=NB_DIR, profiles_file=PROFILES,
                        book_root=root)
     assert str(exc.value) == "parameters ['nope'] are not defined by any of the notebooks ['t_folds']"
+
+
+def test_fold_thread_env_shares_the_cores() -> None:
+    """Parallel fold processes split the cores (torch / BLAS threads); a single process is not limited."""
+    assert run.fold_thread_env(2, cpu_count=2, environ={}) == {v: "1" for v in run.THREAD_ENV_VARS}
+    assert run.fold_thread_env(2, cpu_count=16, environ={}) == {v: "8" for v in run.THREAD_ENV_VARS}
+    assert run.fold_thread_env(3, cpu_count=2, environ={}) == {v: "1" for v in run.THREAD_ENV_VARS}
+    assert run.fold_thread_env(1, cpu_count=2, environ={}) == {}
+    # the user's own setting wins
+    assert run.fold_thread_env(2, cpu_count=4, environ={"OMP_NUM_THREADS": "3"}) == {
+        "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    with pytest.raises(ValueError, match=r"'n_parallel' must be a positive integer; got 0"):
+        run.fold_thread_env(0)
+
+
+def test_parallel_fold_processes_get_their_share_of_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_notebook hands each of the folds running side by side cores / workers threads; one fold: no limit."""
+    seen: list[dict] = []
+
+    def fake_local(tasks: list[dict], n_workers: int) -> list[dict]:
+        seen.extend(tasks)
+        return [{"ok": True, "fold": t["fold"], "seconds": 0.0, "output": t["output"], "log": ""} for t in tasks]
+
+    monkeypatch.setattr(run, "_run_local", fake_local)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for var in run.THREAD_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    over = {"work_dir": str(tmp_path / "work")}
+    run.run_notebook("t_folds", profile="smoke", overrides=over, n_workers=2, aggregate=False, **_kw(tmp_path))
+    assert [t["fold"] for t in seen] == ["a", "b"]
+    assert all(t["env"][v] == "2" for t in seen for v in run.THREAD_ENV_VARS)
+    seen.clear()
+    run.run_notebook("t_folds", profile="smoke", overrides=over, n_workers=1, aggregate=False, **_kw(tmp_path))
+    assert [t["fold"] for t in seen] == ["a", "b"] and not any(v in t["env"] for t in seen for v in run.THREAD_ENV_VARS)

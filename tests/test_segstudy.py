@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -302,9 +303,9 @@ def test_scan_slices_geometry_and_entropy(cohort):
     p = s.stack.masks[kept].reshape(3, -1).mean(axis=1)
     h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
     np.testing.assert_allclose(s.stack.entropy[kept], h)
-    neg = s.negatives(0.25)
+    neg = s.negatives()  # every lesion-free slice that shows brain (no brain-area rule: the seed has none)
     area = s.stack.brain.reshape(12, -1).sum(axis=1)
-    expected = (area > 0) & (area >= 0.25 * area.max()) & ~s.stack.masks.reshape(12, -1).any(axis=1)
+    expected = (area > 0) & ~s.stack.masks.reshape(12, -1).any(axis=1)
     np.testing.assert_array_equal(neg, expected)
     assert neg.sum() > 0 and not (neg & kept).any()
 
@@ -332,45 +333,82 @@ def test_training_slices_counts_ids_and_seeding(cohort):
     np.testing.assert_array_equal(plain.images, pool.images[pool.originals()])
 
 
-def test_eval_slices_balanced(cohort):
+def test_held_out_pool_and_protocols(cohort):
     cohort = _without_brain_masks(cohort, ["ms06_ses-01"])  # skull-stripped, no mask: brain = non-zero voxels
-    ev = S.eval_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG, name="toy")
-    t = ev.slices
-    assert len(ev) == len(ev.images) == len(ev.masks)
-    assert list(ev.counts["positives"]) == [3, 1]
-    assert int(t["positive"].sum()) == 4 and int((~t["positive"]).sum()) == 4  # negative_ratio 1
-    assert (t.loc[t["positive"], "lesion_pixels"] > 0).all() and (t.loc[~t["positive"], "lesion_pixels"] == 0).all()
-    assert not t.duplicated(["scan_id", "slice"]).any()
-    assert (t.loc[t["positive"], "entropy"] >= 0.01).all()
-    assert set(t["spacing_r"]) == {4.0}
-    assert ev.counts["brain_source"].to_dict() == {"ms00_ses-01": "manifest", "ms06_ses-01": "nonzero"}
-    again = S.eval_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG)
+    pool = S.held_out_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG, name="toy")
+    t = pool.slices
+    assert len(pool) == len(pool.images) == len(pool.masks) and pool.truth is None
+    assert not S.has_truth(cohort)
+    assert (t["brain_pixels"] > 0).all()  # blank slices (no brain) are not in the pool
+    assert list(pool.counts["slices"]) == [12, 12]
+    assert list(pool.counts["positives"]) == [3, 1] and list(pool.counts["excluded_small"]) == [0, 0]
+    assert pool.counts["brain_source"].to_dict() == {"ms00_ses-01": "manifest", "ms06_ses-01": "nonzero"}
+    for sid, grp in t.groupby("scan_id"):
+        assert len(grp) == pool.counts.at[sid, "brain_slices"]
+        assert int((grp["lesion_pixels"] == 0).sum()) == pool.counts.at[sid, "lesion_free"]
+    assert set(t["spacing_r"]) == {4.0} and set(t["spacing_z"]) == {3.0} and (t["truth_pixels"] == -1).all()
+    # the seed's protocol: the kept lesion slices and as many lesion-free slices drawn from every brain slice
+    idx = S.select_slices(pool, "seed", CFG)
+    chosen = t.iloc[idx]
+    assert int(chosen["kept"].sum()) == 4 and int((chosen["lesion_pixels"] == 0).sum()) == 4
+    eligible = (t["lesion_pixels"] == 0).to_numpy()
+    drawn = SC.draw_negatives(eligible, 4, 1.0, seed=CFG.seed)
+    np.testing.assert_array_equal(idx, np.sort(np.concatenate([np.flatnonzero(t["kept"].to_numpy()), drawn])))
+    assert (chosen.loc[chosen["kept"], "entropy"] >= 0.01).all()
+    # every slice
+    np.testing.assert_array_equal(S.select_slices(pool, "all", CFG), np.arange(len(pool)))
+    with pytest.raises(ValueError, match=r"'protocol' must be one of \['seed', 'all'\]; got 'paper'"):
+        S.select_slices(pool, "paper", CFG)
+    with pytest.raises(ValueError, match="has no true lesion masks"):
+        pool.reference("truth")
+    again = S.held_out_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG, name="toy")
     pd.testing.assert_frame_equal(again.slices, t)
 
 
-def test_evaluate_known_counts(cohort):
-    ev = S.eval_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG)
-    truth = ev.masks
-    pos = np.flatnonzero(ev.slices["positive"].to_numpy())
-    neg = np.flatnonzero(~ev.slices["positive"].to_numpy())
-    pred = truth.copy()
-    pred[pos[0]] = 0  # a missed lesion slice: FN, dice 0, HD95 undefined
+def _toy_predictions(pool):
+    """Perfect predictions except one missed kept lesion slice and one false alarm on a drawn negative."""
+    idx = S.select_slices(pool, "seed", CFG)
+    kept = [i for i in idx if pool.slices["kept"].iat[i]]
+    neg = [i for i in idx if pool.slices["lesion_pixels"].iat[i] == 0]
+    pred = pool.masks.copy()
+    pred[kept[0]] = 0  # a missed lesion slice: FN, dice 0, HD95 undefined
     pred[neg[0], 0, 0] = 1  # a false alarm on a negative slice: FP
-    res = S.evaluate_test_set(ev, pred, CFG, n_boot=200)
+    return pred
+
+
+def test_evaluate_known_counts(cohort):
+    pool = S.held_out_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG)
+    pred = _toy_predictions(pool)
+    res = S.evaluate_test_set(pool, pred, CFG, n_boot=200)
+    assert (res.protocol, res.reference, res.truth_overlap) == ("seed", "manifest", "instance")
     assert res.slice_metrics == pytest.approx(classification_metrics(tp=3, fp=1, tn=3, fn=1))
-    assert res.n_patients == 2 and len(res.voxel) == 4
+    assert res.slice_rules["union"] == res.slice_rules["instance"]  # whole lesions predicted: the rules agree
+    assert res.n_patients == 2 and len(res.voxel) == 4 and len(res.slices) == 8
     np.testing.assert_allclose(sorted(res.voxel["dice"]), [0.0, 1.0, 1.0, 1.0])
     assert res.voxel_summary.loc["dice", "mean"] == pytest.approx(0.75)
     assert res.voxel_summary.loc["dice", "n_units"] == 2
     assert res.voxel_summary.loc["hd95", "n"] == 3 and res.voxel_summary.loc["hd95", "mean"] == 0.0
+    assert res.patient is None and res.patient_summary is None
     s = res.summary()
     assert s["n_positive_slices"] == 4 and s["n_negative_slices"] == 4
     assert s["voxel_level"]["dice"]["mean"] == pytest.approx(0.75)
+    assert set(s["slice_level_by_rule"]) == {"instance", "union"} and s["patient_level"] is None
     # Figs 4-5: only positives change with the threshold; a perfect hit stays TP up to 0.95
     assert list(res.curve["threshold"]) == list(SC.DEFAULT_THRESHOLDS)
     assert (res.curve["tp"] == 3).all() and (res.curve["fp"] == 1).all()
     with pytest.raises(ValueError, match="'preds' shape"):
-        S.evaluate_test_set(ev, pred[:-1], CFG)
+        S.evaluate_test_set(pool, pred[:-1], CFG)
+    # every slice: all lesion slices and all lesion-free brain slices (the same miss and false alarm)
+    n_free = int(pool.counts["lesion_free"].sum())
+    every = S.evaluate_test_set(pool, pred, CFG, protocol="all", n_boot=200)
+    assert every.slice_metrics == pytest.approx(classification_metrics(tp=3, fp=1, tn=n_free - 1, fn=1))
+    assert len(every.slices) == len(pool) and len(every.voxel) == 4
+    # per patient, whole stack: ms00 lost one of 3 equal lesion slices and has 1 false pixel
+    patient = every.patient.set_index("subject_id")
+    assert patient.loc["ms06", "dice"] == pytest.approx(1.0)
+    tp, fp, fn = (int(patient.loc["ms00", k]) for k in ("tp", "fp", "fn"))
+    assert fp == 1 and tp > 0 and fn > 0 and patient.loc["ms00", "dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert every.patient_summary.loc["dice", "mean"] == pytest.approx(patient["dice"].mean())
     # Table 5: counts, exact CIs and bootstrap CIs formatted per test set; an absent set is left out
     t5 = S.table5({"toy": res, "absent": None})
     assert list(t5.columns) == ["toy"]
@@ -382,6 +420,226 @@ def test_evaluate_known_counts(cohort):
     assert t5.at["voxel DSC (%)", "toy"] == f"75.0 ({100 * lo:.1f}-{100 * hi:.1f})"
     assert t5.at["voxel HD95 (mm)", "toy"] == "0.0 (0.0-0.0)"
     assert t5.at["slices (HD95 defined) / patients", "toy"] == "4 (3) / 2"
+    # the variants side by side
+    vt = S.variants_table({"seed protocol": res, "seed protocol, lenient rule": (res, "union"), "all": every,
+                           "absent": None})
+    assert list(vt.index) == ["seed protocol", "seed protocol, lenient rule", "all"]
+    assert vt.at["all", "positive / negative slices"] == f"4 / {n_free}"
+    assert vt.at["seed protocol", "TP / FN / TN / FP"] == "3 / 1 / 3 / 1"
+    assert vt.at["seed protocol", "DSC per patient, all slices (%)"] == ""
+    assert vt.at["all", "DSC per patient, all slices (%)"].startswith(f"{100 * patient['dice'].mean():.1f} (")
+
+
+def test_evaluation_reports_the_seed_rule_and_the_lenient_rule(cohort):
+    """A lesion hit only by small fragments: a miss under the seed's rule, a detection under the lenient one."""
+    cfg = replace(CFG, image_size=24)  # 2 mm pixels: a 28-pixel lesion
+    pool = S.held_out_slices(cohort, ["ms06_ses-01"], cfg)
+    k = int(np.flatnonzero(pool.slices["kept"].to_numpy())[0])
+    lesion = np.argwhere(pool.masks[k] > 0)
+    assert len(lesion) >= 20
+    pred = pool.masks.copy()
+    pred[k] = 0
+    # isolated single pixels of the lesion (no two 8-connected): each covers < 10 %, together >= 10 %
+    picked = []
+    for r, c in lesion:
+        if all(max(abs(r - r2), abs(c - c2)) > 1 for r2, c2 in picked):
+            picked.append((r, c))
+    for r, c in picked:
+        pred[k, r, c] = 1
+    share = len(picked) / len(lesion)
+    assert share >= 0.1 and 1 / len(lesion) < 0.1
+    seed_rule = S.evaluate_test_set(pool, pred, cfg, n_boot=50)
+    assert seed_rule.slice_rules["instance"]["fn"] == 1 and seed_rule.slice_rules["union"]["fn"] == 0
+    assert seed_rule.slice_metrics["fn"] == 1
+    row = seed_rule.slices.set_index("slice").loc[int(pool.slices["slice"].iat[k])]
+    assert (row["outcome_instance"], row["outcome_union"]) == ("FN", "TP")
+    lenient = S.evaluate_test_set(pool, pred, replace(cfg, truth_overlap="union"), n_boot=50)
+    assert lenient.truth_overlap == "union" and lenient.slice_metrics["fn"] == 0
+    with pytest.raises(ValueError, match=r"'truth_overlap' must be one of \['union', 'instance'\]; got 'any'"):
+        S.SegConfig(truth_overlap="any")
+
+
+def test_confidence_intervals_against_reference_computations(cohort):
+    """Slice level: exact Clopper-Pearson (scipy); voxel level: a plain loop of the patient bootstrap."""
+    from scipy.stats import binomtest
+
+    pool = S.held_out_slices(cohort, ["ms00_ses-01", "ms01_ses-01", "ms06_ses-01", "ms07_ses-01"], CFG)
+    pred = pool.masks.copy()
+    rng = np.random.default_rng(1)
+    pred[rng.random(pred.shape) > 0.97] = 1  # scattered false pixels: per-slice Dice below 1, some FP slices
+    ev = S.evaluate_test_set(pool, pred, CFG, n_boot=300)
+    m = ev.slice_metrics
+    for k, (num, den) in {"sensitivity": ("tp", ("tp", "fn")), "specificity": ("tn", ("tn", "fp")),
+                          "accuracy": (("tp", "tn"), ("tp", "tn", "fp", "fn"))}.items():
+        x = sum(m[c] for c in np.atleast_1d(num))
+        n = sum(m[c] for c in den)
+        ci = binomtest(int(x), int(n)).proportion_ci(0.95, method="exact")
+        assert (m[f"{k}_ci_low"], m[f"{k}_ci_high"]) == pytest.approx((ci.low, ci.high)), k
+    dice = ev.voxel["dice"].to_numpy()
+    units = ev.voxel["subject_id"].to_numpy()
+    codes, uniq = pd.factorize(units)  # patients in order of appearance, all slices of a drawn one together
+    groups = [np.flatnonzero(codes == i) for i in range(len(uniq))]
+    rng = np.random.default_rng(CFG.seed)
+    boots = [dice[np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])].mean()
+             for _ in range(300)]
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    assert ev.voxel_summary.loc["dice", ["mean", "ci_low", "ci_high"]].tolist() == pytest.approx([dice.mean(), lo, hi])
+    assert ev.voxel_summary.loc["dice", "n_units"] == 4 and lo < dice.mean() < hi
+
+
+def test_compute_held_out_stores_the_predictions(cohort, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_predict(prepared, images, config, *, predictor=None, folds=None):
+        calls.append((len(images), tuple(folds)))
+        return (images > 0.95).astype(np.uint8)  # the bright lesions of the toy FLAIR
+
+    monkeypatch.setattr(S, "predict_slices", fake_predict)
+    res = S.compute_held_out(cohort, ["ms00_ses-01", "ms06_ses-01"], prepared=None, folds=[0, 1], config=CFG,
+                             entry_dir=tmp_path, name="toy", n_boot=50)
+    pool, preds = S.load_held_out(res, tmp_path)
+    assert calls == [(len(pool), (0, 1))]  # every pool slice segmented once
+    assert set(res["evaluations"]) == {"seed", "all"}  # no true masks in this cohort
+    pd.testing.assert_frame_equal(pool.slices, res["slices"])
+    ref = S.held_out_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG, name="toy")
+    np.testing.assert_array_equal(pool.images, ref.images)
+    np.testing.assert_array_equal(pool.masks, ref.masks)
+    np.testing.assert_array_equal(preds, (ref.images > 0.95).astype(np.uint8))
+    again = S.evaluate_test_set(pool, preds, CFG, protocol="all", n_boot=50)
+    assert again.slice_metrics == res["evaluations"]["all"].slice_metrics
+    assert res["folds"] == [0, 1] and set(res["seconds"]) == {"slices", "predict", "evaluate"}
+
+
+@pytest.fixture(scope="module")
+def truth_cohort(cohort):
+    """The toy cohort with declared true lesion masks (sidecar ``truth_masks``): on ms00 the rater missed a lesion.
+
+    ms00's truth adds a lesion on axial slice 8, absent from its manifest mask; every other true mask
+    equals the manifest's.
+    """
+    root = Path(cohort.manifest_path).parent
+    table = cohort.table.copy()
+    paths = []
+    for sid in table.index:
+        lesion = cohort.array(sid, "lesion_mask").astype(np.uint8)
+        if sid == "ms00_ses-01":
+            x, y = np.mgrid[: SHAPE[0], : SHAPE[1]]
+            lesion[..., 8] |= (((x - 9) ** 2 + (y - 11) ** 2) < 9).astype(np.uint8)
+        path = root / f"{sid}_gt_lesion_mask.nii.gz"
+        nib.save(nib.Nifti1Image(lesion, cohort.image(sid, "lesion_mask").affine), path)
+        paths.append(str(path))
+    table[S.TRUTH_COLUMN] = paths
+    meta = {k: v for k, v in cohort.meta.items() if k not in ("synthetic",)}
+    meta["truth_masks"] = {S.TRUTH_COLUMN: "lesion_mask"}
+    return load_cohort(write_manifest(table, meta, root / "manifest_truth.csv"))
+
+
+def test_evaluation_against_the_true_lesions(truth_cohort, tmp_path, monkeypatch):
+    """Beyond the seed: predictions equal to the rater's masks miss the lesion the rater missed."""
+    scans = ["ms00_ses-01", "ms06_ses-01"]
+    assert S.has_truth(truth_cohort) and S.has_truth(truth_cohort, scans)
+    pool = S.held_out_slices(truth_cohort, scans, CFG, name="toy")
+    assert pool.truth is not None and pool.truth.shape == pool.masks.shape
+    t = pool.slices
+    missed = (t["scan_id"] == "ms00_ses-01").to_numpy() & (t["slice"] == 8).to_numpy()
+    assert missed.sum() == 1 and t.loc[missed, "lesion_pixels"].item() == 0 and t.loc[missed, "truth_pixels"].item() > 0
+    assert (t.loc[~missed, "truth_pixels"] == t.loc[~missed, "lesion_pixels"]).all()
+    np.testing.assert_array_equal(pool.reference("truth")[~missed], pool.masks[~missed])
+    # every slice against the truth: 5 true lesion slices, the rater-perfect prediction finds 4
+    every = S.evaluate_test_set(pool, pool.masks, CFG, protocol="all", reference="truth", n_boot=50)
+    n_neg = int((t["truth_pixels"] == 0).sum())
+    assert every.reference == "truth"
+    for rule in ("instance", "union"):
+        assert every.slice_rules[rule] == pytest.approx(classification_metrics(tp=4, fp=0, tn=n_neg, fn=1))
+    np.testing.assert_allclose(sorted(every.voxel["dice"]), [0.0, 1.0, 1.0, 1.0, 1.0])
+    # against the manifest the same prediction is perfect
+    manifest = S.evaluate_test_set(pool, pool.masks, CFG, protocol="all", n_boot=50)
+    assert manifest.slice_metrics["fn"] == 0 and manifest.slice_metrics["fp"] == 0
+
+    def fake_predict(prepared, images, config, *, predictor=None, folds=None):
+        return pool.masks.copy()
+
+    monkeypatch.setattr(S, "predict_slices", fake_predict)
+    res = S.compute_held_out(truth_cohort, scans, prepared=None, folds=[0], config=CFG, entry_dir=tmp_path,
+                             name="toy", n_boot=50)
+    assert set(res["evaluations"]) == {"seed", "all", "seed-truth", "all-truth", "rater-truth"}
+    assert res["evaluations"]["all-truth"].slice_metrics == every.slice_metrics
+    assert res["evaluations"]["rater-truth"].slice_metrics == every.slice_metrics  # prediction = rater here
+    loaded, _ = S.load_held_out(res, tmp_path)
+    np.testing.assert_array_equal(loaded.truth, pool.truth)
+    # a truth column declared but filled for only some scans
+    part = truth_cohort.table.copy()
+    part.loc["ms06_ses-01", S.TRUTH_COLUMN] = None
+    from dataclasses import replace as dc_replace
+
+    with pytest.raises(ValueError, match=r"column 'gt_lesion_mask' is empty for scan\(s\) \['ms06_ses-01'\]"):
+        S.has_truth(dc_replace(truth_cohort, table=part))
+
+
+def test_held_out_cache_name_follows_the_checkpoints(tmp_path):
+    from msutils.segmentation.nnunet import NnUNetWorkspace
+
+    ws = NnUNetWorkspace(tmp_path / "ws")
+    (ws.raw / "Dataset001_Toy").mkdir(parents=True)
+    prepared = S.PreparedStudy(root=tmp_path, workspace=ws, dataset_id=1, variant="aug", info={})
+    for f in (0, 1):
+        prepared.checkpoint(f).parent.mkdir(parents=True)
+        prepared.checkpoint(f).write_bytes(b"x")
+    name = S.held_out_cache_name("internal", prepared, [1, 0])
+    assert name.startswith("heldout-internal-") and name == S.held_out_cache_name("internal", prepared, [0, 1])
+    assert S.held_out_cache_name("internal", prepared, [0]) != name
+    prepared.checkpoint(1).write_bytes(b"retrained")
+    assert S.held_out_cache_name("internal", prepared, [0, 1]) != name
+    with pytest.raises(ValueError, match=r"'test_set' must be made of letters, digits, '_', '-', '.'; got 'a b'"):
+        S.held_out_cache_name("a b", prepared, [0])
+
+
+def test_table2_patient_characteristics():
+    scans = pd.DataFrame({
+        "subject_id": [f"s{i}" for i in range(6)], "sex": ["F", "F", "M", "F", "M", "F"],
+        "age": [20.0, 30.0, 40.0, 50.0, 60.0, 35.0], "course": ["RR", "SP", "NA", "RR", "PP", "CIS"],
+        "disease_duration": [1.0, 10.0, np.nan, 4.0, 8.0, 0.5], "edss": [1.0, 6.0, 2.0, 2.5, 4.0, np.nan],
+    })
+    split = {"train": ["s0", "s1", "s2", "s3"], "test": ["s4"], "external": ["s5"]}
+    c = S.patient_characteristics(scans.iloc[:4])
+    assert c["n"] == 4 and c["sex"] == {"F": 3, "M": 1}
+    assert c["age"]["mean"] == 35.0 and c["age"]["sd"] == pytest.approx(np.std([20, 30, 40, 50], ddof=1))
+    assert (c["age"]["q1"], c["age"]["median"], c["age"]["q3"]) == tuple(np.percentile([20, 30, 40, 50], [25, 50, 75]))
+    assert c["course"] == {"RR": 2, "SP": 1, "PP": 0, "CIS": 0, "missing": 1}
+    assert c["disease_duration"]["mean"] == pytest.approx(5.0) and c["edss"]["median"] == 2.25
+    paper = {"original center": {"n": 103, "sex": {"F": 75, "M": 28},
+                                 "age": {"mean": 33.07, "sd": 10.61, "min": 16, "max": 64, "q1": 24, "median": 33,
+                                         "q3": 42},
+                                 "course": {"RR": 68, "SP": 4, "PP": 1, "missing": 30},
+                                 "treatments": {"RTX": 5}}}
+    t2 = S.table2(scans, split, paper)
+    assert list(t2.columns) == ["training", "internal test", "external test", "paper: original center"]
+    assert t2.loc[("patients", "n"), "training"] == "4"
+    assert t2.loc[("sex, n (%)", "female"), "training"] == "3 (75 %)"
+    assert t2.loc[("sex, n (%)", "female"), "paper: original center"] == "75 (73 %)"
+    assert t2.loc[("age (years)", "mean"), "training"] == "35.0"
+    assert t2.loc[("age (years)", "maximum"), "external test"] == "35.0"
+    assert t2.loc[("disease type, n (%)", "missing"), "training"] == "1 (25 %)"
+    assert t2.loc[("disease type, n (%)", "CIS"), "paper: original center"] == "–"
+    assert t2.loc[("disease duration (years)", "mean (SD)"), "paper: original center"] == "not reported"
+    assert t2.loc[("EDSS", "median [IQR]"), "external test"] == "n/a [n/a, n/a]"
+    assert t2.loc[("treatments, n (%)", "RTX"), "training"] == "not in this cohort"
+    with pytest.raises(ValueError, match="'patients' needs column 'sex'"):
+        S.patient_characteristics(scans.drop(columns="sex"))
+
+
+def test_acquisition_table(cohort):
+    scans = S.study_scans(cohort)
+    split = {"internal_center": "A", "external_centers": ["B"]}
+    t3 = S.acquisition_table(cohort, scans, split, CFG)
+    assert list(t3.columns) == ["center A", "center B"]
+    assert t3.at["patients", "center A"] == "6" and t3.at["scanner (manifest)", "center B"] == "scanner-B"
+    assert t3.at["FLAIR matrix (voxels)", "center A"] == "20 x 24 x 12"
+    assert t3.at["FLAIR voxel size (mm)", "center B"] == "2.00 x 2.00 x 3.00"
+    assert t3.at["orientation (NIfTI axes)", "center A"] == "RAS"
+    assert t3.at["slices after preprocessing", "center A"] == "12 x 12, 4.00 mm pixels"  # 24 x 2 mm on 12 pixels
+    assert t3.at["FLAIR slice thickness / gap (mm, sidecar)", "center A"] == "not recorded"  # no simulated protocol
+    assert t3.at["role", "center B"] == "external test"
 
 
 def test_paper_counts_reproduce_printed_table5_with_swapped_labels():

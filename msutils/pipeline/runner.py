@@ -69,8 +69,10 @@ from msutils.pipeline.profiles import RESERVED_PARAMETERS, get_profile
 __all__ = [
     "BACKENDS",
     "REQUIRED_PARAMETERS",
+    "THREAD_ENV_VARS",
     "FoldFailed",
     "fold_status",
+    "fold_thread_env",
     "run_notebook",
 ]
 
@@ -81,6 +83,8 @@ BACKENDS: tuple[str, ...] = ("dask", "local")
 #: Parameters every notebook's ``parameters`` cell must define.
 REQUIRED_PARAMETERS: tuple[str, ...] = ("profile", "fold", "manifest", "seed", "out_dir")
 _REMOVE_TAG = "remove-cell"
+#: Variables that size a process's OpenMP / BLAS thread pools (torch's intra-op threads follow OMP_NUM_THREADS).
+THREAD_ENV_VARS: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: Aggregate-cache entries: ``<out_dir>/cache/<notebook>/aggregate-<key16>/``.
 _AGGREGATE = "aggregate"
 _AGG_NOTEBOOK = "aggregate.ipynb"
@@ -498,6 +502,41 @@ def fold_status(
     return {f: (cache.entry_dir(f) if cache.has(f) else None) for f in plan["folds"]}
 
 
+def fold_thread_env(n_parallel: int, *, cpu_count: int | None = None,
+                    environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Thread-pool sizes for one of ``n_parallel`` fold processes that share this machine.
+
+    Each process gets ``max(1, cpu_count // n_parallel)`` OpenMP / BLAS threads
+    (:data:`THREAD_ENV_VARS`; torch's CPU threads follow ``OMP_NUM_THREADS``), so two
+    folds on a 2-core machine run one thread each instead of two each. A variable the
+    user already set (in ``environ``) is kept; a single process (``n_parallel=1``, e.g.
+    the aggregate run) gets no limit.
+
+    Parameters
+    ----------
+    n_parallel : int
+        Fold processes running at once on this machine.
+    cpu_count : int, optional
+        Cores available (default: this process's CPU affinity).
+    environ : mapping, optional
+        The environment to respect (default ``os.environ``).
+
+    Returns
+    -------
+    dict
+        Variables to set in the fold processes' environment.
+    """
+    if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel < 1:
+        raise ValueError(f"'n_parallel' must be a positive integer; got {n_parallel!r}")
+    if n_parallel == 1:
+        return {}
+    if cpu_count is None:
+        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = os.environ if environ is None else environ
+    threads = str(max(1, int(cpu_count) // n_parallel))
+    return {k: threads for k in THREAD_ENV_VARS if k not in env}
+
+
 def _store_aggregate(entry: Path, key: str, executed: Path, summary: Path) -> None:
     """Keep the aggregate's executed notebook and summary under its key (atomically)."""
     tmp = entry.with_name(f".tmp-{entry.name}-{uuid.uuid4().hex[:8]}")
@@ -633,7 +672,7 @@ def run_notebook(
             if cache.remove(f):
                 logger.info("%s fold %s: cache entry removed (force)", name, f)
 
-    def task(fold: str | None) -> dict[str, Any]:
+    def task(fold: str | None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
         return {
             "notebook": name,
             "fold": fold,
@@ -644,7 +683,7 @@ def run_notebook(
             "kernel_name": kernel_name,
             "progress_bar": progress_bar,
             "truncate": fold is not None,
-            "env": plan["env"],
+            "env": {**plan["env"], **(env or {})},
         }
 
     record: dict[str, Any] = {}
@@ -668,7 +707,10 @@ def run_notebook(
     if todo:
         logger.info("%s: running %d of %d folds with backend %r (%d workers): %s",
                     name, len(todo), len(plan["folds"]), backend, n_workers, ", ".join(todo))
-        tasks = [task(f) for f in todo]
+        # folds running side by side share the cores (one remote dask worker per machine: no limit)
+        parallel = min(n_workers, len(todo)) if backend == "local" or not scheduler else 1
+        threads = fold_thread_env(parallel)
+        tasks = [task(f, threads) for f in todo]
         results = _run_local(tasks, n_workers) if backend == "local" else _run_dask(tasks, scheduler, n_workers)
         failed = [r for r in results if not r["ok"]]
         for r in results:

@@ -4,10 +4,25 @@ Conventions
 -----------
     A slice is *positive* when it holds at least one ground-truth lesion. A
     positive slice is **TP** when at least one of its ground-truth lesions is
-    detected (rule above, lesions found with 2D connectivity inside the slice),
-    otherwise **FN** (also when the prediction is non-empty but misplaced). A
-    negative slice is **TN** when the (size-filtered) prediction has no voxel,
-    otherwise **FP**. Negative slices are sub-sampled to
+    detected, otherwise **FN** (also when the prediction is non-empty but
+    misplaced). Lesions are 2D connected components inside the slice. Which
+    lesion counts as detected is ``truth_overlap``:
+
+    ``"instance"`` (default, seed 003's rule)
+        one *predicted lesion* (connected component of the prediction) covers
+        at least ``overlap_threshold`` (10 %) of the ground-truth lesion: "the
+        model must detect at least one lesion in a positive scan with a
+        volumetric overlap of at least 10 % compared to the ground truth".
+    ``"union"`` (lenient variant)
+        the *whole predicted mask* covers at least ``overlap_threshold`` of the
+        ground-truth lesion, so several predicted fragments that each cover
+        less than the threshold can add up to a detection.
+
+    The two rules differ only for a lesion covered by several predicted
+    fragments none of which reaches the threshold alone (see
+    :func:`msutils.segmentation.lesions.match_instances`). A negative slice is
+    **TN** when the (size-filtered) prediction has no voxel, otherwise **FP**.
+    Negative slices are sub-sampled to
     ``round(negative_ratio * n_positive)`` (all of them if fewer exist, with a
     logged warning; ``negative_ratio=None`` keeps all) by
     ``numpy.random.default_rng(seed).choice`` without replacement over the
@@ -19,7 +34,8 @@ Conventions
 Lesions inside a slice are found and matched with :mod:`msutils.segmentation.lesions`
 (2D connectivity); the ratios of the counts (accuracy, sensitivity, ...) come from
 :func:`msutils.segmentation.metrics.classification_metrics`. Threshold curves
-re-score probability maps at every threshold of :data:`DEFAULT_THRESHOLDS`.
+(seed 003, Figs 4-5) re-score the same slices at every TP overlap threshold of
+:data:`DEFAULT_THRESHOLDS`.
 """
 
 from __future__ import annotations
@@ -223,7 +239,7 @@ def slice_level_classification(
     seed: int = 0,
     connectivity: int | None = None,
     min_size: int = 0,
-    truth_overlap: Literal["union", "instance"] = "union",
+    truth_overlap: Literal["union", "instance"] = "instance",
     brain_mask: np.ndarray | None = None,
 ) -> SliceClassification:
     """Slice-level classification of one 3D volume (seed 003 rule).
@@ -248,8 +264,10 @@ def slice_level_classification(
         2D connectivity inside a slice (default 8).
     min_size : int, default 0
         Drop 2D components smaller than this (prediction and truth).
-    truth_overlap : {"union", "instance"}, default "union"
-        See the module docstring.
+    truth_overlap : {"instance", "union"}, default "instance"
+        TP rule: one predicted lesion (seed 003) or the whole predicted mask
+        (lenient) must cover ``overlap_threshold`` of a ground-truth lesion;
+        see the module docstring.
     brain_mask : ndarray, 3D, optional
         Slices without any brain voxel are never drawn as negatives.
 
@@ -300,7 +318,7 @@ def slice_stack_classification(
     seed: int = 0,
     connectivity: int | None = None,
     min_size: int = 0,
-    truth_overlap: Literal["union", "instance"] = "union",
+    truth_overlap: Literal["union", "instance"] = "instance",
     eligible: Sequence[bool] | np.ndarray | None = None,
 ) -> SliceClassification:
     """Slice-level classification of a stack of independent 2D samples.
@@ -361,7 +379,7 @@ def slice_stack_classification(
 
 # --------------------------------------------------------------------------- threshold curves
 DEFAULT_THRESHOLDS: np.ndarray = np.round(np.linspace(0.05, 0.95, 19), 2)
-"""Probability thresholds of the threshold curves: 0.05, 0.10, ..., 0.95."""
+"""TP overlap thresholds of the threshold curves (Figs 4-5): 0.05, 0.10, ..., 0.95."""
 
 
 def _check_thresholds(thresholds: Any) -> np.ndarray:
@@ -419,7 +437,7 @@ def threshold_curve(
     seed: int = 0,
     connectivity: int | None = None,
     min_size: int = 0,
-    truth_overlap: str = "union",
+    truth_overlap: str = "instance",
     eligible: Sequence[bool] | np.ndarray | None = None,
     alpha: float = 0.05,
 ) -> pd.DataFrame:

@@ -45,19 +45,34 @@ Training (:func:`train_fold`)
     decay, Dice + cross-entropy), then the fold's validation Dice (Table 4)
     by predicting its validation patients' original slices with the fold's
     network. The trained subjects are recorded for the leakage audit.
-Test sets (:func:`eval_slices`, :func:`predict_slices`, :func:`evaluate_test_set`)
-    Positive slices are the test patients' lesion slices that pass the entropy
-    check (as in the paper's dataset); negatives are lesion-free slices with a
-    substantial brain section (brain area >= ``min_brain_fraction`` of the
-    scan's largest section), drawn at random in equal number
-    (``negative_ratio=1``, seeded, drawn before any prediction so every model
-    is scored on the same slices). Slices with a lesion too small for the
-    entropy check are neither. The ensemble of the trained folds (nnU-Net's
-    mean of the logits) segments them. Slice level: TP if a ground-truth
-    lesion is covered >= 10 % (:func:`msutils.segmentation.slice_classification.slice_stack_classification`),
-    TN if the prediction is empty; exact Clopper-Pearson CIs. Voxel level:
-    DSC, PPV, IoU, sensitivity and HD95 (mm) per positive slice, averaged
-    over slices, with percentile-bootstrap CIs that resample **patients**.
+Test sets (:func:`held_out_slices`, :func:`select_slices`, :func:`compute_held_out`)
+    Every slice of a test patient's scan that shows brain is preprocessed and
+    segmented once by the ensemble of the trained folds (nnU-Net's mean of the
+    logits); the protocols then score subsets of these predictions:
+
+    * ``"seed"``, the seed's protocol and the main result: the *positive*
+      slices are the lesion slices that pass the entropy check (the seed's
+      dataset); as many *negative* slices are drawn at random (seeded, before
+      any prediction) from every lesion-free slice of the same patients. Lesion
+      slices too small for the entropy check are in neither group.
+    * ``"all"``: every slice, all lesion slices (small ones too) and all
+      lesion-free slices, unbalanced: what the protocol leaves out.
+
+    Slice level (:func:`evaluate_test_set`): TP if one predicted lesion covers
+    >= 10 % of a ground-truth lesion (the seed's rule, ``truth_overlap="instance"``;
+    the lenient ``"union"`` rule, coverage by the whole predicted mask, is
+    reported beside it), TN if the prediction is empty; exact Clopper-Pearson
+    CIs. Voxel level: DSC, PPV, IoU, sensitivity and HD95 (mm) per positive
+    slice, averaged over slices, with percentile-bootstrap CIs that resample
+    **patients**; the ``"all"`` protocol adds each patient's metrics over the
+    whole stack of slices (false positives on lesion-free slices count).
+    When the cohort declares the true lesion masks (sidecar ``truth_masks``:
+    :data:`TRUTH_COLUMN` of kind ``lesion_mask``, see :func:`has_truth`; a
+    synthetic cohort whose manifest masks are rater-like estimates) both
+    protocols are also scored against them, and so are the manifest masks
+    themselves (beyond the seed). :func:`compute_held_out` computes all of it
+    once per test set, for a :class:`msutils.pipeline.cache.FoldCache` entry
+    named by :func:`held_out_cache_name`.
 """
 
 from __future__ import annotations
@@ -78,6 +93,7 @@ import pandas as pd
 from msutils.core.device import DEVICES, resolve_device, torch_threads
 from msutils.core.seeding import derived_seed
 from msutils.core.validation import check_choice, check_int
+from msutils.segmentation.lesions import TRUTH_OVERLAP_RULES
 from msutils.segmentation.slices import BRAIN_SOURCES, brain_mask_for, pad_to_square
 from msutils.segmentation.slice_classification import DEFAULT_THRESHOLDS, draw_negatives
 from msutils.core.io import (
@@ -93,31 +109,47 @@ if TYPE_CHECKING:  # pragma: no cover
     from msutils.segmentation.nnunet import NnUNetWorkspace
 
 __all__ = [
-    "VARIANTS",
-    "EvalSlices",
-    "Evaluation",
-    "PreparedStudy",
+    "EVALUATIONS",
+    "PROTOCOLS",
+    "REFERENCES",
+    "SIM_PROTOCOL_ROWS",
     "SLICE_ROWS",
+    "TABLE2_GROUPS",
+    "TRUTH_COLUMN",
+    "VARIANTS",
+    "VOXEL_ROWS",
+    "Evaluation",
+    "HeldOutSlices",
+    "PreparedStudy",
     "ScanSlices",
     "SegConfig",
     "TrainingSlices",
-    "VOXEL_ROWS",
-    "eval_slices",
+    "acquisition_table",
+    "compute_held_out",
     "evaluate_test_set",
     "fold_files",
     "fold_fit_log",
     "fold_groups",
     "fold_index",
+    "has_truth",
+    "held_out_cache_name",
+    "held_out_files",
+    "held_out_slices",
+    "load_held_out",
     "load_predictor",
     "paper_slice_metrics",
     "paper_vs_ours_rows",
+    "patient_characteristics",
     "predict_slices",
     "prepare_workspace",
     "scan_slices",
+    "select_slices",
     "study_scans",
+    "table2",
     "table5",
     "train_fold",
     "training_slices",
+    "variants_table",
     "workspace_key",
 ]
 
@@ -154,11 +186,13 @@ class SegConfig:
         Slicing axis of the volumes (2 = axial for RAS+ arrays).
     negative_ratio : float
         Negative test slices drawn per positive slice (paper: 1, balanced).
-    min_brain_fraction : float
-        A lesion-free slice may be drawn as a negative only if its brain area is
-        at least this fraction of the scan's largest brain section.
     overlap_threshold : float
         Ground-truth lesion coverage that makes a positive slice a TP (paper: 0.1).
+    truth_overlap : {"instance", "union"}
+        TP rule of the slice level: ``"instance"`` (the seed's) needs one
+        predicted lesion to cover ``overlap_threshold`` of a ground-truth
+        lesion; ``"union"`` (lenient) lets the whole predicted mask do it. Both
+        are reported; this one is the main result.
     n_stages, base_features, max_features, batch_size, patch_size : int or None
         Shrink nnU-Net's planned 2D network (None: nnU-Net's own plan, as the paper).
     num_epochs, iterations_per_epoch, val_iterations : int
@@ -182,8 +216,8 @@ class SegConfig:
     brain_source: str = "auto"
     axis: int = 2
     negative_ratio: float = 1.0
-    min_brain_fraction: float = 0.25
     overlap_threshold: float = 0.1
+    truth_overlap: str = "instance"
     n_stages: int | None = None
     base_features: int | None = None
     max_features: int | None = None
@@ -212,9 +246,10 @@ class SegConfig:
             raise ValueError(f"'normalization' must be one of {list(_NORMALIZATIONS)}; got {self.normalization!r}")
         check_choice("brain_source", self.brain_source, BRAIN_SOURCES)
         check_choice("device", self.device, DEVICES)
+        check_choice("truth_overlap", self.truth_overlap, TRUTH_OVERLAP_RULES)
         if self.axis not in (0, 1, 2):
             raise ValueError(f"'axis' must be one of [0, 1, 2]; got {self.axis!r}")
-        for name in ("entropy_threshold", "min_brain_fraction", "overlap_threshold"):
+        for name in ("entropy_threshold", "overlap_threshold"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise ValueError(f"'{name}' must be a number in [0, 1]; got {v!r}")
@@ -285,12 +320,11 @@ class ScanSlices:
         """Boolean: slices whose mask entropy passes the paper's check (lesion slices kept)."""
         return np.asarray(self.stack.entropy >= threshold, dtype=bool)
 
-    def negatives(self, min_brain_fraction: float = 0.25) -> np.ndarray:
-        """Boolean: lesion-free slices with a brain section >= ``min_brain_fraction`` of the largest one."""
+    def negatives(self) -> np.ndarray:
+        """Boolean: lesion-free slices that show brain (the seed's candidate negative slices)."""
         area = self.stack.brain.reshape(len(self.stack), -1).sum(axis=1)
         lesion = self.stack.masks.reshape(len(self.stack), -1).any(axis=1)
-        top = area.max() if area.size else 0
-        return (~lesion) & (area > 0) & (area >= min_brain_fraction * top)
+        return (~lesion) & (area > 0)
 
 
 
@@ -661,14 +695,17 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
         ``val_dice`` (mean per-slice Dice), ``val_dice_pooled`` (Dice of all
         validation pixels together), ``train_subjects``, ``val_subjects``,
         ``fit_log`` (:meth:`FitLog.to_dict`), ``checkpoint`` (path),
-        ``settings`` (epochs, iterations, device) and ``seconds`` (``train``: this
+        ``settings`` (epochs, iterations, device, torch CPU threads) and ``seconds`` (``train``: this
         call, ~0 when a current checkpoint was reused; ``epochs``: nnU-Net's own
         epoch times, i.e. what training the network took; ``validate``).
     """
     from msutils.segmentation import nnunet as N
     from msutils.segmentation.metrics import voxel_metrics_table
 
+    import torch
+
     device = resolve_device(config.device)
+    threads = int(config.num_threads or torch.get_num_threads())
     t0 = time.perf_counter()
     log = N.train(
         prepared.workspace, prepared.dataset_id, int(fold), num_epochs=config.num_epochs,
@@ -708,83 +745,181 @@ def train_fold(prepared: PreparedStudy, fold: int, config: SegConfig) -> dict[st
         "checkpoint": str(prepared.checkpoint(int(fold))),
         "workspace": str(prepared.root),
         "settings": {"num_epochs": config.num_epochs, "iterations_per_epoch": config.iterations_per_epoch,
-                     "val_iterations": config.val_iterations, "device": device, "seed": config.seed + int(fold)},
+                     "val_iterations": config.val_iterations, "device": device, "seed": config.seed + int(fold),
+                     "torch_threads": threads},
         "seconds": {"train": round(t_train, 2), "validate": round(time.perf_counter() - t0 - t_train, 2),
                     "epochs": round(float(np.nansum(log["epoch_time_s"])), 2)},
     }
 
 
 # --------------------------------------------------------------------------- test sets
+#: Which slices a test set is scored on (see :func:`select_slices`).
+PROTOCOLS: tuple[str, ...] = ("seed", "all")
+#: Masks the predictions are scored against: the manifest's lesion masks (the seed's manual masks; on the
+#: synthetic cohort rater-like estimates) or the cohort's true lesions (``TRUTH_COLUMN``, beyond the seed).
+REFERENCES: tuple[str, ...] = ("manifest", "truth")
+#: Image column of the true lesion masks of a synthetic cohort (sidecar ``truth_masks``).
+TRUTH_COLUMN = "gt_lesion_mask"
+#: The evaluations :func:`compute_held_out` runs: key -> (protocol, reference). ``*-truth`` only with true masks.
+EVALUATIONS: dict[str, tuple[str, str]] = {
+    "seed": ("seed", "manifest"), "all": ("all", "manifest"),
+    "seed-truth": ("seed", "truth"), "all-truth": ("all", "truth"),
+}
+_ARRAYS = "held_out.npz"
+
+
 @dataclass(frozen=True)
-class EvalSlices:
-    """The evaluated slices of one test set (positives and drawn negatives).
+class HeldOutSlices:
+    """Every slice of a test set's scans that shows brain (the pool every protocol draws from).
 
     Attributes
     ----------
     name : str
     slices : DataFrame
-        One row per slice: ``scan_id, subject_id, center, slice, positive,
-        lesion_pixels, entropy, spacing_r, spacing_c``.
+        One row per slice, in scan then slice order: ``scan_id, subject_id,
+        center, slice`` (index along the cut axis), ``brain_pixels``,
+        ``lesion_pixels`` and ``entropy`` of the manifest's lesion mask,
+        ``kept`` (entropy >= ``entropy_threshold``: a positive slice of the
+        seed's protocol), ``truth_pixels`` (true lesion pixels; -1 without true
+        masks), ``spacing_r, spacing_c, spacing_z`` (mm).
     images, masks : ndarray
-        ``(n, H, W)``, in the order of ``slices``.
+        ``(n, H, W)`` FLAIR slices and manifest lesion masks, in the order of ``slices``.
+    truth : ndarray or None
+        ``(n, H, W)`` true lesion masks (:data:`TRUTH_COLUMN`), None when the cohort has none.
     counts : DataFrame
-        Per scan: ``slices, lesion_slices, positives, excluded_small,
-        eligible_negatives, brain_source``.
+        Per scan (index ``scan_id``): ``subject_id, center, slices`` (along the
+        axis), ``brain_slices``, ``lesion_slices``, ``positives`` (kept by the
+        entropy check), ``excluded_small`` (lesion slices it removes),
+        ``lesion_free`` (brain slices without lesion: the candidate negatives),
+        ``brain_source``.
     """
 
     name: str
     slices: pd.DataFrame
     images: np.ndarray
     masks: np.ndarray
+    truth: np.ndarray | None
     counts: pd.DataFrame
 
     def __len__(self) -> int:
         return len(self.slices)
 
+    def reference(self, reference: str) -> np.ndarray:
+        """The masks named by ``reference`` (one of :data:`REFERENCES`)."""
+        check_choice("reference", reference, REFERENCES)
+        if reference == "manifest":
+            return self.masks
+        if self.truth is None:
+            raise ValueError(f"test set {self.name!r} has no true lesion masks (column {TRUTH_COLUMN!r} of the "
+                             "manifest): reference='truth' needs a cohort with known ground truth")
+        return self.truth
 
-def eval_slices(cohort: Cohort, scan_ids: Sequence[str], config: SegConfig, *, name: str = "test") -> EvalSlices:
-    """Preprocess the test scans and pick the evaluated slices.
 
-    Positives: lesion slices passing the entropy check. Negatives:
-    :meth:`ScanSlices.negatives` of every scan pooled, then
-    :func:`msutils.segmentation.slice_classification.draw_negatives`
-    (``config.negative_ratio`` per positive, ``config.seed``).
+def has_truth(cohort: Cohort, scan_ids: Sequence[str] | None = None) -> bool:
+    """True when the cohort declares the true lesion masks and every scan (of ``scan_ids``) has one.
+
+    The declaration is ``cohort.truth_columns`` (the sidecar's ``truth_masks``:
+    column -> kind): :data:`TRUTH_COLUMN` of kind ``lesion_mask``.
+    A synthetic cohort whose manifest masks are rater-like estimates keeps the
+    true lesions there; a real cohort has none (False).
+
+    Raises
+    ------
+    ValueError
+        If the column is declared but only some of the scans have a file in it.
     """
-    rows, images, masks, counts = [], [], [], []
-    cand_rows, cand_images, cand_masks = [], [], []
+    if cohort.truth_columns.get(TRUTH_COLUMN) != "lesion_mask":
+        return False
+    table = cohort.table if scan_ids is None else cohort.table.loc[list(scan_ids)]
+    if TRUTH_COLUMN not in table.columns:
+        raise ValueError(f"cohort {cohort.manifest_path}: the sidecar declares truth mask {TRUTH_COLUMN!r} but the "
+                         "manifest has no such column")
+    present = table[TRUTH_COLUMN].notna() & (table[TRUTH_COLUMN].astype(str) != "")
+    if present.all():
+        return True
+    if present.any():
+        raise ValueError(f"cohort {cohort.manifest_path}: column {TRUTH_COLUMN!r} is empty for scan(s) "
+                         f"{list(table.index[~present])[:5]} but not for others")
+    return False
+
+
+def _mask_slices(volume: np.ndarray, config: SegConfig) -> np.ndarray:
+    """A mask volume cut like :func:`scan_slices` cuts the lesion mask: padded, sliced, resized, binarised."""
+    from msutils.segmentation.slices import resize_mask
+
+    sq, _ = pad_to_square(volume, config.axis)
+    size = (config.image_size, config.image_size)
+    return np.stack([resize_mask(np.take(sq, k, axis=config.axis), size) for k in range(sq.shape[config.axis])])
+
+
+def held_out_slices(cohort: Cohort, scan_ids: Sequence[str], config: SegConfig, *, name: str = "test"
+                    ) -> HeldOutSlices:
+    """Preprocess a test set's scans (:func:`scan_slices`) and keep every slice that shows brain.
+
+    Slices without any brain (or lesion) pixel are blank after skull stripping and
+    left out (counted in ``counts``). The true lesion masks are read too when the
+    cohort has them (:func:`has_truth`).
+    """
+    if not len(scan_ids):
+        raise ValueError(f"test set {name!r}: 'scan_ids' is empty")
+    with_truth = has_truth(cohort, scan_ids)
+    rows, images, masks, truths, counts = [], [], [], [], []
     for sid in scan_ids:
         s = scan_slices(cohort, sid, config)
-        keep = s.kept(config.entropy_threshold)
-        neg = s.negatives(config.min_brain_fraction)
-        lesion = s.stack.masks.reshape(len(s.stack), -1).any(axis=1)
-        counts.append({"scan_id": s.scan_id, "subject_id": s.subject_id, "center": s.center,
-                       "slices": len(s.stack), "lesion_slices": int(lesion.sum()), "positives": int(keep.sum()),
-                       "excluded_small": int((lesion & ~keep).sum()), "eligible_negatives": int(neg.sum()),
-                       "brain_source": s.brain_source})
-        for flag, sel, r, im, mk in ((True, keep, rows, images, masks), (False, neg, cand_rows, cand_images,
-                                                                          cand_masks)):
-            for k in np.flatnonzero(sel):
-                r.append({"scan_id": s.scan_id, "subject_id": s.subject_id, "center": s.center,
-                          "slice": int(s.stack.index[k]), "positive": flag,
-                          "lesion_pixels": int(s.stack.masks[k].sum()), "entropy": float(s.stack.entropy[k]),
-                          "spacing_r": s.spacing[0], "spacing_c": s.spacing[1]})
-                im.append(s.stack.images[k])
-                mk.append(s.stack.masks[k])
-    chosen = draw_negatives(np.ones(len(cand_rows), bool), len(rows), config.negative_ratio, config.seed)
-    rows += [cand_rows[i] for i in chosen]
-    images += [cand_images[i] for i in chosen]
-    masks += [cand_masks[i] for i in chosen]
-    size = (0, config.image_size, config.image_size)
-    table = pd.DataFrame(rows, columns=["scan_id", "subject_id", "center", "slice", "positive", "lesion_pixels",
-                                        "entropy", "spacing_r", "spacing_c"])
-    return EvalSlices(
-        name=name, slices=table,
-        images=np.stack(images).astype(np.float32) if images else np.zeros(size, np.float32),
-        masks=np.stack(masks).astype(np.uint8) if masks else np.zeros(size, np.uint8),
-        counts=pd.DataFrame(counts, columns=["scan_id", "subject_id", "center", "slices", "lesion_slices",
-                                             "positives", "excluded_small", "eligible_negatives",
-                                             "brain_source"]).set_index("scan_id"),
+        n = len(s.stack)
+        brain = s.stack.brain.reshape(n, -1).sum(axis=1)
+        lesion = s.stack.masks.reshape(n, -1).sum(axis=1)
+        kept = s.kept(config.entropy_threshold)
+        pool = (brain > 0) | (lesion > 0)
+        truth = _mask_slices(cohort.array(sid, TRUTH_COLUMN), config) if with_truth else None
+        zooms = cohort.image(sid, "flair").header.get_zooms()
+        counts.append({"scan_id": s.scan_id, "subject_id": s.subject_id, "center": s.center, "slices": n,
+                       "brain_slices": int((brain > 0).sum()), "lesion_slices": int((lesion > 0).sum()),
+                       "positives": int(kept.sum()), "excluded_small": int(((lesion > 0) & ~kept).sum()),
+                       "lesion_free": int(s.negatives().sum()), "brain_source": s.brain_source})
+        for k in np.flatnonzero(pool):
+            rows.append({"scan_id": s.scan_id, "subject_id": s.subject_id, "center": s.center,
+                         "slice": int(s.stack.index[k]), "brain_pixels": int(brain[k]),
+                         "lesion_pixels": int(lesion[k]), "entropy": float(s.stack.entropy[k]), "kept": bool(kept[k]),
+                         "truth_pixels": int(truth[k].sum()) if truth is not None else -1,
+                         "spacing_r": s.spacing[0], "spacing_c": s.spacing[1],
+                         "spacing_z": float(zooms[config.axis])})
+        images.append(s.stack.images[pool])
+        masks.append(s.stack.masks[pool])
+        if truth is not None:
+            truths.append(truth[pool])
+    columns = ["scan_id", "subject_id", "center", "slice", "brain_pixels", "lesion_pixels", "entropy", "kept",
+               "truth_pixels", "spacing_r", "spacing_c", "spacing_z"]
+    return HeldOutSlices(
+        name=name, slices=pd.DataFrame(rows, columns=columns),
+        images=np.concatenate(images).astype(np.float32), masks=np.concatenate(masks).astype(np.uint8),
+        truth=np.concatenate(truths).astype(np.uint8) if with_truth else None,
+        counts=pd.DataFrame(counts).set_index("scan_id"),
     )
+
+
+def select_slices(pool: HeldOutSlices, protocol: str, config: SegConfig) -> np.ndarray:
+    """Indices (into ``pool``, sorted) of the slices a protocol scores.
+
+    ``"seed"``, the seed's protocol: the *positive* slices are the lesion slices
+    kept by the entropy check (the seed's dataset); as many *negative* slices
+    (``config.negative_ratio`` per positive) are drawn at random
+    (:func:`msutils.segmentation.slice_classification.draw_negatives`,
+    ``config.seed``) from every lesion-free slice of the test scans ("normal data
+    were randomly selected in quantities equal to the existing test data"). Lesion
+    slices removed by the entropy check are in neither group.
+
+    ``"all"``: every slice of the pool (every slice showing brain): all lesion
+    slices, also the small ones, and all lesion-free slices, unbalanced.
+    """
+    check_choice("protocol", protocol, PROTOCOLS)
+    if protocol == "all":
+        return np.arange(len(pool))
+    t = pool.slices
+    kept = t["kept"].to_numpy(bool)
+    eligible = (t["lesion_pixels"].to_numpy() == 0) & (t["brain_pixels"].to_numpy() > 0)
+    drawn = draw_negatives(eligible, int(kept.sum()), config.negative_ratio, config.seed)
+    return np.sort(np.concatenate([np.flatnonzero(kept), drawn])).astype(int)
 
 
 def load_predictor(prepared: PreparedStudy, folds: Sequence[int], config: SegConfig) -> Any:
@@ -814,75 +949,254 @@ def predict_slices(prepared: PreparedStudy, images: np.ndarray, config: SegConfi
 # --------------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
 class Evaluation:
-    """Slice- and voxel-level results on one test set.
+    """Slice- and voxel-level results of one protocol on one test set.
 
     Attributes
     ----------
     name : str
-    classification : msutils.segmentation.lesions.SliceClassification
-    slice_metrics : dict
-        :func:`msutils.segmentation.metrics.classification_metrics` (exact CIs) + counts.
+        Test set.
+    protocol, reference : str
+        :data:`PROTOCOLS` and :data:`REFERENCES` entries.
+    truth_overlap : str
+        The main TP rule (``config.truth_overlap``; the seed's is ``"instance"``).
+    slices : DataFrame
+        The scored slices (rows of the pool) with ``positive`` (by the reference
+        masks) and ``outcome_<rule>`` for both TP rules.
+    slice_rules : dict
+        Rule -> :func:`msutils.segmentation.metrics.classification_metrics`
+        (exact Clopper-Pearson CIs) + counts, for both rules of
+        :data:`msutils.segmentation.lesions.TRUTH_OVERLAP_RULES`.
+    curves : dict
+        Rule -> slice-level metrics vs the TP overlap threshold (Figs 4-5).
     voxel : DataFrame
         Per positive slice: voxel metrics plus ``subject_id``.
     voxel_summary : DataFrame
-        Mean and bootstrap CI (units: patients) per metric.
-    curve : DataFrame
-        Slice-level metrics vs the TP overlap threshold (Figs 4-5).
+        Mean and bootstrap CI (resampling patients) per metric.
+    patient, patient_summary : DataFrame or None
+        Protocol ``"all"`` only: voxel metrics of each patient's whole stack of
+        slices (3D, false positives on lesion-free slices included) and their
+        mean with a bootstrap CI over patients.
     n_patients : int
     """
 
     name: str
-    classification: Any
-    slice_metrics: dict
+    protocol: str
+    reference: str
+    truth_overlap: str
+    slices: pd.DataFrame
+    slice_rules: dict
+    curves: dict
     voxel: pd.DataFrame
     voxel_summary: pd.DataFrame
-    curve: pd.DataFrame
+    patient: pd.DataFrame | None
+    patient_summary: pd.DataFrame | None
     n_patients: int
+
+    @property
+    def slice_metrics(self) -> dict:
+        """Slice-level metrics under the main TP rule."""
+        return self.slice_rules[self.truth_overlap]
+
+    @property
+    def curve(self) -> pd.DataFrame:
+        """Threshold curve under the main TP rule."""
+        return self.curves[self.truth_overlap]
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly numbers for ``summary.json``."""
-        vox = {m: {k: (float(v) if k in ("mean", "ci_low", "ci_high") else int(v)) for k, v in row.items()}
-               for m, row in self.voxel_summary.to_dict(orient="index").items()}
-        return {"n_patients": self.n_patients, "slice_level": dict(self.slice_metrics), "voxel_level": vox,
-                "n_positive_slices": int(self.slice_metrics["tp"] + self.slice_metrics["fn"]),
-                "n_negative_slices": int(self.slice_metrics["tn"] + self.slice_metrics["fp"])}
+        def frame(df: pd.DataFrame | None) -> dict | None:
+            if df is None:
+                return None
+            return {m: {k: (float(v) if k in ("mean", "ci_low", "ci_high") else int(v)) for k, v in row.items()}
+                    for m, row in df.to_dict(orient="index").items()}
+
+        m = self.slice_metrics
+        return {"protocol": self.protocol, "reference": self.reference, "truth_overlap": self.truth_overlap,
+                "n_patients": self.n_patients, "slice_level": dict(m),
+                "slice_level_by_rule": {r: dict(v) for r, v in self.slice_rules.items()},
+                "voxel_level": frame(self.voxel_summary), "patient_level": frame(self.patient_summary),
+                "n_positive_slices": int(m["tp"] + m["fn"]), "n_negative_slices": int(m["tn"] + m["fp"])}
 
 
 def evaluate_test_set(
-    test: EvalSlices,
+    pool: HeldOutSlices,
     preds: np.ndarray,
     config: SegConfig,
     *,
+    protocol: str = "seed",
+    reference: str = "manifest",
     thresholds: Sequence[float] | np.ndarray = DEFAULT_THRESHOLDS,
     n_boot: int = 2000,
 ) -> Evaluation:
-    """Slice-level classification (seed-003 rule) and voxel-level metrics of one test set."""
+    """Slice-level classification and voxel-level metrics of one test set under one protocol.
+
+    Parameters
+    ----------
+    pool : HeldOutSlices
+    preds : ndarray
+        ``(n, H, W)`` binary predictions of every pool slice.
+    config : SegConfig
+        ``truth_overlap`` (main TP rule), ``overlap_threshold``, ``negative_ratio``, ``seed``.
+    protocol : {"seed", "all"}
+        Which slices are scored (:func:`select_slices`).
+    reference : {"manifest", "truth"}
+        The masks scored against; a slice is positive when its reference mask has a lesion.
+    thresholds : sequence of float
+        TP overlap thresholds of the curves (Figs 4-5).
+    n_boot : int
+        Bootstrap resamples of the voxel-level CIs (units: patients).
+    """
+    from msutils.segmentation.lesions import TRUTH_OVERLAP_RULES
     from msutils.segmentation.metrics import summarize_metrics, voxel_metrics_table
     from msutils.segmentation.slice_classification import slice_stack_classification, threshold_curve_from_slices
 
+    check_choice("protocol", protocol, PROTOCOLS)
+    ref = pool.reference(reference)
     preds = np.asarray(preds)
-    if preds.shape != test.masks.shape:
-        raise ValueError(f"'preds' shape {preds.shape} must match the test masks {test.masks.shape}")
-    ids = [f"{sid}:{z}" for sid, z in zip(test.slices["scan_id"], test.slices["slice"])]
-    result = slice_stack_classification(list(preds), list(test.masks), ids=ids,
-                                        overlap_threshold=config.overlap_threshold, negative_ratio=None,
-                                        seed=config.seed)
-    metrics = result.metrics()
-    pos = test.slices["positive"].to_numpy(bool)
-    pairs = [(preds[i], test.masks[i], (test.slices["spacing_r"].iat[i], test.slices["spacing_c"].iat[i]))
-             for i in np.flatnonzero(pos)]
-    voxel = voxel_metrics_table(pairs, ids=[ids[i] for i in np.flatnonzero(pos)])
-    voxel.insert(0, "subject_id", test.slices.loc[pos, "subject_id"].astype(str).to_numpy())
-    if len(voxel):
-        vsum = summarize_metrics(voxel, units="subject_id", n_boot=n_boot, seed=config.seed)
-    else:
-        vsum = pd.DataFrame(columns=["mean", "ci_low", "ci_high", "n", "n_units"])
-    curve = threshold_curve_from_slices(result, np.asarray(thresholds, dtype=float))
-    return Evaluation(name=test.name, classification=result, slice_metrics=metrics, voxel=voxel,
-                          voxel_summary=vsum, curve=curve, n_patients=int(test.slices["subject_id"].nunique()))
+    if preds.shape != pool.masks.shape:
+        raise ValueError(f"'preds' shape {preds.shape} must match the test masks {pool.masks.shape}")
+    idx = select_slices(pool, protocol, config)
+    rows = pool.slices.iloc[idx].reset_index(drop=True)
+    ids = [f"{sid}:{z}" for sid, z in zip(rows["scan_id"], rows["slice"])]
+    rules, curves, outcomes = {}, {}, {}
+    for rule in TRUTH_OVERLAP_RULES:
+        res = slice_stack_classification(preds[idx], ref[idx], ids=ids, overlap_threshold=config.overlap_threshold,
+                                         negative_ratio=None, truth_overlap=rule)
+        rules[rule] = res.metrics()
+        curves[rule] = threshold_curve_from_slices(res, np.asarray(thresholds, dtype=float))
+        outcomes[f"outcome_{rule}"] = res.table["outcome"].to_numpy()
+    positive = ref[idx].reshape(len(idx), -1).any(axis=1)
+    rows = rows.assign(positive=positive, **outcomes)
+    pos = np.flatnonzero(positive)
+    pairs = [(preds[idx[i]], ref[idx[i]], (rows["spacing_r"].iat[i], rows["spacing_c"].iat[i])) for i in pos]
+    voxel = voxel_metrics_table(pairs, ids=[ids[i] for i in pos])
+    voxel.insert(0, "subject_id", rows["subject_id"].iloc[pos].astype(str).to_numpy())
+    empty = pd.DataFrame(columns=["mean", "ci_low", "ci_high", "n", "n_units"])
+    vsum = summarize_metrics(voxel, units="subject_id", n_boot=n_boot, seed=config.seed) if len(voxel) else empty
+    patient = psum = None
+    if protocol == "all":
+        patient = _patient_metrics(pool, preds, ref)
+        psum = summarize_metrics(patient, n_boot=n_boot, seed=config.seed) if len(patient) else empty
+    return Evaluation(name=pool.name, protocol=protocol, reference=reference, truth_overlap=config.truth_overlap,
+                      slices=rows, slice_rules=rules, curves=curves, voxel=voxel, voxel_summary=vsum,
+                      patient=patient, patient_summary=psum, n_patients=int(rows["subject_id"].nunique()))
 
 
-# --------------------------------------------------------------------------- Table 5
+def _patient_metrics(pool: HeldOutSlices, preds: np.ndarray, ref: np.ndarray) -> pd.DataFrame:
+    """Voxel metrics of each scan's slices stacked back into a volume (slices outside the pool are blank)."""
+    from msutils.segmentation.metrics import voxel_metrics_table
+
+    pairs, ids = [], []
+    for sid, grp in pool.slices.groupby("scan_id", sort=False):
+        z = grp["slice"].to_numpy()
+        rows = grp.index.to_numpy()
+        shape = (int(z.max() - z.min() + 1), *pool.masks.shape[1:])
+        p, t = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+        p[z - z.min()], t[z - z.min()] = preds[rows], ref[rows]
+        first = grp.iloc[0]
+        pairs.append((p, t, (first["spacing_z"], first["spacing_r"], first["spacing_c"])))
+        ids.append(sid)
+    table = voxel_metrics_table(pairs, ids=ids)
+    table.insert(0, "subject_id", pool.counts.loc[ids, "subject_id"].astype(str).to_numpy())
+    return table
+
+
+def compute_held_out(
+    cohort: Cohort,
+    scan_ids: Sequence[str],
+    prepared: PreparedStudy,
+    folds: Sequence[int],
+    config: SegConfig,
+    entry_dir: str | os.PathLike,
+    *,
+    name: str,
+    thresholds: Sequence[float] | np.ndarray = DEFAULT_THRESHOLDS,
+    n_boot: int = 2000,
+) -> dict[str, Any]:
+    """Everything the page shows about one test set, computed once: slices, predictions, evaluations.
+
+    The function a :class:`msutils.pipeline.cache.FoldCache` entry computes
+    (``get_or_compute(..., pass_dir=True)``), so that an unchanged run reuses the
+    predictions instead of running the network again. The pool of slices
+    (:func:`held_out_slices`) is segmented by the ensemble of ``folds``; it is
+    scored under every entry of :data:`EVALUATIONS` (the ``*-truth`` ones only
+    when the cohort has true lesion masks) and, as a reference for the
+    network, the manifest's masks themselves are scored against the true ones
+    (``"rater-truth"``). The arrays go to ``<entry_dir>/held_out.npz`` (read
+    them back with :func:`load_held_out`).
+
+    Returns
+    -------
+    dict
+        ``name, folds, slices, counts`` (pool tables), ``evaluations`` (key ->
+        :class:`Evaluation`), ``arrays`` (file name inside the entry),
+        ``seconds`` (``slices, predict, evaluate``).
+    """
+    t0 = time.perf_counter()
+    pool = held_out_slices(cohort, scan_ids, config, name=name)
+    t1 = time.perf_counter()
+    preds = predict_slices(prepared, pool.images, config, folds=folds)
+    t2 = time.perf_counter()
+    evaluations = {}
+    for key, (protocol, reference) in EVALUATIONS.items():
+        if reference == "truth" and pool.truth is None:
+            continue
+        evaluations[key] = evaluate_test_set(pool, preds, config, protocol=protocol, reference=reference,
+                                             thresholds=thresholds, n_boot=n_boot)
+    if pool.truth is not None:
+        evaluations["rater-truth"] = evaluate_test_set(pool, pool.masks, config, protocol="all", reference="truth",
+                                                       thresholds=thresholds, n_boot=n_boot)
+    t3 = time.perf_counter()
+    import io
+
+    arrays = {"images": pool.images, "masks": pool.masks, "preds": preds}
+    if pool.truth is not None:
+        arrays["truth"] = pool.truth
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(Path(entry_dir) / _ARRAYS, buf.getvalue())
+    logger.info("%s: %d slices of %d scans segmented in %.1f s, evaluated in %.1f s", name, len(pool),
+                len(pool.counts), t2 - t1, t3 - t2)
+    return {"name": name, "folds": [int(f) for f in folds], "slices": pool.slices, "counts": pool.counts,
+            "evaluations": evaluations, "arrays": _ARRAYS,
+            "seconds": {"slices": round(t1 - t0, 2), "predict": round(t2 - t1, 2), "evaluate": round(t3 - t2, 2)}}
+
+
+def load_held_out(result: Mapping[str, Any], entry_dir: str | os.PathLike) -> tuple[HeldOutSlices, np.ndarray]:
+    """The pool and the predictions of a :func:`compute_held_out` result stored in ``entry_dir``."""
+    with np.load(Path(entry_dir) / result["arrays"]) as data:
+        arrays = {k: data[k] for k in data.files}
+    pool = HeldOutSlices(name=result["name"], slices=result["slices"], images=arrays["images"],
+                         masks=arrays["masks"], truth=arrays.get("truth"), counts=result["counts"])
+    return pool, arrays["preds"]
+
+
+def held_out_cache_name(test_set: str, prepared: PreparedStudy, folds: Sequence[int]) -> str:
+    """Name of a test set's :class:`msutils.pipeline.cache.FoldCache` entry: ``heldout-<test_set>-<digest>``.
+
+    The cache key already covers the code, the parameters, the cohort and the
+    library; the digest (12 hex digits) adds the ensemble's checkpoints (path,
+    size, modification time), so networks trained again (e.g. ``--force``) are
+    never scored with the predictions of the old ones.
+    """
+    import re
+
+    if not isinstance(test_set, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", test_set):
+        raise ValueError(f"'test_set' must be made of letters, digits, '_', '-', '.'; got {test_set!r}")
+    parts = []
+    for f in sorted(int(k) for k in folds):
+        ckpt = prepared.checkpoint(f)
+        st = ckpt.stat()
+        parts.append(f"{ckpt}:{st.st_size}:{st.st_mtime_ns}")
+    return f"heldout-{test_set}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:12]}"
+
+
+def held_out_files(prepared: PreparedStudy, folds: Sequence[int]) -> list[str]:
+    """The checkpoints a :func:`compute_held_out` result depends on (``requires`` of its cache entry)."""
+    return [str(prepared.checkpoint(int(f))) for f in folds]
+
+
+# --------------------------------------------------------------------------- Table 5 and variants
 #: Slice-level rows of Table 5: metric key -> label.
 SLICE_ROWS: dict[str, str] = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity",
                               "ppv": "PPV", "npv": "NPV"}
@@ -921,6 +1235,218 @@ def table5(evaluations: Mapping[str, Evaluation | None]) -> pd.DataFrame:
                                                    if has_hd else f"0 / {ev.n_patients}")
         cols[name] = col
     return pd.DataFrame(cols)
+
+
+def variants_table(rows: Mapping[str, Evaluation | tuple[Evaluation, str] | None]) -> pd.DataFrame:
+    """One row per evaluation (protocol, reference, TP rule): what each variant of the evaluation gives.
+
+    Parameters
+    ----------
+    rows : mapping
+        Row label -> :class:`Evaluation` (scored under its main TP rule), or
+        ``(evaluation, rule)`` for another rule of
+        :data:`msutils.segmentation.lesions.TRUTH_OVERLAP_RULES`; None rows are left out.
+
+    Returns
+    -------
+    DataFrame
+        Columns: ``positive / negative slices``, ``TP / FN / TN / FP``, the
+        slice-level ratios (%, exact 95 % CI), the mean per-lesion-slice DSC
+        (%, patient-bootstrap 95 % CI) and, for protocol ``"all"``, the mean
+        per-patient DSC of the whole stack of slices (%, bootstrap CI over patients).
+    """
+    from msutils.stats import format_ci
+
+    out = {}
+    for label, item in rows.items():
+        if item is None:
+            continue
+        ev, rule = item if isinstance(item, tuple) else (item, item.truth_overlap)
+        m = ev.slice_rules[rule]
+        row = {"positive / negative slices": f"{m['tp'] + m['fn']} / {m['tn'] + m['fp']}",
+               "TP / FN / TN / FP": f"{m['tp']} / {m['fn']} / {m['tn']} / {m['fp']}"}
+        for k, name in SLICE_ROWS.items():
+            row[f"{name} (%)"] = format_ci(m[k], m[f"{k}_ci_low"], m[f"{k}_ci_high"])
+        v = ev.voxel_summary
+        row["DSC per lesion slice (%)"] = format_ci(*v.loc["dice", ["mean", "ci_low", "ci_high"]]) \
+            if "dice" in v.index else "n/a"
+        p = ev.patient_summary
+        row["DSC per patient, all slices (%)"] = (format_ci(*p.loc["dice", ["mean", "ci_low", "ci_high"]])
+                                                  if p is not None and "dice" in p.index else "")
+        out[label] = row
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+# --------------------------------------------------------------------------- Tables 2 and 3
+#: Table 2 columns: label -> key of the split (training pool, internal test, external test).
+TABLE2_GROUPS: dict[str, str] = {"training": "train", "internal test": "test", "external test": "external"}
+_COURSES = ("RR", "SP", "PP", "CIS")
+_PAPER_ABSENT = "not reported"
+
+
+def patient_characteristics(patients: pd.DataFrame) -> dict[str, Any]:
+    """The numbers of the seed's Table 2 for one group of patients (one row per patient).
+
+    Returns
+    -------
+    dict
+        ``n``; ``sex`` (counts of ``F``, ``M``); ``age`` (``mean, sd`` (ddof 1),
+        ``min, max, q1, median, q3``: linear-interpolation percentiles);
+        ``course`` (counts of RR, SP, PP, CIS and ``missing``: ``NA`` or empty);
+        ``disease_duration`` (``mean, sd``) and ``edss`` (``median, q1, q3``),
+        NaN where no value is known.
+    """
+    for col in ("sex", "age", "course"):
+        if col not in patients.columns:
+            raise ValueError(f"'patients' needs column {col!r}; it has {list(map(str, patients.columns))}")
+
+    def spread(col: str) -> np.ndarray:
+        return pd.to_numeric(patients[col], errors="coerce").dropna().to_numpy(float) if col in patients else \
+            np.array([])
+
+    age, dur, edss = spread("age"), spread("disease_duration"), spread("edss")
+    nan = float("nan")
+    q = (lambda x, p: float(np.percentile(x, p)) if len(x) else nan)
+    course = patients["course"].fillna("NA").astype(str)
+    return {
+        "n": int(len(patients)),
+        "sex": {s: int((patients["sex"] == s).sum()) for s in ("F", "M")},
+        "age": {"mean": float(age.mean()) if len(age) else nan, "sd": float(age.std(ddof=1)) if len(age) > 1 else nan,
+                "min": float(age.min()) if len(age) else nan, "max": float(age.max()) if len(age) else nan,
+                "q1": q(age, 25), "median": q(age, 50), "q3": q(age, 75)},
+        "course": {**{c: int((course == c).sum()) for c in _COURSES},
+                   "missing": int((~course.isin(_COURSES)).sum())},
+        "disease_duration": {"mean": float(dur.mean()) if len(dur) else nan,
+                             "sd": float(dur.std(ddof=1)) if len(dur) > 1 else nan},
+        "edss": {"median": q(edss, 50), "q1": q(edss, 25), "q3": q(edss, 75)},
+    }
+
+
+def table2(scans: pd.DataFrame, split: Mapping[str, Any], paper: Mapping[str, Mapping[str, Any]] | None = None
+           ) -> pd.DataFrame:
+    """The seed's Table 2 (patient characteristics) for the training, internal and external patients.
+
+    Parameters
+    ----------
+    scans : DataFrame
+        :func:`study_scans` (one scan per patient).
+    split : mapping
+        The study's split (``train``, ``test``, ``external`` subject lists).
+    paper : mapping, optional
+        The paper's columns (``table2`` of ``paper_numbers.load("003")``),
+        appended as ``"paper: <column>"``.
+
+    Returns
+    -------
+    DataFrame
+        Index ``(characteristic, item)``; counts as ``n (%)``, ages in years
+        with one decimal; ``–`` for a category the column does not have.
+    """
+    stats = {label: patient_characteristics(scans[scans["subject_id"].astype(str).isin(set(map(str, split[key])))])
+             for label, key in TABLE2_GROUPS.items()}
+    if paper:
+        stats.update({f"paper: {k}": dict(v) for k, v in paper.items()})
+
+    def count(c: int | None, n: int) -> str:
+        return "–" if c is None else f"{c} ({100 * c / n:.0f} %)" if n else str(c)
+
+    def num(x: Any) -> str:
+        return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{float(x):.1f}"
+
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for col, s in stats.items():
+        n, paper_col = int(s["n"]), col.startswith("paper: ")
+        rows.setdefault(("patients", "n"), {})[col] = str(n)
+        for code, label in (("F", "female"), ("M", "male")):
+            rows.setdefault(("sex, n (%)", label), {})[col] = count(s["sex"].get(code), n)
+        for k, label in (("mean", "mean"), ("sd", "SD"), ("min", "minimum"), ("max", "maximum"),
+                         ("q1", "25th percentile"), ("median", "median"), ("q3", "75th percentile")):
+            rows.setdefault(("age (years)", label), {})[col] = num(s["age"].get(k))
+        for c in (*_COURSES, "missing"):
+            rows.setdefault(("disease type, n (%)", c), {})[col] = count(s["course"].get(c), n)
+        dd, ed = s.get("disease_duration"), s.get("edss")
+        rows.setdefault(("disease duration (years)", "mean (SD)"), {})[col] = (
+            _PAPER_ABSENT if dd is None else f"{num(dd['mean'])} ({num(dd['sd'])})")
+        rows.setdefault(("EDSS", "median [IQR]"), {})[col] = (
+            _PAPER_ABSENT if ed is None else f"{num(ed['median'])} [{num(ed['q1'])}, {num(ed['q3'])}]")
+        treatments = s.get("treatments")
+        if paper_col and treatments:
+            for k, v in treatments.items():
+                rows.setdefault(("treatments, n (%)", str(k)), {})[col] = count(int(v), n)
+    out = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(stats))
+    out.index = pd.MultiIndex.from_tuples(out.index, names=["characteristic", "item"])
+    return out.fillna("not in this cohort")
+
+
+#: Protocol parameters of a synthetic center (sidecar ``synthetic.params.centers``) shown in Table 3: key -> label.
+SIM_PROTOCOL_ROWS: dict[str, str] = {
+    "flair_scale": "FLAIR intensity scale (a.u.)", "gamma": "intensity nonlinearity (gamma)",
+    "offset": "intensity offset (fraction of scale)", "bias_strength": "bias field (SD of log gain)",
+    "noise_sd": "Rician noise SD (fraction of scale)", "blur_mm": "point spread (Gaussian sigma, mm)",
+}
+
+
+def _unique(values: Sequence[Any]) -> str:
+    seen = list(dict.fromkeys(str(v) for v in values))
+    return seen[0] if len(seen) == 1 else " / ".join(seen[:4]) + (" / ..." if len(seen) > 4 else "")
+
+
+def acquisition_table(cohort: Cohort, scans: pd.DataFrame, split: Mapping[str, Any], config: SegConfig
+                      ) -> pd.DataFrame:
+    """The seed's Table 3 (imaging protocol), one column per center of the study.
+
+    Rows come from the manifest (scanner, patients), the FLAIR NIfTI headers
+    (matrix, voxel size, orientation: several values are listed when the
+    scans differ), the sidecar (a synthetic center's simulated protocol:
+    FLAIR slice thickness and gap, intensity scale, noise, blur, bias; "not
+    recorded" for a real cohort, whose sidecar has none) and the
+    preprocessing (slice size and pixel spacing after padding and resizing).
+
+    Parameters
+    ----------
+    cohort : Cohort
+    scans : DataFrame
+        :func:`study_scans`.
+    split : mapping
+        The study's split (``internal_center``, ``external_centers``).
+    config : SegConfig
+        ``axis`` and ``image_size`` of the preprocessing.
+    """
+    import nibabel as nib
+
+    centers = {split["internal_center"]: "internal (training and internal test)"}
+    centers.update({c: "external test" for c in split.get("external_centers", [])})
+    sim = ((cohort.meta.get("synthetic") or {}).get("params") or {}).get("centers") or {}
+    planes = {2: "axial", 1: "coronal", 0: "sagittal"}
+    cols = {}
+    for center, role in centers.items():
+        sub = scans[scans["center"].astype(str) == str(center)]
+        headers = [cohort.image(sid, "flair").header for sid in sub.index]
+        shapes = [tuple(int(d) for d in h.get_data_shape()[:3]) for h in headers]
+        zooms = [tuple(float(z) for z in h.get_zooms()[:3]) for h in headers]
+        codes = ["".join(nib.aff2axcodes(h.get_best_affine())) for h in headers]
+        inplane = [a for a in range(3) if a != config.axis]
+        pixel = [max(sh[a] * zo[a] for a in inplane) / config.image_size for sh, zo in zip(shapes, zooms)]
+        col = {"role": role, "patients": str(len(sub)), "scanner (manifest)": _unique(sub["scanner"]),
+               "FLAIR matrix (voxels)": _unique(" x ".join(map(str, s)) for s in shapes),
+               "FLAIR voxel size (mm)": _unique(" x ".join(f"{z:.2f}" for z in zo) for zo in zooms),
+               "orientation (NIfTI axes)": _unique(codes),
+               "slicing plane": f"{planes[config.axis]} (array axis {config.axis})"}
+        proto = sim.get(center)
+        if proto:
+            thick, gap = float(proto.get("flair_slice_mm", 0.0)), float(proto.get("flair_gap_mm", 0.0))
+            col["FLAIR slice thickness / gap (mm, sidecar)"] = (
+                f"{thick:g} / {gap:g} (2D thick slices, resampled to the grid)" if thick > 0 or gap > 0
+                else "3D acquisition (thickness = voxel size)")
+            for key, label in SIM_PROTOCOL_ROWS.items():
+                if key in proto:
+                    col[f"{label}, sidecar"] = f"{float(proto[key]):g}"
+        else:
+            col["FLAIR slice thickness / gap (mm, sidecar)"] = "not recorded"
+        col["slices after preprocessing"] = (f"{config.image_size} x {config.image_size}, "
+                                             f"{_unique(f'{p:.2f}' for p in pixel)} mm pixels")
+        cols[f"center {center}"] = col
+    return pd.DataFrame(cols).fillna("not recorded")
 
 
 # --------------------------------------------------------------------------- paper comparison
