@@ -80,6 +80,9 @@ def format_ci(value: float | None, low: float | None, high: float | None, *, sca
               decimals: int = 1) -> str:
     """An estimate with its confidence interval as the seed papers print it: ``"83.3 (79.5-86.5)"``.
 
+    A negative bound (e.g. of a correlation) is separated by " to " instead of "-":
+    ``"0.37 (-0.55 to 0.89)"``.
+
     Parameters
     ----------
     value, low, high : float or None
@@ -100,7 +103,9 @@ def format_ci(value: float | None, low: float | None, high: float | None, *, sca
 
     if value is None or not np.isfinite(value):
         return "n/a"
-    return f"{num(value)} ({num(low)}-{num(high)})"
+    lo, hi = num(low), num(high)
+    sep = " to " if lo.startswith("-") or hi.startswith("-") else "-"
+    return f"{num(value)} ({lo}{sep}{hi})"
 
 
 # --------------------------------------------------------------------------- Table 1

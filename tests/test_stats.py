@@ -331,6 +331,8 @@ def test_format_ci():
     assert ms.format_ci(28.31, 23.5, 33.14, scale=1) == "28.3 (23.5-33.1)"
     assert ms.format_ci(0.5, None, np.nan, decimals=0) == "50 (n/a-n/a)"
     assert ms.format_ci(None, 0.1, 0.2) == ms.format_ci(np.nan, 0.1, 0.2) == "n/a"
+    assert ms.format_ci(0.37, -0.554, 0.89, scale=1, decimals=2) == "0.37 (-0.55 to 0.89)"
+    assert ms.format_ci(-0.5, -0.9, -0.1, scale=1) == "-0.5 (-0.9 to -0.1)"
 
 
 def test_regression_metrics_bias_and_constant_prediction():
