@@ -40,7 +40,9 @@ NOTEBOOK = "02_edss_regression"
 #: best out-of-fold training r 0.948 / 0.775 / 0.804, best external-test r 0.741 / 0.868 / 0.684,
 #: drivers recovered 3 / 2 / 4, ceiling r 0.887 each (whole cohort, ``ceiling_r_cohort``). Issue 13, seed 0:
 #: model chosen by CV = ridge, internal r 0.366 (95 % CI -0.55 to 0.89, 8 patients), external r 0.681
-#: (0.47-0.91); ceiling reference 0.737 / 0.885 on the same test patients. Set with margin; a pipeline that
+#: (0.47-0.91); ceiling reference 0.737 / 0.885 on the same test patients. Realistic cohort (issue 8), seed 0:
+#: ridge, internal r 0.398 (-0.79 to 0.91), external r 0.668 (0.37-0.91), training-CV r 0.904, ceiling reference
+#: 0.691 / 0.776 (0.804 whole cohort), 3 drivers recovered. Set with margin; a pipeline that
 #: lost the EDSS signal (shuffled targets, misaligned subjects, wrong features) stays near r = 0.
 SMOKE_BOUNDS = {"ceiling_r": (0.5, 1.0), "best_training_r": 0.55, "best_external_r": 0.45, "n_drivers_recovered": 1}
 
