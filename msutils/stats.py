@@ -6,7 +6,11 @@
   across models with Greenhouse-Geisser correction and Bonferroni-corrected
   paired post hoc tests (seed 001, Table 3).
 * :func:`exact_ci_proportion` (Clopper-Pearson), :func:`bootstrap_ci`
-  (percentile bootstrap over units, e.g. patients), :func:`regression_metrics`.
+  (percentile bootstrap over units, e.g. patients), :func:`regression_metrics`,
+  :func:`bootstrap_regression_metrics` (paired percentile intervals of r, r², the
+  coefficient of determination and MAE for several predictors at once).
+* :func:`adjusted_difference` — a two-level group difference adjusted for covariates
+  (OLS / ANCOVA: ``outcome ~ group + covariates``), with its 95 % CI and p-value.
 * :func:`youden_threshold`, :func:`diagnostic_utility` — a decision threshold at
   the maximum of Youden's J and the clinical-utility analysis of seed 000
   (sensitivity, specificity, PPV, NPV with exact CIs, likelihood ratios,
@@ -29,11 +33,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from msutils.core.validation import check_int
+
 __all__ = [
     "KINDS",
     "BootstrapCI",
     "RMAnovaResult",
+    "REGRESSION_METRICS",
+    "adjusted_difference",
     "bootstrap_ci",
+    "bootstrap_indices",
+    "bootstrap_regression_metrics",
     "diagnostic_utility",
     "exact_ci_proportion",
     "friedman_posthoc",
@@ -70,6 +80,9 @@ def format_ci(value: float | None, low: float | None, high: float | None, *, sca
               decimals: int = 1) -> str:
     """An estimate with its confidence interval as the seed papers print it: ``"83.3 (79.5-86.5)"``.
 
+    A negative bound (e.g. of a correlation) is separated by " to " instead of "-":
+    ``"0.37 (-0.55 to 0.89)"``.
+
     Parameters
     ----------
     value, low, high : float or None
@@ -90,7 +103,9 @@ def format_ci(value: float | None, low: float | None, high: float | None, *, sca
 
     if value is None or not np.isfinite(value):
         return "n/a"
-    return f"{num(value)} ({num(low)}-{num(high)})"
+    lo, hi = num(low), num(high)
+    sep = " to " if lo.startswith("-") or hi.startswith("-") else "-"
+    return f"{num(value)} ({lo}{sep}{hi})"
 
 
 # --------------------------------------------------------------------------- Table 1
@@ -646,6 +661,164 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
         pr = float(res.pvalue) if t.size >= 3 else float("nan")
     return {"n": int(t.size), "r": r, "r_pvalue": pr, "pearson_r2": r * r, "r2_score": float(r2_score(t, p)),
             "mae": float(mean_absolute_error(t, p))}
+
+
+#: Metrics of :func:`bootstrap_regression_metrics`, keys of :func:`regression_metrics`.
+REGRESSION_METRICS: tuple[str, ...] = ("r", "pearson_r2", "r2_score", "mae")
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Row indices of ``n_boot`` bootstrap resamples of ``n`` rows: an ``(n_boot, n)`` int array.
+
+    Row ``b`` is resample ``b``; the same seed gives the same matrix.
+    """
+    n = check_int("n", n, 1)
+    n_boot = check_int("n_boot", n_boot, 1)
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _metrics_rows(t: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """The metrics of every row of ``t`` / ``p`` (resamples x observations), NaN where undefined."""
+    dt = t - t.mean(axis=1, keepdims=True)
+    dp = p - p.mean(axis=1, keepdims=True)
+    ss_t = (dt * dt).sum(axis=1)
+    ss_p = (dp * dp).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where((ss_t > 0) & (ss_p > 0), (dt * dp).sum(axis=1) / np.sqrt(ss_t * ss_p), np.nan)
+        r2 = np.where(ss_t > 0, 1.0 - ((t - p) ** 2).sum(axis=1) / ss_t, np.nan)
+    return {"r": r, "pearson_r2": r * r, "r2_score": r2, "mae": np.abs(t - p).mean(axis=1)}
+
+
+def bootstrap_regression_metrics(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Percentile bootstrap intervals of r, r², the coefficient of determination and MAE.
+
+    Observations (e.g. the patients of a test set) are resampled with replacement;
+    every predictor (column of ``y_pred``) is scored on the *same* resamples
+    (:func:`bootstrap_indices`), so the intervals of several models are paired.
+    A resample where a metric is undefined (constant observed or predicted values)
+    is left out of that metric's interval (``n_valid``).
+
+    Parameters
+    ----------
+    y_true : 1-D array-like
+        Observed values.
+    y_pred : 1-D array-like, Series or DataFrame
+        Predictions, one column per predictor (a 1-D input is named ``"prediction"``,
+        a Series by its name).
+    n_boot : int
+        Number of resamples.
+    alpha : float
+        Two-sided level: the ``alpha/2`` and ``1 - alpha/2`` percentiles.
+    seed : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per predictor and metric (:data:`REGRESSION_METRICS`): columns
+        ``predictor, metric, estimate`` (:func:`regression_metrics` on all
+        observations), ``low, high, n_valid``.
+    """
+    t = np.asarray(y_true, dtype=float).ravel()
+    if isinstance(y_pred, pd.DataFrame):
+        preds = {str(c): y_pred[c].to_numpy(dtype=float) for c in y_pred.columns}
+    elif isinstance(y_pred, pd.Series):
+        preds = {str(y_pred.name if y_pred.name is not None else "prediction"): y_pred.to_numpy(dtype=float)}
+    else:
+        preds = {"prediction": np.asarray(y_pred, dtype=float).ravel()}
+    if not 0 < alpha < 1:
+        raise ValueError(f"'alpha' must be in (0, 1); got {alpha!r}")
+    for name, p in preds.items():
+        if p.shape != t.shape:
+            raise ValueError(f"'y_pred' column {name!r} has {p.size} values but 'y_true' has {t.size}")
+    idx = bootstrap_indices(t.size, n_boot, seed)
+    rows = []
+    for name, p in preds.items():
+        est = regression_metrics(t, p)
+        boots = _metrics_rows(t[idx], p[idx])
+        for metric in REGRESSION_METRICS:
+            b = boots[metric][np.isfinite(boots[metric])]
+            lo, hi = (np.quantile(b, [alpha / 2, 1 - alpha / 2]) if b.size else (np.nan, np.nan))
+            rows.append({"predictor": name, "metric": metric, "estimate": float(est[metric]), "low": float(lo),
+                         "high": float(hi), "n_valid": int(b.size)})
+    return pd.DataFrame(rows, columns=["predictor", "metric", "estimate", "low", "high", "n_valid"])
+
+
+def adjusted_difference(
+    df: pd.DataFrame,
+    outcome: str,
+    group: str,
+    covariates: Sequence[str] = (),
+    *,
+    levels: Sequence[str] | None = None,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Difference of ``outcome`` between two groups adjusted for covariates (OLS, ANCOVA).
+
+    Fits ``outcome ~ 1 + [group == levels[1]] + covariates`` by ordinary least
+    squares (:class:`statsmodels.regression.linear_model.OLS`) on the rows with
+    every value present. Numeric covariates enter as they are; a non-numeric one
+    (e.g. sex ``F`` / ``M``) as indicators of its levels after the first (sorted).
+
+    Parameters
+    ----------
+    df : DataFrame
+    outcome : str
+        Numeric column.
+    group : str
+        Column with the two compared levels (rows of other levels are left out).
+    covariates : sequence of str
+    levels : sequence of two str, optional
+        ``(reference, compared)``; default the two sorted levels of ``group``.
+    alpha : float
+        Level of the confidence interval.
+
+    Returns
+    -------
+    dict
+        ``levels``, ``n`` (per level, rows used), ``difference`` (adjusted mean of
+        the compared level minus the reference), ``ci_low``, ``ci_high``, ``se``,
+        ``t``, ``p``, ``df_resid``, ``covariates``.
+    """
+    import statsmodels.api as sm
+
+    need = [outcome, group, *covariates]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"'df' lacks columns {missing}")
+    d = df[need].dropna()
+    g = d[group].astype(str)
+    if levels is None:
+        levels = sorted(g.unique())
+        if len(levels) != 2:
+            raise ValueError(f"'{group}' must have exactly 2 levels; got {levels}")
+    levels = [str(v) for v in levels]
+    if len(levels) != 2 or levels[0] == levels[1]:
+        raise ValueError(f"'levels' must name two different levels; got {levels}")
+    d, g = d[g.isin(levels)], g[g.isin(levels)]
+    counts = {lv: int((g == lv).sum()) for lv in levels}
+    if min(counts.values()) == 0:
+        raise ValueError(f"'{group}' has no row of level(s) {[lv for lv, n in counts.items() if n == 0]}")
+    X = pd.DataFrame({"group": (g == levels[1]).astype(float)}, index=d.index)
+    for c in covariates:
+        col = d[c]
+        if pd.api.types.is_numeric_dtype(col):
+            X[c] = col.astype(float)
+        else:
+            for lv in sorted(col.astype(str).unique())[1:]:
+                X[f"{c}_{lv}"] = (col.astype(str) == lv).astype(float)
+    y = pd.to_numeric(d[outcome], errors="raise").astype(float)
+    fit = sm.OLS(y, sm.add_constant(X, has_constant="add")).fit()
+    lo, hi = fit.conf_int(alpha=alpha).loc["group"]
+    return {"levels": levels, "n": counts, "difference": float(fit.params["group"]), "ci_low": float(lo),
+            "ci_high": float(hi), "se": float(fit.bse["group"]), "t": float(fit.tvalues["group"]),
+            "p": float(fit.pvalues["group"]), "df_resid": float(fit.df_resid), "covariates": list(covariates)}
 
 
 # --------------------------------------------------------------------------- diagnostic utility

@@ -3,6 +3,7 @@ canary on in-memory data), ground-truth mapping, tables, splits and the shared-s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,14 +159,18 @@ def test_table3_layout_and_paper_rows():
     t = edss.table3(scores, {"internal": 0.0004})
     assert t.index.tolist() == ["Internal test"]
     assert t.loc["Internal test", ("Gaussian process", "r")] == 0.6
-    assert t.loc["Internal test", ("Random forest", "R² (= r²)")] == pytest.approx(0.64)  # not r2_score
+    assert t.loc["Internal test", ("Random forest", "R² (= r², paper)")] == pytest.approx(0.64)  # not r2_score
+    assert t.loc["Internal test", ("Random forest", "R² (coefficient of determination)")] == -1.0
     assert t.loc["Internal test", ("", "P value")] == "<0.001"
     paper = edss.table3(paper_numbers.load("001")["table3"], {"internal": 0.001})
     assert paper.loc["External test", ("", "P value")] == "-"
     assert paper.loc["Training (cross-validation)", ("Support-vector machine", "MAE")] == 0.710
+    assert np.isnan(paper.loc["Internal test", ("Ridge regression", "R² (coefficient of determination)")])
     rows = edss.paper_table3_long()
     assert len(rows) == 12
-    assert rows["External test / Gaussian process"] == {"r": 0.799, "R² (= r²)": 0.638, "MAE": 1.247}
+    assert rows["External test / Gaussian process"] == {"r": 0.799, "R² (= r², paper)": 0.638, "MAE": 1.247}
+    assert edss.paper_table3_long(scores)["Internal test / Ridge regression"] == {
+        "r": 0.5, "R² (= r², paper)": 0.25, "R² (coefficient of determination)": -1.0, "MAE": 1.0}
 
 
 def test_abs_errors_long_format():
@@ -435,3 +440,236 @@ def test_icc_subset_modes():
     with pytest.raises(ValueError, match="only 2 training subject"):
         edss.icc_subset(SimpleNamespace(table=table.iloc[:4]), data, train,
                         edss.StudyConfig(icc_mode="rescan"))
+
+
+def test_table2_names_the_filtered_image_type():
+    t = edss.table2(["thalamus_L__wavelet-LLH_glcm__Idm", "thalamus_L__log-sigma-2-0-mm-3D_firstorder__Median"])
+    assert t["feature class"].tolist() == ["Gray level co-occurrence matrix, wavelet-LLH image",
+                                           "First order, log-sigma-2-0-mm-3D image"]
+    assert t["feature"].tolist() == ["Idm", "Median"]
+
+
+# ----------------------------------------------------------------------------- model choice by CV only
+def _choice(mae, params=None):
+    return SimpleNamespace(mean_mae=mae, params=params or {"model__alpha": mae})
+
+
+def test_model_chosen_by_cv_uses_the_cv_mae_only():
+    choices = {"ridge": _choice(0.80), "gaussian_process": _choice(0.70), "svr": _choice(0.75),
+               "random_forest": _choice(0.90)}
+    # the test sets favour the random forest by far: the choice must not follow them
+    scores = {c: {m: {"r": 0.9 if m == "random_forest" else 0.3, "mae": 0.2 if m == "random_forest" else 2.0}
+                  for m in edss.MODEL_ORDER} for c in ("training", "internal", "external")}
+    h = edss.headline(choices, scores, ceilings={"internal": 0.6, "external": float("nan")})
+    assert edss.model_chosen_by_cv(choices) == h["model_chosen_by_cv"] == "gaussian_process"
+    assert h["scores"]["internal"] == scores["internal"]["gaussian_process"]
+    assert h["fraction_of_ceiling"] == {"internal": pytest.approx(0.3 / 0.6)}  # NaN ceiling left out
+    assert h["cv_mae"] == {"ridge": 0.80, "gaussian_process": 0.70, "svr": 0.75, "random_forest": 0.90}
+    assert h["params"] == repr({"model__alpha": 0.70})
+    # any change of the test scores leaves the choice alone; a change of the CV MAE moves it
+    for c in ("internal", "external"):
+        scores[c]["gaussian_process"] = {"r": -1.0, "mae": 9.0}
+    assert edss.headline(choices, scores)["model_chosen_by_cv"] == "gaussian_process"
+    choices["svr"] = _choice(0.60)
+    assert edss.headline(choices, scores)["model_chosen_by_cv"] == "svr"
+    # ties: the first model of MODEL_ORDER
+    tie = {m: _choice(0.5) for m in edss.MODEL_ORDER}
+    assert edss.model_chosen_by_cv(tie) == "ridge"
+    assert edss.model_chosen_by_cv(tie, models=("svr", "ridge")) == "svr"
+    with pytest.raises(ValueError, match=r"'choices' lacks models \['svr', 'random_forest'\]"):
+        edss.model_chosen_by_cv({"ridge": _choice(1.0), "gaussian_process": _choice(1.0)})
+    with pytest.raises(ValueError, match=r"cross-validated MAE of \['svr'\] is not finite"):
+        edss.model_chosen_by_cv({**tie, "svr": _choice(float("nan"))})
+
+
+def test_cv_choice_does_not_move_when_the_test_labels_change():
+    """The notebook's chain (fold scores -> choose_hyperparameters -> headline) on permuted test EDSS."""
+    from msutils.models.regression import cv_fold_scores
+
+    data, train, test, retest = _study()
+    folds = _folds(train)
+    test_sets = {"internal": test[:12], "external": test[12:]}
+    models = ("ridge", "svr")  # two fast models keep the test short; the chain is the notebook's
+
+    def chain(d):
+        sel = edss.select_features(d, train, CONFIG, retest=retest)
+        cv = edss.cv_folds({"inner": folds}, sel.train_subjects)
+        X = edss.feature_matrix(sel, d, sel.train_subjects)
+        y = d.edss.loc[sel.train_subjects]
+        cv_scores = pd.concat([cv_fold_scores(m, X, y, cv, k).assign(feature_set="selected")
+                               for k in range(len(cv)) for m in models], ignore_index=True)
+        choices = edss.choose_hyperparameters(cv_scores, len(cv), feature_sets=("selected",), models=models)
+        fit = edss.fit_study(d, train, CONFIG, selection=sel, folds=folds, test_sets=test_sets,
+                             feature_sets=("selected",), models=models,
+                             hyperparameters={"selected": {m: c.params for m, c in choices["selected"].items()}})
+        return edss.headline(choices["selected"], fit.scores(d.edss)["selected"], models=models)
+
+    a = chain(data)
+    y = data.edss.copy()
+    y.loc[test] = np.random.default_rng(2).permutation(y.loc[test].to_numpy())[::-1]
+    b = chain(data.with_edss(y))
+    assert (a["model_chosen_by_cv"], a["params"], a["cv_mae"]) == (b["model_chosen_by_cv"], b["params"], b["cv_mae"])
+    assert a["scores"]["internal"]["mae"] != b["scores"]["internal"]["mae"]  # the test rows did change
+    y2 = data.edss.copy()
+    y2.loc[train] = np.random.default_rng(3).permutation(y2.loc[train].to_numpy())
+    assert chain(data.with_edss(y2))["cv_mae"] != a["cv_mae"]  # positive control: the training labels count
+
+
+def test_ceiling_reference_per_test_set():
+    data, train, test, _ = _study()
+    subjects = data.subjects.assign(gt_edss_noisefree=data.edss + np.random.default_rng(0).normal(0, 1, len(data.edss)))
+    got = edss.ceiling_reference(subjects, test)
+    assert got == pytest.approx(np.corrcoef(subjects.loc[test, "edss"], subjects.loc[test, "gt_edss_noisefree"])[0, 1])
+    assert edss.ceiling_reference(subjects) == pytest.approx(
+        np.corrcoef(subjects["edss"], subjects["gt_edss_noisefree"])[0, 1])
+    assert np.isnan(edss.ceiling_reference(data.subjects, test))  # a real cohort: no noise-free EDSS
+    assert np.isnan(edss.ceiling_reference(subjects.assign(gt_edss_noisefree=1.0), test))
+
+
+def test_table3_intervals_are_the_paired_bootstrap_of_each_test_set():
+    from msutils.stats import bootstrap_regression_metrics
+
+    rng = np.random.default_rng(1)
+    y = pd.Series(rng.normal(3, 1.5, 30), index=[f"s{i}" for i in range(30)])
+    preds = {"internal": pd.DataFrame({m: y.iloc[:14] + rng.normal(0, 0.5 + i / 4, 14)
+                                       for i, m in enumerate(edss.MODEL_ORDER)}),
+             "external": pd.DataFrame({m: y.iloc[14:] * 0.5 + rng.normal(0, 0.7, 16) for m in edss.MODEL_ORDER})}
+    out = edss.table3_intervals(preds, y, n_boot=300, seed=4)
+    assert out.columns.tolist() == ["cohort", "model", "metric", "estimate", "low", "high", "n_valid"]
+    assert len(out) == 2 * 4 * 4
+    ref = bootstrap_regression_metrics(y.iloc[14:].to_numpy(), preds["external"], n_boot=300, seed=4)
+    got = out[out.cohort == "external"].reset_index(drop=True)
+    np.testing.assert_allclose(got[["estimate", "low", "high"]].to_numpy(), ref[["estimate", "low", "high"]].to_numpy())
+    wide = edss.format_intervals(out, decimals=2)
+    row = out[(out.cohort == "internal") & (out.model == "svr") & (out.metric == "mae")].iloc[0]
+    assert wide.loc[("Internal test", "Support-vector machine"), "MAE"] == \
+        f"{row.estimate:.2f} ({row.low:.2f}-{row.high:.2f})"
+    assert list(wide.columns) == ["r", "R² (= r², paper)", "R² (coefficient of determination)", "MAE"]
+    with pytest.raises(ValueError, match=r"'preds' lacks cohorts \['training'\]"):
+        edss.table3_intervals(preds, y, cohorts=("training",))
+
+
+def _shared(data, retest, seed=0, n_folds=4):
+    split = internal_external_cv(data.subjects.reset_index(), test_size=0.2, n_folds=n_folds, seed=seed)
+    rt = retest.loc[[s for s in retest.index if s in set(split["train"])]]
+    sel = edss.select_features(data, split["train"], CONFIG, retest=rt)
+    return edss.SharedStage(data=data, split=split, retest_scans={}, retest=rt, selection=sel, fit_log={},
+                            seconds={})
+
+
+def test_repeat_study_is_the_whole_study_on_another_split():
+    data, _, _, retest = _study()
+    retest = pd.concat([retest, data.radiomics.loc[[s for s in data.subjects.index[:60] if s not in retest.index]]
+                        + 0.01])  # every site-1 subject re-processed
+    shared = _shared(data, retest)
+    run = edss.repeat_study(shared, CONFIG, 3, models=("ridge", "svr"))
+    split = internal_external_cv(data.subjects.reset_index(), test_size=0.2, n_folds=4, seed=3)
+    assert run["split"] == {k: list(split[k]) for k in ("train", "test", "external")}
+    assert run["split"]["test"] != list(shared.split["test"])
+    assert run["n_icc_subjects"] == len(set(split["train"]) & set(shared.retest.index))
+    log = FitLog.from_dict(run["fit_log"])
+    held = set(split["test"]) | set(split["external"])
+    assert_no_leak(log, held)
+    assert log.seen("selection.lasso") == frozenset(split["train"])
+    assert log.seen("selection.icc_stability") <= frozenset(split["train"])
+    assert log.seen("regression.ridge.final") == frozenset(split["train"])
+    # the selection and the numbers are exactly the study's functions on that split
+    sel = edss.select_features(data, split["train"], replace(CONFIG, seed=3),
+                               retest=shared.retest.loc[[s for s in shared.retest.index if s in set(split["train"])]])
+    assert run["selected"] == sel.selected
+    hyper = {fs: {m: eval(p) for m, p in per.items()} for fs, per in run["hyperparameters"].items()}
+    fit = edss.fit_study(data, split["train"], replace(CONFIG, seed=3), selection=sel, hyperparameters=hyper,
+                         folds=split["inner"], test_sets={"internal": split["test"], "external": split["external"]},
+                         models=("ridge", "svr"))
+    sc = fit.scores(data.edss)
+    assert run["metrics"]["selected"]["external"]["svr"]["r"] == pytest.approx(sc["selected"]["external"]["svr"]["r"])
+    assert run["headline"]["selected"]["model_chosen_by_cv"] in ("ridge", "svr")
+    assert set(run["ceiling"]) == {"internal", "external"} and np.isnan(run["ceiling"]["internal"])
+
+
+def test_repeat_summary_mean_and_sd_by_hand():
+    def run(seed, r_ridge, r_svr, chosen):
+        per = {c: {"ridge": {"r": r_ridge, "pearson_r2": r_ridge ** 2, "r2_score": 0.1, "mae": 1.0},
+                   "svr": {"r": r_svr, "pearson_r2": r_svr ** 2, "r2_score": 0.2, "mae": 2.0}}
+               for c in ("internal", "external")}
+        return {"split_seed": seed, "metrics": {"selected": per},
+                "headline": {"selected": {"model_chosen_by_cv": chosen}}}
+
+    runs = [run(0, 0.5, 0.7, "ridge"), run(1, 0.6, 0.4, "svr"), run(2, 0.7, 0.1, "ridge")]
+    out = edss.repeat_summary(runs)
+    assert out.loc[("internal", "ridge"), "r mean"] == pytest.approx(0.6)
+    assert out.loc[("internal", "ridge"), "r SD"] == pytest.approx(np.std([0.5, 0.6, 0.7], ddof=1))
+    chosen_r = [0.5, 0.4, 0.7]
+    assert out.loc[("external", edss.CHOSEN_BY_CV), "r mean"] == pytest.approx(np.mean(chosen_r))
+    assert out.loc[("external", edss.CHOSEN_BY_CV), "r SD"] == pytest.approx(np.std(chosen_r, ddof=1))
+    assert out.loc[("external", edss.CHOSEN_BY_CV), "mae mean"] == pytest.approx(4 / 3)
+    assert (out["seeds"] == 3).all()
+    f = edss.format_mean_sd(out, decimals=2)
+    assert f.loc[("Internal test", "Ridge regression"), "r"] == "0.60 ± 0.10"
+    with pytest.raises(ValueError, match="'runs' must hold at least 2 split seeds; got 1"):
+        edss.repeat_summary(runs[:1])
+
+
+def test_course_comparison_is_the_adjusted_ols_term():
+    from msutils.stats import adjusted_difference
+
+    data, *_ = _study()
+    table, adj = edss.course_comparison(data.subjects)
+    ref = adjusted_difference(data.subjects, "edss", "course", ["age", "sex", "disease_duration"],
+                              levels=["RR", "SP"])
+    assert adj == ref and adj["difference"] > 0  # SP drives the synthetic EDSS up
+    sp = data.subjects.loc[data.subjects.course == "SP", "edss"]
+    assert table.loc["SP", "n"] == len(sp) and table.loc["SP", "EDSS median"] == sp.median()
+    assert table.loc["SP", "EDSS IQR"] == "{:.1f}-{:.1f}".format(*sp.quantile([0.25, 0.75]))
+
+
+def test_ridge_weights_are_the_coefficients_on_standardized_features():
+    from sklearn.linear_model import Ridge
+
+    from msutils.models.regression import make_model
+
+    data, train, *_ = _study()
+    X = data.radiomics.loc[train]
+    y = data.edss.loc[train]
+    model = make_model("ridge", {"model__alpha": 3.0}).fit(X, y)
+    w = edss.ridge_weights(model)
+    Z = (X - X.mean()) / X.std(ddof=0)
+    ref = Ridge(alpha=3.0).fit(Z, y)
+    np.testing.assert_allclose(w.drop("(intercept)").to_numpy(), ref.coef_, rtol=1e-8)
+    assert w.index[:-1].tolist() == X.columns.tolist()
+    assert w["(intercept)"] == pytest.approx(y.mean())
+    with pytest.raises(ValueError, match="'model' must be a fitted ridge pipeline"):
+        edss.ridge_weights(make_model("svr").fit(X, y))
+
+
+def test_lesion_volume_truth_with_a_declared_truth_column():
+    data, *_ = _study()
+    truth_vox = {sid: int(k) for k, sid in enumerate(data.subjects["scan_id"])}  # k true lesion voxels
+
+    def image(sid, column):
+        assert column == "gt_lesion_mask"
+        arr = np.zeros((5, 5, 5), np.uint8)
+        arr.reshape(-1)[: truth_vox[sid]] = 1
+        return nib.Nifti1Image(arr, np.diag([2.0, 2.0, 2.0, 1.0]))
+
+    cohort = SimpleNamespace(truth_columns={"gt_brain_mask": "brain_mask", "gt_lesion_mask": "lesion_mask"},
+                             image=image)
+    out = edss.lesion_volume_truth(cohort, data)
+    assert out.columns.tolist() == ["measured_ml", "truth_ml"] and out.attrs["truth_column"] == "gt_lesion_mask"
+    np.testing.assert_allclose(out["truth_ml"].to_numpy(), np.arange(80) * 8 / 1000)
+    assert out["measured_ml"].equals(data.volumes["lesion_volume_ml"].rename("measured_ml"))
+    # no truth declared (today's cohort, a real one): only the measured volume, plus the design value if known
+    plain = edss.lesion_volume_truth(SimpleNamespace(), data)
+    assert plain.columns.tolist() == ["measured_ml"] and "truth_column" not in plain.attrs
+    data.subjects["gt_lesion_volume_design_ml"] = data.volumes["lesion_volume_ml"] * 1.1
+    assert edss.lesion_volume_truth(SimpleNamespace(truth_columns={}), data).columns.tolist() == [
+        "measured_ml", "design_ml"]
+    agree = edss.lesion_truth_agreement(out, data.edss)
+    m, t = out["measured_ml"], out["truth_ml"]
+    assert agree.loc["truth_ml", "Pearson r with measured (log)"] == pytest.approx(
+        np.corrcoef(np.log1p(m), np.log1p(t))[0, 1])
+    assert agree.loc["truth_ml", "Spearman rho with EDSS"] == pytest.approx(sps.spearmanr(t, data.edss).statistic)
+    assert agree.loc["measured_ml", "median (measured - this), mL"] == 0.0
+    assert agree.index.tolist() == ["measured_ml", "truth_ml"]
+    with pytest.raises(ValueError, match="'volumes' lacks 'measured_ml'"):
+        edss.lesion_truth_agreement(out[["truth_ml"]], data.edss)

@@ -55,6 +55,10 @@ def _plain_pyradiomics(image, mask, spacing, params):
         ("border", (1.2, 0.9, 1.0), "seed000"),  # mask touches three faces of the volume
         ("interior", (1.0, 1.1, 0.9), rad.make_params(("firstorder", "glcm"), log_sigma=[1.0, 2.5])),
         ("border", (1.0, 1.0, 1.0), "saliency"),
+        # wavelet decompositions of the full volume, then cropped (an odd-sized axis is padded by pyradiomics)
+        ("interior", (1.0, 1.2, 1.0), rad.make_params(("firstorder", "glszm"), wavelet="coif1")),
+        ("border", (1.0, 1.0, 1.0), rad.make_params(("firstorder",), log_sigma=[2.0], wavelet="haar",
+                                                     original=False)),
         ("interior", (1.0, 1.0, 1.0), rad.make_params(
             ("shape", "firstorder", "glszm"), normalize=False, log_sigma=[1.0],
             settings={"resegmentRange": [700.0, 1300.0]})),
@@ -194,6 +198,22 @@ def test_feature_naming():
     assert log_names[:1] == ["firstorder__10Percentile"]
     assert "log-sigma-1-0-mm-3D_firstorder__Mean" in log_names and "log-sigma-3-0-mm-3D_firstorder__Mean" in log_names
     assert len(log_names) == 3 * 18
+    wav = rad.feature_names(rad.make_params(("firstorder",), wavelet="coif1", original=False))
+    assert [n.split("_firstorder")[0] for n in wav[::18]] == [
+        f"wavelet-{b}" for b in ("LLH", "LHL", "LHH", "HLL", "HLH", "HHL", "HHH", "LLL")]
+    # seed 001's paper profile: original + 3 LoG sigmas + 8 wavelet bands, 93 features each
+    paper = rad.feature_names("seed001_paper")
+    assert len(paper) == 12 * 93 and paper[:93] == rad.feature_names("seed001")
+    assert rad.parse_column(f"thalamus_L__{paper[-1]}")["image_type"] == "wavelet-LLL"
+
+
+def test_make_params_image_types():
+    p = rad.make_params(("firstorder",), log_sigma=[1, 2], wavelet="db2")
+    assert p["imageType"] == {"Original": {}, "LoG": {"sigma": [1.0, 2.0]}, "Wavelet": {"wavelet": "db2"}}
+    with pytest.raises(ValueError, match="'wavelet' must be one of PyWavelets' discrete wavelets .*; got 'mexh'"):
+        rad.make_params(("firstorder",), wavelet="mexh")  # continuous: not usable by pyradiomics' SWT
+    with pytest.raises(ValueError, match="at least one image type is needed"):
+        rad.make_params(("firstorder",), original=False)
 
 
 # ----------------------------------------------------------------------------- cohort level

@@ -55,8 +55,9 @@ def test_packaged_profiles() -> None:
     for nb in all_p:
         assert sorted(all_p[nb]) == ["paper", "quick", "smoke"]
     assert profiles.profile_folds("00_cohort", "paper") == []
-    assert profiles.profile_folds("02_edss_regression", "smoke") == ["cv0", "cv1", "cv2"]
-    assert profiles.profile_folds("02_edss_regression", "quick") == [f"cv{i}" for i in range(10)]
+    assert profiles.profile_folds("02_edss_regression", "smoke") == ["cv0", "cv1", "cv2", "rep1"]
+    assert profiles.profile_folds("02_edss_regression", "quick") == [f"cv{i}" for i in range(10)] + [
+        f"rep{i}" for i in range(1, 5)]
     assert profiles.profile_folds("02_edss_regression", "paper") == [f"cv{i}" for i in range(10)]
     assert profiles.profile_folds("03_flair_nnunet", "smoke") == ["fold0", "fold1"]
     assert profiles.profile_folds("03_flair_nnunet", "quick") == [f"fold{i}" for i in range(5)] + ["fold0-noaug"]

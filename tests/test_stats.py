@@ -331,6 +331,8 @@ def test_format_ci():
     assert ms.format_ci(28.31, 23.5, 33.14, scale=1) == "28.3 (23.5-33.1)"
     assert ms.format_ci(0.5, None, np.nan, decimals=0) == "50 (n/a-n/a)"
     assert ms.format_ci(None, 0.1, 0.2) == ms.format_ci(np.nan, 0.1, 0.2) == "n/a"
+    assert ms.format_ci(0.37, -0.554, 0.89, scale=1, decimals=2) == "0.37 (-0.55 to 0.89)"
+    assert ms.format_ci(-0.5, -0.9, -0.1, scale=1) == "-0.5 (-0.9 to -0.1)"
 
 
 def test_regression_metrics_bias_and_constant_prediction():
@@ -370,3 +372,85 @@ def test_table1_single_level_and_single_group_give_no_test():
     one = ms.table1(df, "site", {"age": "continuous"}, order=["a"])
     assert np.isnan(_row(one, "age", "a")["p_value"])
     assert _row(one, "age", "a")["note"] == "single group: no test"
+
+
+# --------------------------------------------------------------------------- paired regression bootstrap
+def test_bootstrap_regression_metrics_equals_a_loop_over_the_same_resamples():
+    rng = np.random.default_rng(3)
+    y = rng.normal(3, 1.5, 35)
+    preds = pd.DataFrame({"good": y + rng.normal(0, 0.5, 35), "biased": y * 0.5 + 2 + rng.normal(0, 0.8, 35)})
+    out = ms.bootstrap_regression_metrics(y, preds, n_boot=300, seed=7).set_index(["predictor", "metric"])
+    idx = ms.bootstrap_indices(35, 300, seed=7)
+    assert idx.shape == (300, 35) and (ms.bootstrap_indices(35, 300, seed=7) == idx).all()
+    for name in preds:
+        p = preds[name].to_numpy()
+        loop = pd.DataFrame([ms.regression_metrics(y[i], p[i]) for i in idx])
+        full = ms.regression_metrics(y, p)
+        for metric in ms.REGRESSION_METRICS:
+            row = out.loc[(name, metric)]
+            lo, hi = np.quantile(loop[metric], [0.025, 0.975])
+            assert row["estimate"] == pytest.approx(full[metric], rel=1e-12)
+            assert (row["low"], row["high"]) == pytest.approx((lo, hi), rel=1e-9)
+            assert row["low"] <= row["estimate"] <= row["high"] and row["n_valid"] == 300
+    # the biased predictor: r2_score below r², a wider MAE interval than the good one
+    assert out.loc[("biased", "r2_score"), "estimate"] < out.loc[("biased", "pearson_r2"), "estimate"]
+    assert out.loc[("good", "mae"), "high"] < out.loc[("biased", "mae"), "low"]
+
+
+def test_bootstrap_regression_metrics_coverage_of_r_near_fisher_z():
+    """With normal data the percentile interval of r is close to the Fisher-z interval."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=400)
+    y = 0.6 * x + 0.8 * rng.normal(size=400)
+    row = ms.bootstrap_regression_metrics(y, x, n_boot=2000).set_index("metric").loc["r"]
+    z, se = np.arctanh(row["estimate"]), 1 / np.sqrt(400 - 3)
+    assert row["low"] == pytest.approx(np.tanh(z - 1.96 * se), abs=0.02)
+    assert row["high"] == pytest.approx(np.tanh(z + 1.96 * se), abs=0.02)
+
+
+def test_bootstrap_regression_metrics_drops_undefined_resamples_and_validates():
+    y = np.array([1.0, 1.0, 1.0, 2.0])
+    out = ms.bootstrap_regression_metrics(y, pd.Series([1.0, 1.5, 1.0, 2.5], name="m"), n_boot=200, seed=1)
+    r = out.set_index("metric").loc["r"]
+    assert out["predictor"].unique().tolist() == ["m"]
+    assert 0 < r["n_valid"] < 200  # resamples without the 2.0 have constant y: r undefined
+    assert out.set_index("metric").loc["mae", "n_valid"] == 200
+    with pytest.raises(ValueError, match="'y_pred' column 'prediction' has 3 values but 'y_true' has 4"):
+        ms.bootstrap_regression_metrics(y, [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="'n_boot' must be an integer >= 1; got 0"):
+        ms.bootstrap_regression_metrics(y, y, n_boot=0)
+    with pytest.raises(ValueError, match=r"'alpha' must be in \(0, 1\); got 1.5"):
+        ms.bootstrap_regression_metrics(y, y, alpha=1.5)
+
+
+# --------------------------------------------------------------------------- adjusted group difference
+def test_adjusted_difference_matches_ols_by_hand():
+    rng = np.random.default_rng(4)
+    n = 60
+    df = pd.DataFrame({"course": rng.choice(["RR", "SP"], n, p=[0.7, 0.3]), "age": rng.normal(40, 10, n),
+                       "sex": rng.choice(["F", "M"], n), "dd": rng.gamma(2, 4, n), "other": "x"})
+    df["edss"] = 2.0 * (df["course"] == "SP") + 0.03 * df["age"] + 0.05 * df["dd"] + rng.normal(0, 1, n)
+    df.loc[3, "age"] = np.nan  # dropped
+    d = df.dropna(subset=["age"])
+    X = np.column_stack([np.ones(len(d)), d["course"] == "SP", d["age"], d["sex"] == "M", d["dd"]]).astype(float)
+    beta, *_ = np.linalg.lstsq(X, d["edss"].to_numpy(), rcond=None)
+    resid = d["edss"].to_numpy() - X @ beta
+    dof = len(d) - X.shape[1]
+    se = np.sqrt(resid @ resid / dof * np.linalg.inv(X.T @ X)[1, 1])
+    got = ms.adjusted_difference(df, "edss", "course", ["age", "sex", "dd"])
+    assert got["levels"] == ["RR", "SP"]
+    assert got["n"] == {"RR": int((d["course"] == "RR").sum()), "SP": int((d["course"] == "SP").sum())}
+    assert got["difference"] == pytest.approx(beta[1], rel=1e-9)
+    assert got["se"] == pytest.approx(se, rel=1e-9)
+    assert got["p"] == pytest.approx(2 * st.t.sf(abs(beta[1] / se), dof), rel=1e-9)
+    q = st.t.ppf(0.975, dof)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((beta[1] - q * se, beta[1] + q * se), rel=1e-9)
+    # reversed levels flip the sign; a third level is left out when levels are given
+    rev = ms.adjusted_difference(df, "edss", "course", ["age", "sex", "dd"], levels=["SP", "RR"])
+    assert rev["difference"] == pytest.approx(-beta[1], rel=1e-9)
+    three = df.assign(course=np.where(np.arange(n) < 5, "PP", df["course"]))
+    with pytest.raises(ValueError, match=r"'course' must have exactly 2 levels; got \['PP', 'RR', 'SP'\]"):
+        ms.adjusted_difference(three, "edss", "course")
+    assert ms.adjusted_difference(three, "edss", "course", levels=["RR", "SP"])["n"]["RR"] < got["n"]["RR"] + 5
+    with pytest.raises(ValueError, match=r"'df' lacks columns \['duration'\]"):
+        ms.adjusted_difference(df, "edss", "course", ["duration"])

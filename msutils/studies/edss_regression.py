@@ -116,6 +116,20 @@ __all__ = [
     "table2",
     "site_table1",
     "adjusted_site_pvalue",
+    "NOISE_FREE_EDSS",
+    "model_chosen_by_cv",
+    "ceiling_reference",
+    "headline",
+    "table3_intervals",
+    "format_intervals",
+    "repeat_study",
+    "CHOSEN_BY_CV",
+    "repeat_summary",
+    "format_mean_sd",
+    "course_comparison",
+    "ridge_weights",
+    "lesion_volume_truth",
+    "lesion_truth_agreement",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1239,22 +1253,25 @@ _COHORT_LABELS = {"training": "Training (cross-validation)", "internal": "Intern
                   "external": "External test"}
 
 
-#: Table 3's metric columns: score key -> column label. Its "R2" is the squared Pearson r.
-TABLE3_METRICS: dict[str, str] = {"r": "r", "pearson_r2": "R² (= r²)", "mae": "MAE"}
+#: Table 3's metric columns: score key -> column label. The seed's "R2" is the squared Pearson r
+#: (``pearson_r2``); the coefficient of determination (``r2_score``) stands beside it, labelled.
+TABLE3_METRICS: dict[str, str] = {"r": "r", "pearson_r2": "R² (= r², paper)",
+                                  "r2_score": "R² (coefficient of determination)", "mae": "MAE"}
 
 
 def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
            pvalues: Mapping[str, float] | None = None, *, models: Sequence[str] = MODEL_ORDER,
            labels: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """The seed's Table 3 layout: one row per cohort, (model, r / R² / MAE) columns, P value.
+    """The seed's Table 3 layout: one row per cohort, (model, metric) columns, P value.
 
-    The R² column is the squared Pearson correlation (``pearson_r2``), as in the
-    seed's table, not the coefficient of determination (``r2_score``).
+    Metrics: :data:`TABLE3_METRICS`. The seed's R² is the squared Pearson correlation
+    (``pearson_r2``); the coefficient of determination (``r2_score``) is shown beside
+    it, labelled (NaN where the scores lack it, e.g. the paper's table).
 
     Parameters
     ----------
     scores : mapping
-        ``{cohort: {model: {"r", "pearson_r2", "mae"}}}`` (cohorts ``training``,
+        ``{cohort: {model: {"r", "pearson_r2", "r2_score", "mae"}}}`` (cohorts ``training``,
         ``internal``, ``external``), e.g. :func:`msutils.stats.regression_metrics` values.
     pvalues : mapping, optional
         ``{cohort: RM-ANOVA p}`` (shown formatted; missing -> "-").
@@ -1279,14 +1296,14 @@ def table3(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 def paper_table3_long(scores: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None
                       ) -> dict[str, dict[str, float]]:
-    """``{"<cohort> / <model>": {"r", "R² (= r²)", "MAE"}}`` rows (the paper's Table 3 by default)
-    for :func:`msutils.pipeline.report.paper_vs_ours`."""
+    """``{"<cohort> / <model>": {metric label: value}}`` rows (the paper's Table 3 by default)
+    for :func:`msutils.pipeline.report.paper_vs_ours`; metrics the scores lack are left out."""
     from msutils.models.regression import MODELS
     from msutils.studies import paper_numbers
 
     src = paper_numbers.load("001")["table3"] if scores is None else scores
     return {f"{_COHORT_LABELS.get(c, c)} / {MODELS[m].label}":
-            {label: float(v[k]) for k, label in TABLE3_METRICS.items()}
+            {label: float(v[k]) for k, label in TABLE3_METRICS.items() if k in v}
             for c, per in src.items() for m, v in per.items()}
 
 
@@ -1555,8 +1572,10 @@ def table2(selected: Sequence[str], *, centroids: Mapping[str, Sequence[float]] 
                    "Lesion fraction", "Local WM damage next to the region")
         else:
             roi, family, feat = name.split("__")
-            cls = family.split("_")[-1]
+            image_type, _, cls = family.rpartition("_")
             title, info = _CLASS_INFO.get(cls, (family, ""))
+            if image_type:  # a filtered image (LoG, wavelet) of the paper profile
+                title = f"{title}, {image_type} image"
             meaning = _FEATURE_MEANING_BY_CLASS.get((cls, feat), _FEATURE_MEANING.get(feat, ""))
             row = (roi_description(roi, centroids.get(roi), n_parcels), title, info, feat, meaning)
         rows.append((name, *row))
@@ -1616,4 +1635,361 @@ def site_table1(data: StudyData, *, order: Sequence[str] | None = None, seed: in
     return wide
 
 
-# ---------------------------------------------------------------------------- caching
+
+# ---------------------------------------------------------------------------- headline: model chosen by CV
+#: The generator's noise-free EDSS column of a synthetic cohort (:func:`ceiling_reference`).
+NOISE_FREE_EDSS = "gt_edss_noisefree"
+
+
+def model_chosen_by_cv(choices: Mapping[str, Any], models: Sequence[str] = MODEL_ORDER) -> str:
+    """The model whose tuned configuration has the lowest cross-validated MAE on the training set.
+
+    The seed tunes every model by 10-fold cross-validated MAE on the training set;
+    the headline model is chosen by the same criterion, never by a test-set metric
+    (the test sets are for reporting only). Ties go to the first model of ``models``.
+
+    Parameters
+    ----------
+    choices : mapping
+        Model -> :class:`msutils.models.regression.HyperparameterChoice` (anything with a
+        ``mean_mae``), e.g. one feature set of :func:`choose_hyperparameters`.
+    models : sequence of str
+        The candidates.
+    """
+    missing = [m for m in models if m not in choices]
+    if missing:
+        raise ValueError(f"'choices' lacks models {missing}")
+    mae = {m: float(choices[m].mean_mae) for m in models}
+    bad = [m for m, v in mae.items() if not np.isfinite(v)]
+    if bad:
+        raise ValueError(f"cross-validated MAE of {bad} is not finite")
+    return min(models, key=lambda m: mae[m])
+
+
+def ceiling_reference(subjects: pd.DataFrame, ids: Sequence[str] | None = None) -> float:
+    """Pearson r of the observed EDSS with the generator's noise-free EDSS on ``ids``.
+
+    A reference for the test set it is computed on (what the noise-free EDSS itself
+    would score), not a bound: a model can exceed it on a given sample. NaN when the
+    table lacks :data:`NOISE_FREE_EDSS` (a real cohort) or the values are constant.
+
+    Parameters
+    ----------
+    subjects : DataFrame
+        :attr:`StudyData.subjects` (index subject_id, ``edss``).
+    ids : sequence of str, optional
+        The patients (default: all).
+    """
+    if NOISE_FREE_EDSS not in subjects.columns:
+        return float("nan")
+    d = subjects if ids is None else subjects.loc[[str(i) for i in ids]]
+    obs = d["edss"].astype(float).to_numpy()
+    ref = d[NOISE_FREE_EDSS].astype(float).to_numpy()
+    ok = np.isfinite(obs) & np.isfinite(ref)
+    if ok.sum() < 3 or np.ptp(obs[ok]) == 0 or np.ptp(ref[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(obs[ok], ref[ok])[0, 1])
+
+
+def headline(choices: Mapping[str, Any], scores: Mapping[str, Mapping[str, Mapping[str, float]]], *,
+             ceilings: Mapping[str, float] | None = None, models: Sequence[str] = MODEL_ORDER) -> dict[str, Any]:
+    """The headline numbers of one feature set: the model chosen by training-CV MAE and its scores.
+
+    The choice (:func:`model_chosen_by_cv`) reads only ``choices``; ``scores`` (which
+    hold the test sets) are reported for that model, never compared across models.
+
+    Parameters
+    ----------
+    choices : mapping
+        Model -> :class:`msutils.models.regression.HyperparameterChoice`.
+    scores : mapping
+        ``{cohort: {model: metrics}}`` (:meth:`StudyFit.scores` of one feature set).
+    ceilings : mapping, optional
+        ``{cohort: ceiling r}`` (:func:`ceiling_reference` per test set).
+    models : sequence of str
+
+    Returns
+    -------
+    dict
+        ``model_chosen_by_cv``, ``cv_mae`` (every model's), ``params`` (the chosen
+        model's hyper-parameters, repr), ``scores`` (``{cohort: metrics}`` of the chosen
+        model) and ``fraction_of_ceiling`` (``{cohort: r / ceiling}`` where a finite
+        ceiling is given).
+    """
+    chosen = model_chosen_by_cv(choices, models)
+    ours = {c: dict(per[chosen]) for c, per in scores.items() if chosen in per}
+    frac = {c: ours[c]["r"] / float(v) for c, v in (ceilings or {}).items()
+            if c in ours and np.isfinite(float(v)) and float(v) != 0}
+    return {"model_chosen_by_cv": chosen, "cv_mae": {m: float(choices[m].mean_mae) for m in models},
+            "params": repr(getattr(choices[chosen], "params", None)), "scores": ours, "fraction_of_ceiling": frac}
+
+
+# ---------------------------------------------------------------------------- confidence intervals
+def table3_intervals(preds: Mapping[str, pd.DataFrame], edss: pd.Series, *,
+                     cohorts: Sequence[str] = ("internal", "external"), n_boot: int = 2000, alpha: float = 0.05,
+                     seed: int = 0) -> pd.DataFrame:
+    """Bootstrap confidence intervals (over the test patients) of Table 3's metrics.
+
+    Per cohort, the patients are resampled with replacement and every model is scored
+    on the same resamples (:func:`msutils.stats.bootstrap_regression_metrics`).
+
+    Parameters
+    ----------
+    preds : mapping
+        ``{cohort: DataFrame}`` (index subject_id, one column per model), one feature set
+        of :attr:`StudyFit.predictions`.
+    edss : Series
+        Observed EDSS per subject.
+    cohorts : sequence of str
+        The cohorts of ``preds`` to bootstrap (default: the two test sets).
+    n_boot, alpha, seed
+        See :func:`msutils.stats.bootstrap_regression_metrics`.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``cohort, model, metric, estimate, low, high, n_valid``.
+    """
+    from msutils.stats import bootstrap_regression_metrics
+
+    missing = [c for c in cohorts if c not in preds]
+    if missing:
+        raise ValueError(f"'preds' lacks cohorts {missing}; has {list(preds)}")
+    y = pd.Series(edss, dtype=float)
+    parts = []
+    for c in cohorts:
+        p = preds[c]
+        ci = bootstrap_regression_metrics(y.loc[p.index].to_numpy(), p, n_boot=n_boot, alpha=alpha, seed=seed)
+        parts.append(ci.rename(columns={"predictor": "model"}).assign(cohort=c))
+    out = pd.concat(parts, ignore_index=True)
+    return out[["cohort", "model", "metric", "estimate", "low", "high", "n_valid"]]
+
+
+def format_intervals(intervals: pd.DataFrame, *, decimals: int = 3) -> pd.DataFrame:
+    """:func:`table3_intervals` as a table: (cohort, model) rows, one "estimate (low-high)" column
+    per metric of :data:`TABLE3_METRICS`."""
+    from msutils.models.regression import MODELS
+    from msutils.stats import format_ci
+
+    d = intervals.assign(cell=[format_ci(e, lo, hi, scale=1.0, decimals=decimals)
+                               for e, lo, hi in intervals[["estimate", "low", "high"]].to_numpy()])
+    wide = d.pivot_table(index=["cohort", "model"], columns="metric", values="cell", aggfunc="first", sort=False)
+    wide = wide[[k for k in TABLE3_METRICS if k in wide.columns]].rename(columns=TABLE3_METRICS)
+    wide.index = pd.MultiIndex.from_tuples([(_COHORT_LABELS.get(c, c), MODELS[m].label if m in MODELS else m)
+                                            for c, m in wide.index], names=["cohort", "model"])
+    wide.columns.name = None
+    return wide
+
+
+# ---------------------------------------------------------------------------- repeated splits
+def repeat_study(shared: SharedStage, config: StudyConfig, split_seed: int, *, grid: str = "small",
+                 feature_sets: Sequence[str] = FEATURE_SETS, models: Sequence[str] = MODEL_ORDER) -> dict[str, Any]:
+    """The whole study on another random 80/20 split of the internal center (one papermill fold).
+
+    1. :func:`msutils.data.splits.internal_external_cv` with ``split_seed`` (same centers,
+       test share and number of CV folds as ``shared.split``);
+    2. the stability test on the shared stage's re-processed subjects that fall in this
+       training set (the ICC is recomputed on them; none of this split's test subjects);
+    3. :func:`select_features` on this training set (``config`` reseeded with ``split_seed``);
+    4. the grid search over every CV fold (:func:`msutils.models.regression.cv_fold_scores`),
+       :func:`choose_hyperparameters`, the model chosen by CV MAE (:func:`headline`);
+    5. :func:`fit_study`: out-of-fold training predictions and both test sets; their
+       scores and the ceiling reference of each test set.
+
+    Returns
+    -------
+    dict
+        ``split_seed``, ``split`` (train / test / external ids), ``selected``,
+        ``hyperparameters`` (repr), ``metrics`` (``{feature_set: {cohort: {model:
+        metrics}}}``), ``headline`` (``{feature_set: headline}``), ``ceiling``
+        (``{cohort: r}``), ``n_icc_subjects`` and ``fit_log``.
+    """
+    from msutils.data.leakage import FitLog, assert_no_leak
+    from msutils.data.splits import heldout_subjects, internal_external_cv
+    from msutils.models.regression import cv_fold_scores
+
+    split_seed = check_int("split_seed", split_seed, 0)
+    base = shared.split
+    split = internal_external_cv(shared.data.subjects.reset_index(), internal_center=base["internal_center"],
+                                 external_centers=base["external_centers"], test_size=base["test_size"],
+                                 n_folds=int(base["n_folds"]), seed=split_seed)
+    train = [str(s) for s in split["train"]]
+    cfg = replace(config, seed=split_seed)
+    retest = shared.retest.loc[[s for s in shared.retest.index if str(s) in set(train)]]
+    log = FitLog()
+    selection = select_features(shared.data, train, cfg, retest=retest if len(retest) >= 3 else None, fit_log=log)
+    y = shared.data.edss.loc[selection.train_subjects]
+    cv = cv_folds(split, selection.train_subjects)
+    X = {fs: feature_matrix(selection, shared.data, selection.train_subjects, fs) for fs in feature_sets}
+    cv_scores = pd.concat([cv_fold_scores(m, X[fs], y, cv, k, grid=grid, seed=split_seed, fit_log=log)
+                           .assign(feature_set=fs)
+                           for k in range(len(cv)) for fs in feature_sets for m in models], ignore_index=True)
+    choices = choose_hyperparameters(cv_scores, len(cv), feature_sets=feature_sets, models=models)
+    hyper = {fs: {m: ch.params for m, ch in per.items()} for fs, per in choices.items()}
+    test_sets = {"internal": list(split["test"]), "external": list(split["external"])}
+    study = fit_study(shared.data, selection.train_subjects, cfg, selection=selection, hyperparameters=hyper,
+                      folds=split["inner"], test_sets=test_sets, feature_sets=feature_sets, models=models,
+                      fit_log=log)
+    assert_no_leak(log, heldout_subjects(split))
+    scores = study.scores(shared.data.edss)
+    ceiling = {c: ceiling_reference(shared.data.subjects, ids) for c, ids in test_sets.items()}
+    metrics = {fs: {c: {m: {k: float(v[k]) for k in ("n", "r", "pearson_r2", "r2_score", "mae")}
+                        for m, v in per.items()} for c, per in by.items()} for fs, by in scores.items()}
+    return {"split_seed": split_seed, "split": {k: list(split[k]) for k in ("train", "test", "external")},
+            "selected": selection.selected, "n_icc_subjects": int(len(retest)),
+            "hyperparameters": {fs: {m: repr(p) for m, p in per.items()} for fs, per in hyper.items()},
+            "metrics": metrics, "headline": {fs: headline(choices[fs], metrics[fs], ceilings=ceiling, models=models)
+                                             for fs in feature_sets},
+            "ceiling": ceiling, "fit_log": log.to_dict()}
+
+
+#: Label of the CV-chosen model's rows in :func:`repeat_summary`.
+CHOSEN_BY_CV = "chosen by CV"
+
+
+def repeat_summary(runs: Sequence[Mapping[str, Any]], *, feature_set: str = "selected",
+                   metrics: Sequence[str] = ("r", "pearson_r2", "r2_score", "mae")) -> pd.DataFrame:
+    """Mean and SD over split seeds of every model's metrics (and of the model chosen by CV).
+
+    Parameters
+    ----------
+    runs : sequence of dict
+        One per split seed, each with ``split_seed``, ``metrics`` and ``headline`` as
+        :func:`repeat_study` returns them.
+    feature_set : str
+    metrics : sequence of str
+
+    Returns
+    -------
+    DataFrame
+        Index (cohort, model) with :data:`CHOSEN_BY_CV` as an extra model; columns
+        ``<metric> mean``, ``<metric> SD`` per metric and ``seeds``.
+    """
+    check_choice("feature_set", feature_set, FEATURE_SETS)
+    if len(runs) < 2:
+        raise ValueError(f"'runs' must hold at least 2 split seeds; got {len(runs)}")
+    rows = []
+    for run in runs:
+        per = run["metrics"][feature_set]
+        chosen = run["headline"][feature_set]["model_chosen_by_cv"]
+        for cohort, by_model in per.items():
+            for m, v in list(by_model.items()) + [(CHOSEN_BY_CV, by_model[chosen])]:
+                rows.append({"seed": run["split_seed"], "cohort": cohort, "model": m,
+                             **{k: float(v[k]) for k in metrics}})
+    long = pd.DataFrame(rows)
+    g = long.groupby(["cohort", "model"], sort=False)
+    out = pd.concat({f"{k} {stat}": g[k].agg(stat) for k in metrics for stat in ("mean", "std")}, axis=1)
+    out.columns = [c.replace(" std", " SD") for c in out.columns]
+    out["seeds"] = g["seed"].nunique()
+    return out
+
+
+def format_mean_sd(summary: pd.DataFrame, *, decimals: int = 3) -> pd.DataFrame:
+    """:func:`repeat_summary` as "mean ± SD" cells, metric columns labelled as in :data:`TABLE3_METRICS`."""
+    from msutils.models.regression import MODELS
+
+    keys = [k for k in TABLE3_METRICS if f"{k} mean" in summary.columns]
+    out = pd.DataFrame({TABLE3_METRICS[k]: [f"{m:.{decimals}f} ± {s:.{decimals}f}" for m, s in
+                                            summary[[f"{k} mean", f"{k} SD"]].to_numpy()] for k in keys},
+                       index=pd.MultiIndex.from_tuples(
+                           [(_COHORT_LABELS.get(c, c), MODELS[m].label if m in MODELS else m)
+                            for c, m in summary.index], names=["cohort", "model"]))
+    out["seeds"] = summary["seeds"].to_numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------- further analyses of the seed
+def course_comparison(subjects: pd.DataFrame, *, covariates: Sequence[str] = ("age", "sex", "disease_duration")
+                      ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """EDSS of secondary-progressive against relapsing-remitting patients, adjusted for covariates.
+
+    The seed compares the EDSS of SP and RR patients of the whole study population
+    "accounting for age, sex, and disease duration": here the course term of
+    ``EDSS ~ course + age + sex + disease duration`` (OLS / ANCOVA,
+    :func:`msutils.stats.adjusted_difference`).
+
+    Returns
+    -------
+    table : DataFrame
+        Per course (RR, SP): ``n``, ``EDSS median``, ``EDSS IQR``.
+    adjusted : dict
+        :func:`msutils.stats.adjusted_difference` (``difference`` = SP minus RR, its CI, ``p``).
+    """
+    from msutils.stats import adjusted_difference
+
+    d = subjects[subjects["course"].astype(str).isin(["RR", "SP"])]
+    table = pd.DataFrame({c: {"n": int(len(g)), "EDSS median": float(g["edss"].median()),
+                              "EDSS IQR": "{:.1f}-{:.1f}".format(*g["edss"].astype(float).quantile([0.25, 0.75]))}
+                          for c, g in d.groupby(d["course"].astype(str))}).T
+    table.index.name = "course"
+    return table, adjusted_difference(d, "edss", "course", list(covariates), levels=["RR", "SP"])
+
+
+def ridge_weights(model: Any) -> pd.Series:
+    """Weights of a fitted ridge pipeline (:func:`msutils.models.regression.make_model`), per feature.
+
+    The pipeline standardizes the features, so a weight is the change of the
+    predicted EDSS per training SD of its feature (the seed's supplement lists the
+    ridge weights of the final model). The intercept is under ``"(intercept)"``.
+    """
+    steps = getattr(model, "named_steps", {})
+    ridge = steps.get("model")
+    if ridge is None or type(ridge).__name__ != "Ridge":
+        raise ValueError(f"'model' must be a fitted ridge pipeline (steps 'scale', 'model'); got {model!r}")
+    names = [str(c) for c in getattr(model, "feature_names_in_", range(len(ridge.coef_)))]
+    out = pd.Series(np.asarray(ridge.coef_, dtype=float).ravel(), index=names, name="weight (EDSS per SD)")
+    out["(intercept)"] = float(ridge.intercept_)
+    return out
+
+
+def lesion_volume_truth(cohort: Any, data: StudyData) -> pd.DataFrame:
+    """The measured T2 lesion volume beside the truth, per patient.
+
+    ``measured_ml``: the volume of the manifest's ``lesion_mask`` (what the study
+    uses). ``truth_ml``: the volume of the cohort's true lesion mask, when the cohort
+    declares one (``cohort.truth_columns``, kind ``lesion_mask``, e.g. ``gt_lesion_mask``
+    of a synthetic cohort); ``design_ml``: the generator's designed lesion volume
+    (``gt_lesion_volume_design_ml``, the true lesion-load driver), when present.
+    Columns the cohort cannot provide are left out.
+    """
+    from msutils.features.volumes import mask_volume
+
+    out = pd.DataFrame({"measured_ml": data.volumes["lesion_volume_ml"].astype(float)})
+    truth = [c for c, kind in (getattr(cohort, "truth_columns", None) or {}).items() if kind == "lesion_mask"]
+    if truth:
+        vols = {}
+        for subject, sid in data.subjects["scan_id"].astype(str).items():
+            img = cohort.image(sid, truth[0])
+            arr = np.asanyarray(img.dataobj) > 0.5
+            vols[subject] = mask_volume(arr, img.header.get_zooms()[:arr.ndim])
+        out["truth_ml"] = pd.Series(vols, dtype=float)
+        out.attrs["truth_column"] = truth[0]
+    if "gt_lesion_volume_design_ml" in data.subjects.columns:
+        out["design_ml"] = data.subjects["gt_lesion_volume_design_ml"].astype(float)
+    return out
+
+
+def lesion_truth_agreement(volumes: pd.DataFrame, edss: pd.Series) -> pd.DataFrame:
+    """How well the measured lesion volume recovers the true one (:func:`lesion_volume_truth`).
+
+    Returns
+    -------
+    DataFrame
+        One row per column of ``volumes``: ``Pearson r with measured (log)`` (on
+        ln(1 + mL), the study's feature scale), ``Spearman rho with measured``,
+        ``median (measured - this), mL`` and ``Spearman rho with EDSS``.
+    """
+    from scipy import stats as st
+
+    if "measured_ml" not in volumes.columns:
+        raise ValueError(f"'volumes' lacks 'measured_ml'; has {list(volumes.columns)}")
+    y = pd.Series(edss, dtype=float).reindex(volumes.index)
+    m = volumes["measured_ml"].astype(float)
+    rows = {}
+    for c in volumes.columns:
+        v = volumes[c].astype(float)
+        rows[c] = {"Pearson r with measured (log)": float(np.corrcoef(np.log1p(m), np.log1p(v))[0, 1]),
+                   "Spearman rho with measured": float(st.spearmanr(m, v).statistic),
+                   "median (measured - this), mL": float((m - v).median()),
+                   "Spearman rho with EDSS": float(st.spearmanr(v, y).statistic)}
+    return pd.DataFrame(rows).T.rename_axis("lesion volume")
