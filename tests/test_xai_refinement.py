@@ -413,32 +413,45 @@ def test_fp_kind_table_counts():
         X.fp_kind_table(fps, keep, by=["fp_zone"])
 
 
-def test_refine_vs_truth_counts_and_dice():
+def test_refine_against_truth_and_manifest():
     # scan a: 3 predicted lesions (rater: TP, TP, FP); against the truth: TP, FP (a rater false-positive
     # blob), TP (a true lesion the rater missed); scan b: 1 prediction, a TP both ways; c: nothing predicted
     lesions = pd.DataFrame({"scan_id": ["a", "a", "a", "b"], "subject_id": ["p1"] * 3 + ["p2"],
                             "outcome": ["TP", "TP", "FP", "TP"], "gt_outcome": ["TP", "FP", "TP", "TP"],
-                            "voxels": [10, 4, 6, 5], "gt_overlap_voxels": [8, 0, 3, 5]})
+                            "voxels": [10, 4, 6, 5], "overlap_voxels": [9, 4, 0, 4],
+                            "gt_overlap_voxels": [8, 0, 3, 5]})
     scans = pd.DataFrame({"scan_id": ["a", "b", "c", "v"], "subject_id": ["p1", "p2", "p3", "p9"],
-                          "set": ["test", "test", "test", "val"],
+                          "set": ["test", "test", "test", "val"], "reason": [None, None, "none", None],
+                          "tp": [2, 1, 0, 9], "fp": [1, 0, 0, 0], "fn": [0, 1, 1, 0],
+                          "pred_voxels": [21, 5, 0, 1], "truth_voxels": [14, 9, 3, 1], "overlap_voxels": [13, 4, 0, 1],
                           "gt_tp": [2, 1, 0, 9], "gt_fp": [1, 0, 0, 0], "gt_fn": [1, 0, 2, 0],
                           "gt_pred_voxels": [21, 5, 0, 1], "gt_truth_voxels": [15, 6, 7, 1],
                           "gt_overlap_voxels": [11, 5, 0, 1]})
     keep = np.array([True, False, False, True])  # reject the rater-TP that is a truth-FP and the missed lesion
-    per = X.refine_vs_truth(lesions, keep, scans)
+    per = X.refine_against(lesions, keep, scans)
     assert list(per["scan_id"]) == ["a", "b", "c"]
     assert list(per["tp"]) == [2, 1, 0] and list(per["tp_after"]) == [1, 1, 0]
     assert list(per["fp_after"]) == [0, 0, 0] and list(per["fn_after"]) == [2, 0, 2]
     assert per["dice"].tolist() == pytest.approx([22 / 36, 10 / 11, 0.0])
     # a: 2 (11 - 3) / (21 - 10 + 15) = 16 / 26; one voxel of the mask is in no lesion (below the size rule)
     assert per["dice_after"].tolist() == pytest.approx([16 / 26, 10 / 11, 0.0])
-    both_empty = X.refine_vs_truth(lesions.iloc[:0], np.zeros(0, bool), scans.assign(
+    # against the manifest mask: the counts of refine(), Dice a: 2 (13 - 4) / (21 - 10 + 14) = 18 / 25
+    man = X.refine_against(lesions, keep, scans, reference="manifest")
+    ref = X.refine(lesions, keep, scans)
+    for c in ("tp", "fp", "fn", "tp_after", "fp_after", "fn_after"):
+        assert man[c].tolist() == ref[c].tolist(), c
+    assert list(man["fp_after"]) == [0, 0, 0] and list(man["fn_after"]) == [1, 1, 1]
+    assert man["dice_after"].tolist() == pytest.approx([18 / 25, 8 / 14, 0.0])
+    both_empty = X.refine_against(lesions.iloc[:0], np.zeros(0, bool), scans.assign(
         gt_truth_voxels=0, gt_pred_voxels=0, gt_overlap_voxels=0))
     assert both_empty["dice"].tolist() == [1.0, 1.0, 1.0]
-    with pytest.raises(ValueError, match=r"column\(s\) \['gt_tp'"):
-        X.refine_vs_truth(lesions, keep, scans.drop(columns="gt_tp"))
+    with pytest.raises(ValueError, match=r"no evaluation against the truth: column\(s\) \['gt_tp'\] missing "
+                                         r"\(the cohort has no 'gt_lesion_mask'\)"):
+        X.refine_against(lesions, keep, scans.drop(columns="gt_tp"))
     with pytest.raises(ValueError, match="'keep' has 1 entries for 4 lesions"):
-        X.refine_vs_truth(lesions, keep[:1], scans)
+        X.refine_against(lesions, keep[:1], scans)
+    with pytest.raises(ValueError, match=r"'reference' must be one of \['truth', 'manifest'\]; got 'rater'"):
+        X.refine_against(lesions, keep, scans, reference="rater")
 
 
 def test_choose_threshold_on_validation_only():

@@ -119,7 +119,7 @@ __all__ = [
     "FP_TRUE_LESION",
     "FP_NOTHING",
     "fp_kind_table",
-    "refine_vs_truth",
+    "refine_against",
     "tn_spheres",
     "select_subset",
     "scan_maps",
@@ -1171,14 +1171,15 @@ def _compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig,
         logger.info("maps %d/%d: %s scan %s, %d lesions", k, len(work), set_name, sid, len(ids))
         outcome = dict(zip(les.pred["lesion_id"], les.pred["outcome"]))
         volume = dict(zip(les.pred["lesion_id"], les.pred["voxels"]))
-        truth_info: dict[int, dict[str, Any]] = {}
+        inside = ndimage.sum(scan.truth, les.pred_labels, ids) if len(ids) else []
+        overlap = {lid: {"overlap_voxels": int(v)} for lid, v in zip(ids, inside)}
         true_lesions = None
         if sid in found_gt:  # beyond the seed: each predicted lesion against the true lesions
             gl = found_gt[sid]
             true_lesions = gl.truth_labels > 0
             inside = ndimage.sum(scan.truth_gt, les.pred_labels, ids) if len(ids) else []
-            truth_info = {lid: {"gt_outcome": o, "gt_overlap_voxels": int(v)} for lid, o, v in zip(
-                ids, gl.pred.set_index("lesion_id").loc[ids, "outcome"], inside)}
+            for lid, o, v in zip(ids, gl.pred.set_index("lesion_id").loc[ids, "outcome"], inside):
+                overlap[lid].update({"gt_outcome": o, "gt_overlap_voxels": int(v)})
         maps = scan_maps(net, scan, les.pred_labels, ids, config, receptive, tag=set_name)
         for lid, smap in maps.items():
             stats, feats = map_record(smap, les.pred_labels, shape, scan.spacing, config)
@@ -1188,7 +1189,7 @@ def _compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig,
                 kind = fp_kind(les.pred_labels == lid, scan.lookalikes, kinds, truth=true_lesions)
             records.append({"set": set_name, "scan_id": sid, "subject_id": scan.subject_id, "lesion_id": lid,
                             "outcome": outcome[lid], "voxels": int(volume[lid]), "fp_zone": zone, "fp_kind": kind,
-                            **truth_info.get(lid, {}), "seconds": smap.seconds, **stats, **feats})
+                            **overlap[lid], "seconds": smap.seconds, **stats, **feats})
             if set_name == "test":
                 examples[f"{sid}:{lid}"] = _sagittal(smap, les.pred_labels, scan.image[0])
         if set_name == "test" and n_sum_left > 0 and maps:
@@ -1398,56 +1399,65 @@ def refine(test_lesions: pd.DataFrame, keep: np.ndarray, scans: pd.DataFrame) ->
     return out.reset_index(drop=True)
 
 
-def refine_vs_truth(test_lesions: pd.DataFrame, keep: np.ndarray, scans: pd.DataFrame) -> pd.DataFrame:
-    """Per-scan detection and voxel Dice against the TRUE lesions, before and after the refinement.
+def refine_against(test_lesions: pd.DataFrame, keep: np.ndarray, scans: pd.DataFrame, *,
+                   reference: str = "truth") -> pd.DataFrame:
+    """Per-scan detection counts and voxel Dice before and after the refinement, against a reference mask.
 
-    The refinement decided on the predicted lesions scored against the
-    manifest's (rater-like) ``lesion_mask``; here the same decisions are scored
-    against the true lesion mask (:data:`TRUTH_LESION_COLUMN`, synthetic
-    cohorts only), with the convention of :func:`refine`: TP counted on the
-    predicted lesions, a rejected lesion that overlaps a true lesion becomes
-    an FN. The voxel Dice after the refinement drops the rejected lesions'
-    voxels from the thresholded mask: 2 (O - O_rej) / (P - P_rej + T), with
-    O, P, T the overlap, predicted and true voxels of the scan (1 when both
-    masks are empty).
+    ``reference="truth"`` (beyond the seed; synthetic cohorts only): the
+    refinement decided on lesions labelled against the manifest's rater-like
+    ``lesion_mask``; the same decisions are scored against the true lesion
+    mask (:data:`TRUTH_LESION_COLUMN`). ``reference="manifest"``: against
+    ``lesion_mask`` (the counts equal :func:`refine`'s). The convention of
+    :func:`refine` holds for both: TP counted on the predicted lesions, a
+    rejected lesion that overlaps the reference becomes an FN. The voxel Dice
+    after the refinement drops the rejected lesions' voxels from the
+    thresholded mask: 2 (O - O_rej) / (P - P_rej + T), with O, P, T the
+    overlap, predicted and reference voxels of the scan (1 when both masks
+    are empty).
 
     Parameters
     ----------
     test_lesions : DataFrame
-        Test TP/FP rows (``scan_id``, ``voxels``, ``gt_outcome`` = TP / FP
-        against the truth, ``gt_overlap_voxels`` = voxels inside the truth).
+        Test TP/FP rows: ``scan_id``, ``voxels`` and, per reference, the
+        lesion's outcome and its voxels inside the reference (``outcome`` and
+        ``overlap_voxels``; ``gt_outcome`` and ``gt_overlap_voxels``).
     keep : array of bool
         One entry per row of ``test_lesions``.
     scans : DataFrame
-        Per-scan table of :func:`compute_study` with ``gt_tp, gt_fp, gt_fn,
-        gt_pred_voxels, gt_truth_voxels, gt_overlap_voxels``.
+        Per-scan table of :func:`compute_study`: ``tp, fp, fn, pred_voxels,
+        truth_voxels, overlap_voxels`` (``gt_``-prefixed for the truth).
+    reference : str
+        ``"truth"`` or ``"manifest"``.
 
     Returns
     -------
     DataFrame
         One row per test scan: ``scan_id, subject_id, tp, fp, fn, dice`` (before)
-        and ``tp_after, fp_after, fn_after, dice_after``, all against the truth.
+        and ``tp_after, fp_after, fn_after, dice_after``.
     """
+    if reference not in ("truth", "manifest"):
+        raise ValueError(f"'reference' must be one of ['truth', 'manifest']; got {reference!r}")
     keep = np.asarray(keep, dtype=bool)
     if len(keep) != len(test_lesions):
         raise ValueError(f"'keep' has {len(keep)} entries for {len(test_lesions)} lesions")
-    need = ["gt_tp", "gt_fp", "gt_fn", "gt_pred_voxels", "gt_truth_voxels", "gt_overlap_voxels"]
+    pre = "gt_" if reference == "truth" else ""
+    if not len(test_lesions):  # no predicted lesion at all: a table without columns
+        test_lesions = pd.DataFrame(columns=["scan_id", "voxels", pre + "outcome", pre + "overlap_voxels"])
+    need = [pre + c for c in ("tp", "fp", "fn", "pred_voxels", "truth_voxels", "overlap_voxels")]
     missing = [c for c in need if c not in scans.columns]
-    missing += [c for c in ("gt_outcome", "gt_overlap_voxels", "voxels") if c not in test_lesions.columns]
+    missing += [c for c in (pre + "outcome", pre + "overlap_voxels", "voxels") if c not in test_lesions.columns]
     if missing:
-        raise ValueError(f"no evaluation against the true lesions: column(s) {missing} missing (the cohort has no "
-                         f"{TRUTH_LESION_COLUMN!r})")
-    rej = test_lesions.assign(_rej=~keep)
-    rej = rej[rej["_rej"]]
-    by_scan = rej.groupby("scan_id")
-    rej_tp = rej[rej["gt_outcome"] == "TP"].groupby("scan_id").size()
-    rej_fp = rej[rej["gt_outcome"] == "FP"].groupby("scan_id").size()
-    rej_vox = by_scan["voxels"].sum()
-    rej_overlap = by_scan["gt_overlap_voxels"].sum()
+        raise ValueError(f"no evaluation against the {reference}: column(s) {missing} missing"
+                         + (f" (the cohort has no {TRUTH_LESION_COLUMN!r})" if reference == "truth" else ""))
+    rej = test_lesions[~keep]
+    rej_tp = rej[rej[pre + "outcome"] == "TP"].groupby("scan_id").size()
+    rej_fp = rej[rej[pre + "outcome"] == "FP"].groupby("scan_id").size()
+    rej_vox = rej.groupby("scan_id")["voxels"].sum()
+    rej_overlap = rej.groupby("scan_id")[pre + "overlap_voxels"].sum()
     test = scans.loc[scans["set"] == "test"]
     out = pd.DataFrame({"scan_id": test["scan_id"].to_numpy(), "subject_id": test["subject_id"].to_numpy(),
-                        "tp": test["gt_tp"].to_numpy(int), "fp": test["gt_fp"].to_numpy(int),
-                        "fn": test["gt_fn"].to_numpy(int)})
+                        "tp": test[pre + "tp"].to_numpy(int), "fp": test[pre + "fp"].to_numpy(int),
+                        "fn": test[pre + "fn"].to_numpy(int)})
     r_tp = out["scan_id"].map(rej_tp).fillna(0).astype(int)
     r_fp = out["scan_id"].map(rej_fp).fillna(0).astype(int)
     out["tp_after"] = out["tp"] - r_tp
@@ -1458,9 +1468,9 @@ def refine_vs_truth(test_lesions: pd.DataFrame, keep: np.ndarray, scans: pd.Data
         den = p + t
         return np.where(den > 0, 2.0 * o / np.where(den > 0, den, 1), 1.0)
 
-    o = test["gt_overlap_voxels"].to_numpy(float)
-    pv = test["gt_pred_voxels"].to_numpy(float)
-    tv = test["gt_truth_voxels"].to_numpy(float)
+    o = test[pre + "overlap_voxels"].to_numpy(float)
+    pv = test[pre + "pred_voxels"].to_numpy(float)
+    tv = test[pre + "truth_voxels"].to_numpy(float)
     out["dice"] = dice(o, pv, tv)
     out["dice_after"] = dice(o - out["scan_id"].map(rej_overlap).fillna(0).to_numpy(float),
                              pv - out["scan_id"].map(rej_vox).fillna(0).to_numpy(float), tv)
