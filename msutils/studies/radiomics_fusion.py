@@ -57,6 +57,14 @@ Statistics (:func:`metrics_table`, :func:`dice_by_fold`, :func:`sdd_table`, :fun
     the other brain pixels of the study slices, Mann-Whitney U with the
     probability of superiority and the rank-biserial correlation as effect
     sizes.
+Beyond the seed: the true lesions (:func:`vs_truth_table`, :func:`rater_vs_truth`)
+    Only when the cohort declares :data:`TRUTH_LESION_COLUMN` among its
+    ``truth_columns`` (synthetic cohorts, whose ``lesion_mask`` is a
+    rater-like estimate): the study slices are still chosen and the networks
+    still trained and scored on ``lesion_mask``, as in the paper; each fold
+    also scores the same test predictions against the true lesion mask
+    (:data:`TRUTH_METRICS`), and the ``lesion_mask`` itself is scored against
+    the truth on the study slices. Real cohorts have neither.
 """
 
 from __future__ import annotations

@@ -67,6 +67,16 @@ Refinement (aggregate part: :func:`fit_refiner`, :func:`refine`)
     predicted lesions (the formula behind the paper's Table 1), 95 %
     percentile-bootstrap intervals over 1000 resamples of test **patients**
     (and of lesions, the seed's choice, labelled as such).
+Beyond the seed: the true lesions (:func:`refine_against`, :func:`fp_kind`, :func:`fp_kind_table`)
+    Only for a cohort that keeps its truth (``gt_lesion_mask``,
+    ``gt_lookalike_labels``: synthetic cohorts, whose ``lesion_mask`` is a
+    rater-like estimate; real cohorts have neither). The U-Net is still trained,
+    and the refiner still fitted, on ``lesion_mask`` as in the paper; every
+    predicted lesion is also scored against the true lesions (``gt_outcome``,
+    ``gt_overlap_voxels``) so that the U-Net's and the refined detections can
+    be scored against the truth, and every test false positive (against
+    ``lesion_mask``) is placed by what it is in the truth: a true lesion the
+    rater missed, a look-alike kind, or nothing.
 """
 
 from __future__ import annotations
