@@ -95,7 +95,6 @@ from msutils.core.seeding import derived_seed
 from msutils.core.device import resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import nn
 
     from msutils.data.cohort import Cohort
