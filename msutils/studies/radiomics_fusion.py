@@ -516,7 +516,8 @@ def prepare_scan(cohort: Cohort, scan_id: str, config: FusionConfig, *,
     if flair.ndim != 3:
         raise ValueError(f"scan {scan_id!r}: FLAIR must be a 3D volume; got shape {flair.shape}")
     lesion_gt = None
-    if TRUTH_LESION_COLUMN in cohort.truth_columns and _has(cohort.table.loc[scan_id].get(TRUTH_LESION_COLUMN)):
+    if (cohort.truth_columns.get(TRUTH_LESION_COLUMN) == "lesion_mask"
+            and _has(cohort.table.loc[scan_id].get(TRUTH_LESION_COLUMN))):
         lesion_gt = binarize_mask(cohort.array(scan_id, TRUTH_LESION_COLUMN))
         if lesion_gt.shape != flair.shape:
             raise ValueError(f"scan {scan_id!r}: {TRUTH_LESION_COLUMN} shape {lesion_gt.shape} differs from FLAIR "
