@@ -7,7 +7,9 @@
   recorded validation curve), the leakage audit passed, folds cached;
 * the same on the real MSLUB sample (2 patients, 2 folds: each fold trains both arms
   on one patient and tests on the other; skipped when the data are absent): real NIfTI
-  volumes flow through the maps, training and the metrics.
+  volumes flow through the maps, training and the metrics; no truth columns, so no ``vs_truth``;
+* beyond the seed on the synthetic cohort: the test Dice per network and arm against the true
+  lesions (``gt_lesion_mask``) beside the Dice against the manifest mask (``vs_truth``).
 
 The MSLUB sample is read from ``../shared/data/open_ms_data`` beside the repository or
 from ``$MSUTILS_TEST_MSLUB``; a manifest for it is written to a temporary folder with
@@ -122,6 +124,25 @@ def _check_maps(stats: dict, cr_min: float, re_min: float) -> None:
         assert r["p"] < 1e-10 and r["n_inside"] > 100 and r["n_outside"] > r["n_inside"]
 
 
+def _check_vs_truth(s: dict) -> None:
+    """Beyond the seed: the same test predictions against the true lesions (synthetic cohorts only)."""
+    vt = s["vs_truth"]
+    assert vt is not None and vt["reference"] == "gt_lesion_mask"
+    for net in NETS:
+        for arm in ARMS:
+            d = vt["dice"][net][arm]
+            # the Dice against the manifest mask is Table 1 / 3's
+            assert d["lesion_mask"] == pytest.approx(s["tables"][net]["dice"][f"{arm} mean"])
+            assert _finite(d["gt_lesion_mask"]) and 0 <= d["gt_lesion_mask"] <= 1
+            assert _finite(d["gt_lesion_mask_sd"]) and d["gt_lesion_mask_sd"] >= 0
+    # the rater-like lesion_mask against the truth on every study slice: close but not identical
+    assert vt["rater_slices"] == s["n_slices"] and 0.3 < vt["rater_dice"] < 1
+
+
+def test_smoke_vs_truth(smoke_run):
+    _check_vs_truth(smoke_run[1])
+
+
 def test_smoke_summary(smoke_run, mslub_manifest):
     out, s = smoke_run
     assert s["profile"] == "smoke" and s["folds"] == ["fold0", "fold1"] and s["leakage_audit"] == "passed"
@@ -153,4 +174,5 @@ def test_mslub_real_data(mslub_run):
         assert sum(tests) == s["n_slices"] and all(t > 0 for t in tests)
     _check_runs(s)
     assert s["inside_outside"]["cohort"]["name"] == "mslub" and s["inside_outside"]["cohort"]["synthetic"] is False
+    assert s["vs_truth"] is None  # a real cohort has no truth columns
     _check_maps(s["inside_outside"]["cohort"]["maps"], 0.85, 0.55)

@@ -7,7 +7,10 @@
   rejected TP becomes an FN, F1 / PPV from the counts);
 * the same on the real MSLUB sample beside the repository (2 patients: one trains, one
   is the test set, no validation set; images resampled to 3 mm by the smoke profile;
-  skipped when the data are absent).
+  skipped when the data are absent; no truth columns, so no ``vs_truth``);
+* beyond the seed on the synthetic cohort: the same predicted lesions and refinement
+  decisions against the true lesions (``vs_truth``), and the test false positives by what
+  they are in the truth (look-alike kind, a true lesion the rater missed, nothing).
 
 Together about 4-6 minutes on 2 cores. The synthetic cohort goes to the session's
 MSUTILS_HOME (tests/conftest.py).
@@ -16,11 +19,14 @@ MSUTILS_HOME (tests/conftest.py).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from msutils.pipeline import runner as run
+from msutils.studies import xai_refinement as X
+from msutils.synth import LOOKALIKE_KINDS
 
 NOTEBOOK = "05_xai_refinement"
 REPO = Path(__file__).resolve().parent.parent
@@ -119,6 +125,33 @@ def test_smoke_summary(smoke_run):
     assert not [o for o in streams if "msutils" in "".join(o.get("text", ""))]
 
 
+def _check_vs_truth(s: dict) -> None:
+    """Beyond the seed: the same predicted lesions and refinement decisions scored against the true lesions."""
+    vt, u, r = s["vs_truth"], s["unet"], s["refined"]
+    assert vt is not None and vt["reference"] == "gt_lesion_mask"
+    for key in ("unet", "refined"):
+        c = vt[key]
+        for m in ("f1", "ppv", "dice"):
+            assert math.isfinite(c[m]) and 0 <= c[m] <= 1, (key, m, c[m])
+        if c["tp"] + c["fp"] + c["fn"]:
+            assert c["f1"] == pytest.approx(_f1(c))
+    # the same predicted lesions, scored against another reference
+    assert vt["unet"]["tp"] + vt["unet"]["fp"] == u["tp"] + u["fp"]
+    assert vt["refined"]["tp"] + vt["refined"]["fp"] == r["tp"] + r["fp"]
+    assert vt["refined"]["fn"] == vt["unet"]["fn"] + (vt["unet"]["tp"] - vt["refined"]["tp"])
+    kinds = vt["fp_kinds"]
+    allowed = set(LOOKALIKE_KINDS.values()) | {X.FP_TRUE_LESION, X.FP_NOTHING, "total"}
+    assert set(kinds) <= allowed, set(kinds) - allowed
+    assert kinds["total"] == {"fps": u["fp"], "removed": u["fp"] - r["fp"]}
+    assert sum(v["fps"] for k, v in kinds.items() if k != "total") == u["fp"]
+    # a rater-FP on a true lesion is a TP against the truth
+    assert kinds.get(X.FP_TRUE_LESION, {"fps": 0})["fps"] <= vt["unet"]["tp"]
+
+
+def test_smoke_vs_truth(smoke_run):
+    _check_vs_truth(smoke_run[1])
+
+
 def test_mslub_real_data(mslub_run):
     out, s = mslub_run
     assert s["cohort"] == "mslub"
@@ -136,3 +169,4 @@ def test_mslub_real_data(mslub_run):
             "no predicted lesion")
     for p in s["domain_shift_p"].values():
         assert p is None or 0 <= p <= 1
+    assert s["vs_truth"] is None  # a real cohort has no truth columns

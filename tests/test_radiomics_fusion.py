@@ -37,7 +37,8 @@ def _scan(rng: np.random.Generator, shape=(20, 24, 9)) -> dict[str, np.ndarray]:
             "brain_mask": brain.astype(np.uint8), "lesion_mask": lesion.astype(np.uint8)}
 
 
-def _manifest(root, n: int, *, masks=("brain_mask", "lesion_mask"), seed: int = 0):
+def _manifest(root, n: int, *, masks=("brain_mask", "lesion_mask"), seed: int = 0, truth: bool = False):
+    """``truth``: add a true lesion mask (``gt_lesion_mask``) = the manifest's lesion plus a lesion it missed."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -46,18 +47,30 @@ def _manifest(root, n: int, *, masks=("brain_mask", "lesion_mask"), seed: int = 
         folder.mkdir(parents=True, exist_ok=True)
         row = {"subject_id": sub, "session": "ses-01", "center": "X", "scanner": "unknown", "group": "MS",
                "course": "RR", "age": 40, "sex": "F", "disease_duration": 5, "edss": 2.0, "roi_labels": None}
-        for col, arr in _scan(rng).items():
+        arrays = _scan(rng)
+        if truth:
+            gt = arrays["lesion_mask"].copy()
+            gt[4:7, 4:7, 3:6] = 1  # a lesion the rater missed
+            arrays["gt_lesion_mask"] = gt
+        for col, arr in arrays.items():
             path = folder / f"{col}.nii.gz"
             nib.save(nib.Nifti1Image(arr, np.diag([1.0, 1.0, 2.0, 1.0])), str(path))
-            row[col] = str(path) if (col in ("t1", "flair") or col in masks) else None
+            row[col] = str(path) if (col in ("t1", "flair", "gt_lesion_mask") or col in masks) else None
         rows.append(row)
     meta = {"name": "tiny", "images": ["t1", "flair"], "masks": list(masks)}
+    if truth:
+        meta["truth_masks"] = {"gt_lesion_mask": "lesion_mask"}
     return write_manifest(pd.DataFrame(rows), meta, root / "manifest.csv")
 
 
 @pytest.fixture(scope="module")
 def tiny_cohort(tmp_path_factory):
     return load_cohort(_manifest(tmp_path_factory.mktemp("tiny4"), 4))
+
+
+@pytest.fixture(scope="module")
+def truth_cohort(tmp_path_factory):
+    return load_cohort(_manifest(tmp_path_factory.mktemp("tiny4gt"), 4, truth=True))
 
 
 # --------------------------------------------------------------------------------------
@@ -160,6 +173,29 @@ def test_prepare_scan_maps_and_geometry(tiny_cohort, tmp_path):
         np.testing.assert_allclose(scan.re[i], re, atol=1e-4)
         assert scan.lesion[i].sum() >= 3
     assert len(list(tmp_path.glob("*.npz"))) == 1  # one cache entry per scan
+    assert scan.lesion_gt is None  # a cohort without truth columns
+    assert RF.rater_vs_truth([scan]).empty
+
+
+def test_prepare_scan_reads_the_true_lesions(truth_cohort, tmp_path):
+    cfg = RF.FusionConfig(**TINY_NETS)
+    sid = truth_cohort.scan_ids[0]
+    scan = RF.prepare_scan(truth_cohort, sid, cfg, cache_dir=tmp_path)
+    gt = truth_cohort.array(sid, "gt_lesion_mask") > 0
+    les = truth_cohort.array(sid, "lesion_mask") > 0
+    assert scan.lesion_gt is not None and scan.lesion_gt.shape == scan.lesion.shape
+    for i, k in enumerate(scan.slices):
+        np.testing.assert_array_equal(scan.lesion_gt[i], gt[:, :, k])
+        np.testing.assert_array_equal(scan.lesion[i], les[:, :, k])
+    agree = RF.rater_vs_truth([scan])
+    assert agree["slice"].tolist() == scan.slices.tolist()
+    for i, r in agree.iterrows():  # the rater's mask misses the 3 x 3 blob on slices 3-5: Dice 2 L / (2 L + 9)
+        k = int(r["slice"])
+        n_les = int(les[:, :, k].sum())
+        extra = int((gt[:, :, k] & ~les[:, :, k]).sum())
+        assert extra == (9 if 3 <= k <= 5 else 0)
+        assert r["dice"] == pytest.approx(2 * n_les / (2 * n_les + extra))
+        assert r["precision"] == 1.0 and r["sensitivity"] == pytest.approx(n_les / (n_les + extra))
 
 
 def test_network_inputs_and_back_to_native():
@@ -197,11 +233,11 @@ def test_sdd_equations():
 # --------------------------------------------------------------------------------------
 # one fold end to end (tiny networks) and the statistics
 # --------------------------------------------------------------------------------------
-def test_run_fold_tiny(tiny_cohort, tmp_path):
+def test_run_fold_tiny(truth_cohort, tmp_path):
     cfg = RF.FusionConfig(**TINY_NETS)
-    patients = RF.study_patients(tiny_cohort, 2)
+    patients = RF.study_patients(truth_cohort, 2)
     splits = RF.cv_splits(patients, 2, seed=0)
-    scans = {sid: RF.prepare_scan(tiny_cohort, sid, cfg, cache_dir=tmp_path) for sid in patients.index}
+    scans = {sid: RF.prepare_scan(truth_cohort, sid, cfg, cache_dir=tmp_path) for sid in patients.index}
     res = RF.run_fold(scans, splits[0], cfg)
     assert res["val_unit"] == "patient" and res["test_subjects"] == splits[0]["test"]
     log = FitLog.from_dict(res["fit_log"])
@@ -216,6 +252,14 @@ def test_run_fold_tiny(tiny_cohort, tmp_path):
             assert len(run["history"]["val_dice"]) == 2 and run["best_epoch"] in (1, 2)
             assert run["sdd"] == pytest.approx(0.0)  # two validations: one derivative, SD 0
             assert len(run["examples"]) == min(cfg.n_examples, n_test)
+            # beyond the seed: the same prediction against the true lesions
+            ps = run["per_slice"].set_index(["scan_id", "slice"])
+            for (sid, k), pred in run["examples"].items():
+                i = int(np.flatnonzero(scans[sid].slices == k)[0])
+                for m, v in RF.slice_metrics(pred, scans[sid].lesion_gt[i]).items():
+                    assert ps.at[(sid, k), f"gt_{m}"] == pytest.approx(v)
+                for m, v in RF.slice_metrics(pred, scans[sid].lesion[i]).items():
+                    assert ps.at[(sid, k), m] == pytest.approx(v)
         in_ch = {a: res["runs"][net][a]["n_parameters"] for a in cfg.arms}
         assert in_ch["mri+features"] > in_ch["mri"]  # only the first convolution differs
     # within-patient validation with a single training patient
@@ -238,6 +282,25 @@ def _per_slice() -> pd.DataFrame:
                              "subject_id": subj, "slice": s, "lesion_pixels": 10, "dice": d + shift,
                              "precision": d, "sensitivity": d + 2 * shift})
     return pd.DataFrame(rows)
+
+
+def test_vs_truth_table():
+    ps = _per_slice()
+    with pytest.raises(ValueError, match="no 'gt_dice' in the per-slice table: the cohort declares no "
+                                         "'gt_lesion_mask'"):
+        RF.vs_truth_table(ps)
+    with pytest.raises(ValueError, match=r"'metric' must be one of \['dice', 'precision', 'sensitivity'\]; got 'iou'"):
+        RF.vs_truth_table(ps, "iou")
+    ps["gt_dice"] = ps["dice"] - 0.1 * (ps["arm"] == "mri")
+    t = RF.vs_truth_table(ps)
+    for arm, drop in (("mri", 0.1), ("mri+features", 0.0)):
+        folds = ps[ps["arm"] == arm].groupby("fold")["dice"].mean()
+        row = t.loc[("resnext_unet", arm)]
+        assert row["lesion_mask mean"] == pytest.approx(folds.mean())
+        assert row["lesion_mask sd"] == pytest.approx(folds.std(ddof=0))
+        assert row["gt_lesion_mask mean"] == pytest.approx(folds.mean() - drop)
+        assert row["gt_lesion_mask sd"] == pytest.approx(folds.std(ddof=0))
+        assert row["n slices"] == 12
 
 
 def test_metrics_table_and_dice_by_fold():

@@ -276,14 +276,25 @@ def test_truth_columns_and_fp_kinds(tmp_path):
     rater = X.find_lesions(prob, scan, X.XaiConfig()).metrics
     true = X.find_lesions(prob, scan, X.XaiConfig(), truth=scan.truth_gt).metrics
     assert rater["fn"] == 0 and true["fn"] == 1 and true["dice"] < rater["dice"] == 1.0
+    n_rater, n_true = int(scan.truth.sum()), int(scan.truth_gt.sum())
+    assert (rater["pred_voxels"], rater["truth_voxels"], rater["overlap_voxels"]) == (n_rater, n_rater, n_rater)
+    assert (true["pred_voxels"], true["truth_voxels"], true["overlap_voxels"]) == (n_rater, n_true, n_rater)
+    assert true["dice"] == pytest.approx(2 * n_rater / (n_rater + n_true))
     on = np.zeros(SHAPE, bool)
     on[tuple(np.argwhere(scan.lookalikes == 2)[0])] = True
     off = np.zeros(SHAPE, bool)
     off[2, 2, 2] = True
+    missed = np.zeros(SHAPE, bool)
+    missed[16, 16, 12] = True  # inside the true lesion the rater missed
     kinds = X.lookalike_kinds(cohort)
     assert X.fp_kind(on, scan.lookalikes, kinds) == "punctate_wmh"
-    assert X.fp_kind(off, scan.lookalikes, kinds) == "no look-alike"
+    assert X.fp_kind(off, scan.lookalikes, kinds) == X.FP_NOTHING
     assert X.fp_kind(on, None, kinds) is None
+    # a true lesion wins over a look-alike; truth alone (no look-alike map) still classifies
+    assert X.fp_kind(missed | on, scan.lookalikes, kinds, truth=scan.truth_gt) == X.FP_TRUE_LESION
+    assert X.fp_kind(on, scan.lookalikes, kinds, truth=scan.truth_gt) == "punctate_wmh"
+    assert X.fp_kind(missed, None, kinds, truth=scan.truth_gt) == X.FP_TRUE_LESION
+    assert X.fp_kind(off, None, kinds, truth=scan.truth_gt) == X.FP_NOTHING
     half = X.load_scan(cohort, "sub-002_ses-01", voxel_mm=4.0)
     assert half.lookalikes.shape == half.truth.shape and set(np.unique(half.lookalikes)) <= {0, 2}
 
@@ -377,6 +388,70 @@ def test_refine_counts_and_bootstrap():
     assert bl["f1"]["estimate"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 4))  # 1 rejected TP + 3 missed = 4 FN
     with pytest.raises(ValueError, match=r"'by' must be one of \['patient', 'lesion'\]; got 'scan'"):
         X.bootstrap_detection(per, by="scan")
+
+
+def test_fp_kind_table_counts():
+    fps = pd.DataFrame({"fp_kind": ["punctate_wmh", "punctate_wmh", X.FP_NOTHING, X.FP_TRUE_LESION,
+                                    "punctate_wmh", "flow_artefact"],
+                        "voxels": [2, 4, 10, 6, 8, 3]})
+    keep = np.array([False, True, False, True, False, False])
+    t = X.fp_kind_table(fps, keep)
+    assert list(t.index) == ["punctate_wmh", "flow_artefact", X.FP_NOTHING, X.FP_TRUE_LESION, "total"]
+    assert list(t["FPs (U-Net)"]) == [3, 1, 1, 1, 6]
+    assert list(t["removed"]) == [2, 1, 1, 0, 4]
+    assert list(t["FPs after refinement"]) == [1, 0, 0, 1, 2]
+    assert t["removed (%)"].tolist() == pytest.approx([200 / 3, 100.0, 100.0, 0.0, 200 / 3])
+    assert t.loc["punctate_wmh", "median voxels"] == 4 and t.loc["total", "median voxels"] == 5
+    two = X.fp_kind_table(fps.assign(fp_zone=["deep WM"] * 3 + ["juxtacortical"] * 3), keep,
+                          by=["fp_kind", "fp_zone"])
+    assert two.loc[("punctate_wmh", "deep WM"), "FPs (U-Net)"] == 2 and len(two) == 6
+    empty = X.fp_kind_table(fps.iloc[:0], np.zeros(0, bool))
+    assert list(empty.index) == ["total"] and empty.loc["total", "FPs (U-Net)"] == 0
+    with pytest.raises(ValueError, match="'keep' has 2 entries for 6 false positives"):
+        X.fp_kind_table(fps, keep[:2])
+    with pytest.raises(ValueError, match=r"'fp_lesions' has no column\(s\) \['fp_zone'\]"):
+        X.fp_kind_table(fps, keep, by=["fp_zone"])
+
+
+def test_refine_against_truth_and_manifest():
+    # scan a: 3 predicted lesions (rater: TP, TP, FP); against the truth: TP, FP (a rater false-positive
+    # blob), TP (a true lesion the rater missed); scan b: 1 prediction, a TP both ways; c: nothing predicted
+    lesions = pd.DataFrame({"scan_id": ["a", "a", "a", "b"], "subject_id": ["p1"] * 3 + ["p2"],
+                            "outcome": ["TP", "TP", "FP", "TP"], "gt_outcome": ["TP", "FP", "TP", "TP"],
+                            "voxels": [10, 4, 6, 5], "overlap_voxels": [9, 4, 0, 4],
+                            "gt_overlap_voxels": [8, 0, 3, 5]})
+    scans = pd.DataFrame({"scan_id": ["a", "b", "c", "v"], "subject_id": ["p1", "p2", "p3", "p9"],
+                          "set": ["test", "test", "test", "val"], "reason": [None, None, "none", None],
+                          "tp": [2, 1, 0, 9], "fp": [1, 0, 0, 0], "fn": [0, 1, 1, 0],
+                          "pred_voxels": [21, 5, 0, 1], "truth_voxels": [14, 9, 3, 1], "overlap_voxels": [13, 4, 0, 1],
+                          "gt_tp": [2, 1, 0, 9], "gt_fp": [1, 0, 0, 0], "gt_fn": [1, 0, 2, 0],
+                          "gt_pred_voxels": [21, 5, 0, 1], "gt_truth_voxels": [15, 6, 7, 1],
+                          "gt_overlap_voxels": [11, 5, 0, 1]})
+    keep = np.array([True, False, False, True])  # reject the rater-TP that is a truth-FP and the missed lesion
+    per = X.refine_against(lesions, keep, scans)
+    assert list(per["scan_id"]) == ["a", "b", "c"]
+    assert list(per["tp"]) == [2, 1, 0] and list(per["tp_after"]) == [1, 1, 0]
+    assert list(per["fp_after"]) == [0, 0, 0] and list(per["fn_after"]) == [2, 0, 2]
+    assert per["dice"].tolist() == pytest.approx([22 / 36, 10 / 11, 0.0])
+    # a: 2 (11 - 3) / (21 - 10 + 15) = 16 / 26; one voxel of the mask is in no lesion (below the size rule)
+    assert per["dice_after"].tolist() == pytest.approx([16 / 26, 10 / 11, 0.0])
+    # against the manifest mask: the counts of refine(), Dice a: 2 (13 - 4) / (21 - 10 + 14) = 18 / 25
+    man = X.refine_against(lesions, keep, scans, reference="manifest")
+    ref = X.refine(lesions, keep, scans)
+    for c in ("tp", "fp", "fn", "tp_after", "fp_after", "fn_after"):
+        assert man[c].tolist() == ref[c].tolist(), c
+    assert list(man["fp_after"]) == [0, 0, 0] and list(man["fn_after"]) == [1, 1, 1]
+    assert man["dice_after"].tolist() == pytest.approx([18 / 25, 8 / 14, 0.0])
+    both_empty = X.refine_against(lesions.iloc[:0], np.zeros(0, bool), scans.assign(
+        gt_truth_voxels=0, gt_pred_voxels=0, gt_overlap_voxels=0))
+    assert both_empty["dice"].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"no evaluation against the truth: column\(s\) \['gt_tp'\] missing "
+                                         r"\(the cohort has no 'gt_lesion_mask'\)"):
+        X.refine_against(lesions, keep, scans.drop(columns="gt_tp"))
+    with pytest.raises(ValueError, match="'keep' has 1 entries for 4 lesions"):
+        X.refine_against(lesions, keep[:1], scans)
+    with pytest.raises(ValueError, match=r"'reference' must be one of \['truth', 'manifest'\]; got 'rater'"):
+        X.refine_against(lesions, keep, scans, reference="rater")
 
 
 def test_choose_threshold_on_validation_only():

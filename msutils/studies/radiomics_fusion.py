@@ -57,6 +57,14 @@ Statistics (:func:`metrics_table`, :func:`dice_by_fold`, :func:`sdd_table`, :fun
     the other brain pixels of the study slices, Mann-Whitney U with the
     probability of superiority and the rank-biserial correlation as effect
     sizes.
+Beyond the seed: the true lesions (:func:`vs_truth_table`, :func:`rater_vs_truth`)
+    Only when the cohort declares :data:`TRUTH_LESION_COLUMN` among its
+    ``truth_columns`` (synthetic cohorts, whose ``lesion_mask`` is a
+    rater-like estimate): the study slices are still chosen and the networks
+    still trained and scored on ``lesion_mask``, as in the paper; each fold
+    also scores the same test predictions against the true lesion mask
+    (:data:`TRUTH_METRICS`), and the ``lesion_mask`` itself is scored against
+    the truth on the study slices. Real cohorts have neither.
 """
 
 from __future__ import annotations
@@ -85,6 +93,8 @@ __all__ = [
     "CHANNELS",
     "MAIN_ARMS",
     "METRICS",
+    "TRUTH_LESION_COLUMN",
+    "TRUTH_METRICS",
     "FusionConfig",
     "FusionScan",
     "NetInputs",
@@ -105,6 +115,8 @@ __all__ = [
     "dice_by_fold",
     "sdd_table",
     "arm_difference",
+    "vs_truth_table",
+    "rater_vs_truth",
     "inside_outside",
     "map_samples",
     "paper_numbers",
@@ -125,6 +137,10 @@ ARMS: dict[str, tuple[str, ...]] = {
 MAIN_ARMS: tuple[str, ...] = ("mri", "mri+features")
 #: Per-slice test metrics (voxel-level on the native grid).
 METRICS: tuple[str, ...] = ("dice", "precision", "sensitivity")
+#: Optional truth column: the true lesion mask when ``lesion_mask`` is a rater-like estimate (synthetic cohorts).
+TRUTH_LESION_COLUMN: str = "gt_lesion_mask"
+#: The same per-slice metrics against :data:`TRUTH_LESION_COLUMN` (beyond the seed; absent on real cohorts).
+TRUTH_METRICS: tuple[str, ...] = tuple(f"gt_{m}" for m in METRICS)
 _NETS = ("resnext_unet", "attention_unet")
 _BRAIN_SOURCES = ("auto", "manifest", "nonzero", "estimate")
 _DEVICES = ("auto", "cpu", "cuda")
@@ -445,6 +461,10 @@ class FusionScan:
         ``"manifest"``, ``"nonzero"`` or ``"estimate"``.
     spacing : tuple of float
         Native pixel size (mm) of the two in-plane axes.
+    lesion_gt : numpy.ndarray or None
+        ``(n, X, Y)`` uint8 true lesion mask of the same slices when the cohort
+        declares :data:`TRUTH_LESION_COLUMN` among its ``truth_columns``
+        (synthetic cohorts; ``lesion`` is then a rater-like estimate), else None.
     """
 
     scan_id: str
@@ -457,6 +477,7 @@ class FusionScan:
     brain: np.ndarray
     brain_source: str
     spacing: tuple[float, float]
+    lesion_gt: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(len(self.slices))
@@ -494,6 +515,13 @@ def prepare_scan(cohort: Cohort, scan_id: str, config: FusionConfig, *,
         raise ValueError(f"scan {scan_id!r}: lesion_mask shape {lesion.shape} differs from FLAIR {flair.shape}")
     if flair.ndim != 3:
         raise ValueError(f"scan {scan_id!r}: FLAIR must be a 3D volume; got shape {flair.shape}")
+    lesion_gt = None
+    if (cohort.truth_columns.get(TRUTH_LESION_COLUMN) == "lesion_mask"
+            and _has(cohort.table.loc[scan_id].get(TRUTH_LESION_COLUMN))):
+        lesion_gt = binarize_mask(cohort.array(scan_id, TRUTH_LESION_COLUMN))
+        if lesion_gt.shape != flair.shape:
+            raise ValueError(f"scan {scan_id!r}: {TRUTH_LESION_COLUMN} shape {lesion_gt.shape} differs from FLAIR "
+                             f"{flair.shape}")
     brain, used = brain_mask_for(cohort, scan_id, flair, config.brain_source)
     if brain is None:
         logger.warning("scan %s: no brain mask and not skull-stripped: using the fallback estimate_brain_mask "
@@ -512,7 +540,8 @@ def prepare_scan(cohort: Cohort, scan_id: str, config: FusionConfig, *,
                        config.min_lesion_pixels)
         empty = np.zeros((0, *(flair.shape[a] for a in inplane)), dtype=np.float32)
         return FusionScan(str(scan_id), subject, idx, empty, empty, empty, empty.astype(np.uint8),
-                          empty.astype(bool), used, spacing)
+                          empty.astype(bool), used, spacing,
+                          None if lesion_gt is None else empty.astype(np.uint8))
     cr, re = cached_volume_maps(norm, config.maps, axis=config.axis, slices=idx, cache_dir=cache_dir,
                                 label=str(scan_id))
 
@@ -520,7 +549,8 @@ def prepare_scan(cohort: Cohort, scan_id: str, config: FusionConfig, *,
         return np.moveaxis(np.take(vol, idx, axis=config.axis), config.axis, 0).astype(dtype)
 
     return FusionScan(str(scan_id), subject, idx, take(norm, np.float32), take(cr, np.float32), take(re, np.float32),
-                      take(lesion, np.uint8), take(brain, bool), used, spacing)
+                      take(lesion, np.uint8), take(brain, bool), used, spacing,
+                      None if lesion_gt is None else take(lesion_gt, np.uint8))
 
 
 def minmax_per_slice(x: Any) -> np.ndarray:
@@ -671,7 +701,8 @@ def run_fold(scans: Mapping[str, FusionScan], split: Mapping[str, Any], config: 
         ``n_slices`` (fit / val / test) and ``runs[net][arm]``: ``history``,
         ``best_epoch``, ``best_val_dice``, ``sdd``, ``n_parameters``,
         ``seconds``, ``per_slice`` (DataFrame: ``scan_id``, ``subject_id``,
-        ``slice``, ``lesion_pixels`` and :data:`METRICS`) and ``examples``
+        ``slice``, ``lesion_pixels``, :data:`METRICS` and, for scans with a
+        true lesion mask, :data:`TRUTH_METRICS`) and ``examples``
         (``{(scan_id, slice): native uint8 prediction}`` for the
         ``n_examples`` test slices with the most lesion pixels).
     """
@@ -727,7 +758,10 @@ def run_fold(scans: Mapping[str, FusionScan], split: Mapping[str, Any], config: 
                 scan = scans[r.scan_id]
                 truth = scan.lesion[r.row]
                 pred = to_native(prob[i] >= config.threshold, truth.shape)
-                metrics.append(slice_metrics(pred, truth))
+                m = slice_metrics(pred, truth)
+                if scan.lesion_gt is not None:  # beyond the seed: the same prediction against the true lesions
+                    m.update({f"gt_{k}": v for k, v in slice_metrics(pred, scan.lesion_gt[r.row]).items()})
+                metrics.append(m)
                 if i in examples_at:
                     examples[(r.scan_id, int(r.slice))] = pred.astype(np.uint8)
             per_slice = pd.concat([table[["scan_id", "subject_id", "slice", "lesion_pixels"]],
@@ -750,7 +784,7 @@ def run_fold(scans: Mapping[str, FusionScan], split: Mapping[str, Any], config: 
 # aggregation and statistics
 # --------------------------------------------------------------------------------------
 def per_slice_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """All folds' per-slice test metrics: columns ``fold``, ``net``, ``arm``, slice ids and :data:`METRICS`."""
+    """All folds' per-slice test metrics: ``fold``, ``net``, ``arm``, slice ids, :data:`METRICS` (and :data:`TRUTH_METRICS` if any)."""
     frames = []
     for fold, res in results.items():
         for net, arms in res["runs"].items():
@@ -758,8 +792,9 @@ def per_slice_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                 frames.append(run["per_slice"].assign(fold=fold, net=net, arm=arm))
     if not frames:
         raise ValueError("'results' holds no run")
+    table = pd.concat(frames, ignore_index=True)
     cols = ["fold", "net", "arm", "scan_id", "subject_id", "slice", "lesion_pixels", *METRICS]
-    return pd.concat(frames, ignore_index=True)[cols]
+    return table[cols + [c for c in TRUTH_METRICS if c in table.columns]]
 
 
 def fold_table(per_slice: pd.DataFrame) -> pd.DataFrame:
@@ -868,6 +903,64 @@ def arm_difference(per_slice: pd.DataFrame, net: str, arm: str, baseline: str = 
     ci = bootstrap_ci(diff, units=wide["subject_id"].to_numpy(), n_boot=n_boot, seed=seed)
     return {"mean": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "n_slices": int(len(diff)),
             "n_patients": int(ci.n_units)}
+
+
+def vs_truth_table(per_slice: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """Beyond the seed: a metric against the manifest's ``lesion_mask`` and against the true lesions, per net and arm.
+
+    Parameters
+    ----------
+    per_slice : DataFrame
+        :func:`per_slice_table` with :data:`TRUTH_METRICS` (synthetic cohorts).
+    metric : str
+        One of :data:`METRICS`.
+
+    Returns
+    -------
+    DataFrame
+        Index ``(net, arm)``; columns ``lesion_mask mean``, ``lesion_mask sd``,
+        ``gt_lesion_mask mean``, ``gt_lesion_mask sd`` (mean and population SD
+        over the folds of the per-fold mean over test slices, as in Tables 1
+        and 3) and ``n slices``.
+
+    Raises
+    ------
+    ValueError
+        ``metric`` unknown, or no truth metric in the table (a cohort without
+        :data:`TRUTH_LESION_COLUMN`).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"'metric' must be one of {list(METRICS)}; got {metric!r}")
+    gt = f"gt_{metric}"
+    if gt not in per_slice.columns or not per_slice[gt].notna().any():
+        raise ValueError(f"no {gt!r} in the per-slice table: the cohort declares no {TRUTH_LESION_COLUMN!r}")
+    means = per_slice.groupby(["net", "arm", "fold"], sort=False)[[metric, gt]].mean()
+    g = means.groupby(level=["net", "arm"], sort=False)
+    out = pd.DataFrame({"lesion_mask mean": g[metric].mean(), "lesion_mask sd": g[metric].std(ddof=0),
+                        f"{TRUTH_LESION_COLUMN} mean": g[gt].mean(), f"{TRUTH_LESION_COLUMN} sd": g[gt].std(ddof=0)})
+    out["n slices"] = per_slice.groupby(["net", "arm"], sort=False).size()
+    return out
+
+
+def rater_vs_truth(scans: Sequence[FusionScan]) -> pd.DataFrame:
+    """Beyond the seed: the manifest's ``lesion_mask`` scored against the true lesions on every study slice.
+
+    Returns
+    -------
+    DataFrame
+        One row per study slice of the scans with a true lesion mask:
+        ``scan_id``, ``subject_id``, ``slice`` and :data:`METRICS` of
+        ``lesion`` (as the prediction) against ``lesion_gt``; empty when no
+        scan has one.
+    """
+    rows = []
+    for scan in scans:
+        if scan.lesion_gt is None:
+            continue
+        for i, k in enumerate(scan.slices):
+            rows.append({"scan_id": scan.scan_id, "subject_id": scan.subject_id, "slice": int(k),
+                         **slice_metrics(scan.lesion[i], scan.lesion_gt[i])})
+    return pd.DataFrame(rows, columns=["scan_id", "subject_id", "slice", *METRICS])
 
 
 def _inside_outside_values(scans: Sequence[FusionScan], name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -67,6 +67,16 @@ Refinement (aggregate part: :func:`fit_refiner`, :func:`refine`)
     predicted lesions (the formula behind the paper's Table 1), 95 %
     percentile-bootstrap intervals over 1000 resamples of test **patients**
     (and of lesions, the seed's choice, labelled as such).
+Beyond the seed: the true lesions (:func:`refine_against`, :func:`fp_kind`, :func:`fp_kind_table`)
+    Only for a cohort that keeps its truth (``gt_lesion_mask``,
+    ``gt_lookalike_labels``: synthetic cohorts, whose ``lesion_mask`` is a
+    rater-like estimate; real cohorts have neither). The U-Net is still trained,
+    and the refiner still fitted, on ``lesion_mask`` as in the paper; every
+    predicted lesion is also scored against the true lesions (``gt_outcome``,
+    ``gt_overlap_voxels``) so that the U-Net's and the refined detections can
+    be scored against the truth, and every test false positive (against
+    ``lesion_mask``) is placed by what it is in the truth: a true lesion the
+    rater missed, a look-alike kind, or nothing.
 """
 
 from __future__ import annotations
@@ -85,7 +95,6 @@ from msutils.core.seeding import derived_seed
 from msutils.core.device import resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import nn
 
     from msutils.data.cohort import Cohort
@@ -116,6 +125,10 @@ __all__ = [
     "fp_zone",
     "lookalike_kinds",
     "fp_kind",
+    "FP_TRUE_LESION",
+    "FP_NOTHING",
+    "fp_kind_table",
+    "refine_against",
     "tn_spheres",
     "select_subset",
     "scan_maps",
@@ -145,6 +158,10 @@ STATS: tuple[str, ...] = ("mean", "max", "min")
 TRUTH_LESION_COLUMN: str = "gt_lesion_mask"
 #: Optional column with the true lesion look-alike kind map (synthetic cohorts); codes in the sidecar's ``lookalike_kinds``.
 LOOKALIKE_COLUMN: str = "gt_lookalike_labels"
+#: :func:`fp_kind` of a false positive (against ``lesion_mask``) that overlaps a true lesion the rater missed.
+FP_TRUE_LESION: str = "true lesion missed by the rater"
+#: :func:`fp_kind` of a false positive that touches neither a true lesion nor a look-alike.
+FP_NOTHING: str = "nothing (no lesion, no look-alike)"
 _DEVICES = ("auto", "cpu", "cuda")
 _NOISE = ("range", "absolute")
 _CONNECTIVITY = (6, 18, 26)
@@ -700,7 +717,9 @@ class ScanLesions:
     metrics : dict
         ``dice, normalized_dice`` (voxel level, thresholded mask), ``tp, fp, fn``
         (TP counted on predicted lesions), ``n_pred, n_truth``, ``reason``
-        (None, or why the scan has no predicted lesion).
+        (None, or why the scan has no predicted lesion), ``pred_voxels,
+        truth_voxels, overlap_voxels`` (the thresholded mask, the reference
+        and their intersection: the voxel Dice is 2 overlap / (pred + truth)).
     """
 
     scan_id: str
@@ -760,7 +779,9 @@ def find_lesions(prob: np.ndarray, scan: Scan, config: XaiConfig, *, threshold: 
         reason = (f"no predicted lesion (probability > {thr} in a component of >= {min_vox} voxels)")
     metrics = {"dice": dice(binary, ref), "normalized_dice": normalized_dice(binary, ref),
                "tp": c["tp_pred"], "fp": c["fp"], "fn": c["fn"], "tp_truth": c["tp_truth"],
-               "n_pred": c["n_pred"], "n_truth": c["n_truth"], "min_voxels": min_vox, "reason": reason}
+               "n_pred": c["n_pred"], "n_truth": c["n_truth"], "min_voxels": min_vox, "reason": reason,
+               "pred_voxels": int(binary.sum()), "truth_voxels": int(ref.sum()),
+               "overlap_voxels": int((binary & ref).sum())}
     return ScanLesions(scan_id=scan.scan_id, subject_id=scan.subject_id, pred_labels=pl.astype(np.int32),
                        truth_labels=tl.astype(np.int32), pred=pred, truth=truth, metrics=metrics)
 
@@ -819,22 +840,84 @@ def lookalike_kinds(cohort: Cohort) -> dict[int, str]:
     return {int(k): str(v) for k, v in raw.items()}
 
 
-def fp_kind(lesion: np.ndarray, lookalikes: np.ndarray | None, kinds: Mapping[int, str]) -> str | None:
-    """The look-alike kind a false positive sits on (most voxels, 1-voxel neighbourhood included).
+def fp_kind(lesion: np.ndarray, lookalikes: np.ndarray | None, kinds: Mapping[int, str], *,
+            truth: np.ndarray | None = None) -> str | None:
+    """What a false positive (against the manifest's ``lesion_mask``) is in the cohort's truth.
 
-    ``"no look-alike"`` when it touches none; None without a look-alike map.
+    Parameters
+    ----------
+    lesion : ndarray of bool
+        The predicted lesion.
+    lookalikes : ndarray of int or None
+        The true look-alike kind map (:data:`LOOKALIKE_COLUMN`).
+    kinds : mapping
+        Code -> kind (:func:`lookalike_kinds`).
+    truth : ndarray of bool, optional
+        The true lesion mask (:data:`TRUTH_LESION_COLUMN`).
+
+    Returns
+    -------
+    str or None
+        :data:`FP_TRUE_LESION` when the lesion overlaps ``truth`` (the TP rule:
+        any shared voxel); else the look-alike kind with the most voxels in the
+        lesion and its 1-voxel neighbourhood; else :data:`FP_NOTHING`. None
+        when neither ``truth`` nor ``lookalikes`` is given (a real cohort).
     """
-    if lookalikes is None:
+    if lookalikes is None and truth is None:
         return None
-    from scipy import ndimage
+    if truth is not None and (lesion & truth).any():
+        return FP_TRUE_LESION
+    if lookalikes is not None:
+        from scipy import ndimage
 
-    ring = ndimage.binary_dilation(lesion, ndimage.generate_binary_structure(3, 3))
-    codes = lookalikes[ring]
-    codes = codes[codes > 0]
-    if not codes.size:
-        return "no look-alike"
-    code = int(np.bincount(codes).argmax())
-    return kinds.get(code, f"look-alike {code}")
+        ring = ndimage.binary_dilation(lesion, ndimage.generate_binary_structure(3, 3))
+        codes = lookalikes[ring]
+        codes = codes[codes > 0]
+        if codes.size:
+            code = int(np.bincount(codes).argmax())
+            return kinds.get(code, f"look-alike {code}")
+    return FP_NOTHING
+
+
+def fp_kind_table(fp_lesions: pd.DataFrame, keep: np.ndarray, *, by: Sequence[str] = ("fp_kind",)) -> pd.DataFrame:
+    """False positives per kind before and after the refinement (which kinds it removes).
+
+    Parameters
+    ----------
+    fp_lesions : DataFrame
+        The test FP rows (against ``lesion_mask``) with the ``by`` columns (e.g.
+        ``fp_kind`` of :func:`fp_kind`, ``fp_zone``) and ``voxels``.
+    keep : array of bool
+        The refinement's decision per row (True: kept).
+    by : sequence of str
+        Grouping columns.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by ``by``: ``FPs (U-Net)``, ``removed``, ``FPs after
+        refinement``, ``removed (%)`` and ``median voxels``, plus a ``total``
+        row; sorted by ``FPs (U-Net)`` (descending), ties by name.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    if len(keep) != len(fp_lesions):
+        raise ValueError(f"'keep' has {len(keep)} entries for {len(fp_lesions)} false positives")
+    by = list(by)
+    missing = [c for c in [*by, "voxels"] if c not in fp_lesions.columns]
+    if missing:
+        raise ValueError(f"'fp_lesions' has no column(s) {missing}")
+    t = fp_lesions[by + ["voxels"]].assign(_removed=~keep)
+    g = t.groupby(by, dropna=False)
+    out = pd.DataFrame({"FPs (U-Net)": g.size(), "removed": g["_removed"].sum().astype(int),
+                        "median voxels": g["voxels"].median()})
+    out = out.reset_index().sort_values(["FPs (U-Net)", *by], ascending=[False] + [True] * len(by))
+    total = {**{c: "total" if i == 0 else "" for i, c in enumerate(by)}, "FPs (U-Net)": len(t),
+             "removed": int(t["_removed"].sum()), "median voxels": float(t["voxels"].median()) if len(t) else np.nan}
+    out = pd.concat([out, pd.DataFrame([total])], ignore_index=True).set_index(by)
+    out["FPs after refinement"] = out["FPs (U-Net)"] - out["removed"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["removed (%)"] = 100.0 * out["removed"] / out["FPs (U-Net)"].where(out["FPs (U-Net)"] > 0)
+    return out[["FPs (U-Net)", "removed", "FPs after refinement", "removed (%)", "median voxels"]]
 
 
 def tn_spheres(scan: Scan, occupied: np.ndarray, n: int, volume_vox: float, rng: np.random.Generator,
@@ -1012,6 +1095,7 @@ def compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig, *
 def _compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig,
                    thresholds: Sequence[float]) -> dict[str, Any]:
     import torch
+    from scipy import ndimage
 
     from msutils.core.progress import Progress
     from msutils.data.leakage import FitLog
@@ -1041,6 +1125,7 @@ def _compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig,
     seconds: dict[str, float] = {"training": train_info["seconds"]}
     t0 = time.perf_counter()
     rows, curves, found = [], [], {}
+    found_gt: dict[str, ScanLesions] = {}
     bar = Progress("U-Net prediction", total=sum(len(v) for v in by_set.values()), unit="scans")
     for set_name in ("train", "val", "test"):
         for sid in by_set[set_name]:
@@ -1052,8 +1137,10 @@ def _compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig,
             row = {"scan_id": sid, "subject_id": scan.subject_id, "set": set_name, "brain_source": scan.brain_source,
                    **les.metrics}
             if scan.truth_gt is not None:  # beyond the seed: the same prediction against the true lesions
-                gt = find_lesions(prob, scan, config, truth=scan.truth_gt).metrics
-                row.update({f"gt_{k}": gt[k] for k in ("dice", "normalized_dice", "tp", "fp", "fn", "n_truth")})
+                found_gt[sid] = find_lesions(prob, scan, config, truth=scan.truth_gt)
+                gt = found_gt[sid].metrics
+                row.update({f"gt_{k}": gt[k] for k in ("dice", "normalized_dice", "tp", "fp", "fn", "n_truth",
+                                                       "pred_voxels", "truth_voxels", "overlap_voxels")})
             rows.append(row)
             if set_name in ("val", "test"):
                 curves.append(threshold_counts(prob, scan, config, thresholds).assign(set=set_name))
@@ -1093,16 +1180,25 @@ def _compute_study(cohort: Cohort, split: Mapping[str, Any], config: XaiConfig,
         logger.info("maps %d/%d: %s scan %s, %d lesions", k, len(work), set_name, sid, len(ids))
         outcome = dict(zip(les.pred["lesion_id"], les.pred["outcome"]))
         volume = dict(zip(les.pred["lesion_id"], les.pred["voxels"]))
+        inside = ndimage.sum(scan.truth, les.pred_labels, ids) if len(ids) else []
+        overlap = {lid: {"overlap_voxels": int(v)} for lid, v in zip(ids, inside)}
+        true_lesions = None
+        if sid in found_gt:  # beyond the seed: each predicted lesion against the true lesions
+            gl = found_gt[sid]
+            true_lesions = gl.truth_labels > 0
+            inside = ndimage.sum(scan.truth_gt, les.pred_labels, ids) if len(ids) else []
+            for lid, o, v in zip(ids, gl.pred.set_index("lesion_id").loc[ids, "outcome"], inside):
+                overlap[lid].update({"gt_outcome": o, "gt_overlap_voxels": int(v)})
         maps = scan_maps(net, scan, les.pred_labels, ids, config, receptive, tag=set_name)
         for lid, smap in maps.items():
             stats, feats = map_record(smap, les.pred_labels, shape, scan.spacing, config)
             zone = kind = None
             if outcome[lid] == "FP":
                 zone = fp_zone(les.pred_labels == lid, scan.zones, scan.brain)
-                kind = fp_kind(les.pred_labels == lid, scan.lookalikes, kinds)
+                kind = fp_kind(les.pred_labels == lid, scan.lookalikes, kinds, truth=true_lesions)
             records.append({"set": set_name, "scan_id": sid, "subject_id": scan.subject_id, "lesion_id": lid,
                             "outcome": outcome[lid], "voxels": int(volume[lid]), "fp_zone": zone, "fp_kind": kind,
-                            "seconds": smap.seconds, **stats, **feats})
+                            **overlap[lid], "seconds": smap.seconds, **stats, **feats})
             if set_name == "test":
                 examples[f"{sid}:{lid}"] = _sagittal(smap, les.pred_labels, scan.image[0])
         if set_name == "test" and n_sum_left > 0 and maps:
@@ -1310,6 +1406,84 @@ def refine(test_lesions: pd.DataFrame, keep: np.ndarray, scans: pd.DataFrame) ->
     out["fp_after"] = out["fp"] - out["rejected_fp"]
     out["fn_after"] = out["fn"] + out["rejected_tp"]
     return out.reset_index(drop=True)
+
+
+def refine_against(test_lesions: pd.DataFrame, keep: np.ndarray, scans: pd.DataFrame, *,
+                   reference: str = "truth") -> pd.DataFrame:
+    """Per-scan detection counts and voxel Dice before and after the refinement, against a reference mask.
+
+    ``reference="truth"`` (beyond the seed; synthetic cohorts only): the
+    refinement decided on lesions labelled against the manifest's rater-like
+    ``lesion_mask``; the same decisions are scored against the true lesion
+    mask (:data:`TRUTH_LESION_COLUMN`). ``reference="manifest"``: against
+    ``lesion_mask`` (the counts equal :func:`refine`'s). The convention of
+    :func:`refine` holds for both: TP counted on the predicted lesions, a
+    rejected lesion that overlaps the reference becomes an FN. The voxel Dice
+    after the refinement drops the rejected lesions' voxels from the
+    thresholded mask: 2 (O - O_rej) / (P - P_rej + T), with O, P, T the
+    overlap, predicted and reference voxels of the scan (1 when both masks
+    are empty).
+
+    Parameters
+    ----------
+    test_lesions : DataFrame
+        Test TP/FP rows: ``scan_id``, ``voxels`` and, per reference, the
+        lesion's outcome and its voxels inside the reference (``outcome`` and
+        ``overlap_voxels``; ``gt_outcome`` and ``gt_overlap_voxels``).
+    keep : array of bool
+        One entry per row of ``test_lesions``.
+    scans : DataFrame
+        Per-scan table of :func:`compute_study`: ``tp, fp, fn, pred_voxels,
+        truth_voxels, overlap_voxels`` (``gt_``-prefixed for the truth).
+    reference : str
+        ``"truth"`` or ``"manifest"``.
+
+    Returns
+    -------
+    DataFrame
+        One row per test scan: ``scan_id, subject_id, tp, fp, fn, dice`` (before)
+        and ``tp_after, fp_after, fn_after, dice_after``.
+    """
+    if reference not in ("truth", "manifest"):
+        raise ValueError(f"'reference' must be one of ['truth', 'manifest']; got {reference!r}")
+    keep = np.asarray(keep, dtype=bool)
+    if len(keep) != len(test_lesions):
+        raise ValueError(f"'keep' has {len(keep)} entries for {len(test_lesions)} lesions")
+    pre = "gt_" if reference == "truth" else ""
+    if not len(test_lesions):  # no predicted lesion at all: a table without columns
+        test_lesions = pd.DataFrame(columns=["scan_id", "voxels", pre + "outcome", pre + "overlap_voxels"])
+    need = [pre + c for c in ("tp", "fp", "fn", "pred_voxels", "truth_voxels", "overlap_voxels")]
+    missing = [c for c in need if c not in scans.columns]
+    missing += [c for c in (pre + "outcome", pre + "overlap_voxels", "voxels") if c not in test_lesions.columns]
+    if missing:
+        raise ValueError(f"no evaluation against the {reference}: column(s) {missing} missing"
+                         + (f" (the cohort has no {TRUTH_LESION_COLUMN!r})" if reference == "truth" else ""))
+    rej = test_lesions[~keep]
+    rej_tp = rej[rej[pre + "outcome"] == "TP"].groupby("scan_id").size()
+    rej_fp = rej[rej[pre + "outcome"] == "FP"].groupby("scan_id").size()
+    rej_vox = rej.groupby("scan_id")["voxels"].sum()
+    rej_overlap = rej.groupby("scan_id")[pre + "overlap_voxels"].sum()
+    test = scans.loc[scans["set"] == "test"]
+    out = pd.DataFrame({"scan_id": test["scan_id"].to_numpy(), "subject_id": test["subject_id"].to_numpy(),
+                        "tp": test[pre + "tp"].to_numpy(int), "fp": test[pre + "fp"].to_numpy(int),
+                        "fn": test[pre + "fn"].to_numpy(int)})
+    r_tp = out["scan_id"].map(rej_tp).fillna(0).astype(int)
+    r_fp = out["scan_id"].map(rej_fp).fillna(0).astype(int)
+    out["tp_after"] = out["tp"] - r_tp
+    out["fp_after"] = out["fp"] - r_fp
+    out["fn_after"] = out["fn"] + r_tp
+
+    def dice(o: np.ndarray, p: np.ndarray, t: np.ndarray) -> np.ndarray:
+        den = p + t
+        return np.where(den > 0, 2.0 * o / np.where(den > 0, den, 1), 1.0)
+
+    o = test[pre + "overlap_voxels"].to_numpy(float)
+    pv = test[pre + "pred_voxels"].to_numpy(float)
+    tv = test[pre + "truth_voxels"].to_numpy(float)
+    out["dice"] = dice(o, pv, tv)
+    out["dice_after"] = dice(o - out["scan_id"].map(rej_overlap).fillna(0).to_numpy(float),
+                             pv - out["scan_id"].map(rej_vox).fillna(0).to_numpy(float), tv)
+    return out
 
 
 def choose_threshold(curves: pd.DataFrame, set_name: str = "val") -> tuple[float, pd.DataFrame]:
