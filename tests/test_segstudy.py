@@ -338,7 +338,7 @@ def test_held_out_pool_and_protocols(cohort):
     pool = S.held_out_slices(cohort, ["ms00_ses-01", "ms06_ses-01"], CFG, name="toy")
     t = pool.slices
     assert len(pool) == len(pool.images) == len(pool.masks) and pool.truth is None
-    assert not S.has_truth(cohort)
+    assert cohort.truth_column("lesion_mask") is None
     assert (t["brain_pixels"] > 0).all()  # blank slices (no brain) are not in the pool
     assert list(pool.counts["slices"]) == [12, 12]
     assert list(pool.counts["positives"]) == [3, 1] and list(pool.counts["excluded_small"]) == [0, 0]
@@ -537,7 +537,7 @@ def truth_cohort(cohort):
 def test_evaluation_against_the_true_lesions(truth_cohort, tmp_path, monkeypatch):
     """Beyond the seed: predictions equal to the rater's masks miss the lesion the rater missed."""
     scans = ["ms00_ses-01", "ms06_ses-01"]
-    assert S.has_truth(truth_cohort) and S.has_truth(truth_cohort, scans)
+    assert truth_cohort.truth_column("lesion_mask") == truth_cohort.truth_column("lesion_mask", scans) == S.TRUTH_COLUMN
     pool = S.held_out_slices(truth_cohort, scans, CFG, name="toy")
     assert pool.truth is not None and pool.truth.shape == pool.masks.shape
     t = pool.slices
@@ -573,7 +573,7 @@ def test_evaluation_against_the_true_lesions(truth_cohort, tmp_path, monkeypatch
     from dataclasses import replace as dc_replace
 
     with pytest.raises(ValueError, match=r"column 'gt_lesion_mask' is empty for scan\(s\) \['ms06_ses-01'\]"):
-        S.has_truth(dc_replace(truth_cohort, table=part))
+        dc_replace(truth_cohort, table=part).truth_column("lesion_mask")
 
 
 def test_held_out_cache_name_follows_the_checkpoints(tmp_path):

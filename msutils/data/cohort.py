@@ -211,6 +211,45 @@ class Cohort:
         raw = self.meta.get("truth_masks") or {}
         return {str(k): str(v) for k, v in raw.items()}
 
+    def truth_column(self, kind: str, scan_ids: Iterable[str] | None = None) -> str | None:
+        """The truth image column of ``kind`` when every scan (of ``scan_ids``) has a file in it.
+
+        Parameters
+        ----------
+        kind : str
+            Mask kind, e.g. ``"lesion_mask"`` (one of :data:`TRUTH_KINDS`).
+        scan_ids : iterable of str, optional
+            The scans that must have it; default every scan.
+
+        Returns
+        -------
+        str or None
+            The first column the sidecar's ``truth_masks`` declares with that kind
+            (``gt_lesion_mask`` on a synthetic cohort), or None when none is declared
+            or no scan has a file in it (a real cohort).
+
+        Raises
+        ------
+        ValueError
+            If the declared column is missing from the manifest, or empty for some of
+            the scans but not for others.
+        """
+        columns = [c for c, k in self.truth_columns.items() if k == kind]
+        if not columns:
+            return None
+        column = columns[0]
+        table = self.table if scan_ids is None else self.table.loc[list(scan_ids)]
+        if column not in table.columns:
+            raise ValueError(f"cohort {self.manifest_path}: the sidecar declares truth mask {column!r} but the "
+                             "manifest has no such column")
+        present = table[column].notna() & (table[column].astype(str) != "")
+        if present.all():
+            return column
+        if present.any():
+            raise ValueError(f"cohort {self.manifest_path}: column {column!r} is empty for scan(s) "
+                             f"{list(table.index[~present])[:5]} but not for others")
+        return None
+
     @property
     def centers(self) -> list[str]:
         """Sorted unique centers."""

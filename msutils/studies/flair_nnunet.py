@@ -67,7 +67,7 @@ Test sets (:func:`held_out_slices`, :func:`select_slices`, :func:`compute_held_o
     **patients**; the ``"all"`` protocol adds each patient's metrics over the
     whole stack of slices (false positives on lesion-free slices count).
     When the cohort declares the true lesion masks (sidecar ``truth_masks``:
-    :data:`TRUTH_COLUMN` of kind ``lesion_mask``, see :func:`has_truth`; a
+    a truth column of kind ``lesion_mask``, see :meth:`Cohort.truth_column`; a
     synthetic cohort whose manifest masks are rater-like estimates) both
     protocols are also scored against them, and so are the manifest masks
     themselves (beyond the seed). :func:`compute_held_out` computes all of it
@@ -131,7 +131,6 @@ __all__ = [
     "fold_fit_log",
     "fold_groups",
     "fold_index",
-    "has_truth",
     "held_out_cache_name",
     "held_out_files",
     "held_out_slices",
@@ -815,34 +814,6 @@ class HeldOutSlices:
         return self.truth
 
 
-def has_truth(cohort: Cohort, scan_ids: Sequence[str] | None = None) -> bool:
-    """True when the cohort declares the true lesion masks and every scan (of ``scan_ids``) has one.
-
-    The declaration is ``cohort.truth_columns`` (the sidecar's ``truth_masks``:
-    column -> kind): :data:`TRUTH_COLUMN` of kind ``lesion_mask``.
-    A synthetic cohort whose manifest masks are rater-like estimates keeps the
-    true lesions there; a real cohort has none (False).
-
-    Raises
-    ------
-    ValueError
-        If the column is declared but only some of the scans have a file in it.
-    """
-    if cohort.truth_columns.get(TRUTH_COLUMN) != "lesion_mask":
-        return False
-    table = cohort.table if scan_ids is None else cohort.table.loc[list(scan_ids)]
-    if TRUTH_COLUMN not in table.columns:
-        raise ValueError(f"cohort {cohort.manifest_path}: the sidecar declares truth mask {TRUTH_COLUMN!r} but the "
-                         "manifest has no such column")
-    present = table[TRUTH_COLUMN].notna() & (table[TRUTH_COLUMN].astype(str) != "")
-    if present.all():
-        return True
-    if present.any():
-        raise ValueError(f"cohort {cohort.manifest_path}: column {TRUTH_COLUMN!r} is empty for scan(s) "
-                         f"{list(table.index[~present])[:5]} but not for others")
-    return False
-
-
 def _mask_slices(volume: np.ndarray, config: SegConfig) -> np.ndarray:
     """A mask volume cut like :func:`scan_slices` cuts the lesion mask: padded, sliced, resized, binarised."""
     from msutils.segmentation.slices import resize_mask
@@ -858,11 +829,11 @@ def held_out_slices(cohort: Cohort, scan_ids: Sequence[str], config: SegConfig, 
 
     Slices without any brain (or lesion) pixel are blank after skull stripping and
     left out (counted in ``counts``). The true lesion masks are read too when the
-    cohort has them (:func:`has_truth`).
+    cohort has them (:meth:`Cohort.truth_column`).
     """
     if not len(scan_ids):
         raise ValueError(f"test set {name!r}: 'scan_ids' is empty")
-    with_truth = has_truth(cohort, scan_ids)
+    truth_column = cohort.truth_column("lesion_mask", scan_ids)
     rows, images, masks, truths, counts = [], [], [], [], []
     for sid in scan_ids:
         s = scan_slices(cohort, sid, config)
@@ -871,7 +842,7 @@ def held_out_slices(cohort: Cohort, scan_ids: Sequence[str], config: SegConfig, 
         lesion = s.stack.masks.reshape(n, -1).sum(axis=1)
         kept = s.kept(config.entropy_threshold)
         pool = (brain > 0) | (lesion > 0)
-        truth = _mask_slices(cohort.array(sid, TRUTH_COLUMN), config) if with_truth else None
+        truth = _mask_slices(cohort.array(sid, truth_column), config) if truth_column else None
         zooms = cohort.image(sid, "flair").header.get_zooms()
         counts.append({"scan_id": s.scan_id, "subject_id": s.subject_id, "center": s.center, "slices": n,
                        "brain_slices": int((brain > 0).sum()), "lesion_slices": int((lesion > 0).sum()),
@@ -893,7 +864,7 @@ def held_out_slices(cohort: Cohort, scan_ids: Sequence[str], config: SegConfig, 
     return HeldOutSlices(
         name=name, slices=pd.DataFrame(rows, columns=columns),
         images=np.concatenate(images).astype(np.float32), masks=np.concatenate(masks).astype(np.uint8),
-        truth=np.concatenate(truths).astype(np.uint8) if with_truth else None,
+        truth=np.concatenate(truths).astype(np.uint8) if truth_column else None,
         counts=pd.DataFrame(counts).set_index("scan_id"),
     )
 

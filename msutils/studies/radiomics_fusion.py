@@ -516,11 +516,11 @@ def prepare_scan(cohort: Cohort, scan_id: str, config: FusionConfig, *,
     if flair.ndim != 3:
         raise ValueError(f"scan {scan_id!r}: FLAIR must be a 3D volume; got shape {flair.shape}")
     lesion_gt = None
-    if (cohort.truth_columns.get(TRUTH_LESION_COLUMN) == "lesion_mask"
-            and _has(cohort.table.loc[scan_id].get(TRUTH_LESION_COLUMN))):
-        lesion_gt = binarize_mask(cohort.array(scan_id, TRUTH_LESION_COLUMN))
+    truth_column = cohort.truth_column("lesion_mask", [scan_id])
+    if truth_column is not None:
+        lesion_gt = binarize_mask(cohort.array(scan_id, truth_column))
         if lesion_gt.shape != flair.shape:
-            raise ValueError(f"scan {scan_id!r}: {TRUTH_LESION_COLUMN} shape {lesion_gt.shape} differs from FLAIR "
+            raise ValueError(f"scan {scan_id!r}: {truth_column} shape {lesion_gt.shape} differs from FLAIR "
                              f"{flair.shape}")
     brain, used = brain_mask_for(cohort, scan_id, flair, config.brain_source)
     if brain is None:
