@@ -178,6 +178,8 @@ def test_gba_images_rows_files_metrics_and_leakage(tmp_path):
         outside = np.ones(img.shape, bool)
         outside[box] = False
         assert not img[outside].any() and (img[truth > 0] != 0).mean() > 0.99
+        # clipped to the fold's real intensity range
+        assert img.min() >= 0 and img.max() <= max(req.cohort.images[s].max() for s in req.train.index)
         assert not np.asarray(nib.load(row["roi_labels"]).dataobj).any()  # the zero segmenter's output
     # an empty prediction against a present ROI: Dice and Jaccard are exactly 0; absent ROIs are skipped
     assert (out["seg_dice"] == 0).all() and (out["seg_jaccard"] == 0).all()

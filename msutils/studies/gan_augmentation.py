@@ -67,9 +67,11 @@ GBA: one call of :func:`gba_images` (repetition ``r`` of a LOCO iteration)
    (:func:`msutils.models.gan.brain_box`, plus ``margin_vox``, grown to a
    multiple of the GAN's total stride times ``grid_factor``); the GAN runs on
    that box, ``grid_factor`` times coarser.
-3. ``n_per_class`` images per class are generated and pasted back into
-   full-size volumes (zero outside the box). Each inherits its parent scan's
-   affine, center (its ComBat batch), age and sex.
+3. ``n_per_class`` images per class are generated, clipped to the fold's real
+   intensity range (0 to the largest real training intensity; the generator's
+   output is unbounded) and pasted back into full-size volumes (zero outside
+   the box). Each inherits its parent scan's affine, center (its ComBat
+   batch), age and sex.
 4. The iteration's ROI U-Net (``request.segmenter``) segments every generated
    image, as in the seed; Dice and Jaccard against the known label map (the
    deformed parent label map, exact by construction) are recorded per image
@@ -631,16 +633,19 @@ def gba_images(request: AugmentationRequest) -> pd.DataFrame:
     )
     del va_img, va_lab
     fold = res.folds[0]
+    # the generator's output is unbounded: clip to the real intensity range of the fold (a T1 magnitude is never
+    # negative; outliers would otherwise add spurious grey levels to the radiomics of the images)
+    images = np.clip(fold.images, 0.0, float(tr_img.max()))
     truth = fold.label_maps.astype(np.int16)
     t_seg = time.perf_counter()
     segmenter = request.segmenter
     if segmenter is not None:
-        seg = np.stack([np.asarray(segmenter.predict(v)) for v in fold.images]).astype(np.int16)
+        seg = np.stack([np.asarray(segmenter.predict(v)) for v in images]).astype(np.int16)
         overlap = _overlap_table(seg, truth, res.label_values)
         per_image = overlap.groupby("image")[["dice", "jaccard"]].mean()
     else:
         seg, overlap = None, pd.DataFrame(columns=["image", "label", "dice", "jaccard"])
-        per_image = pd.DataFrame({"dice": np.nan, "jaccard": np.nan}, index=range(len(fold.images)))
+        per_image = pd.DataFrame({"dice": np.nan, "jaccard": np.nan}, index=range(len(images)))
     t_seg = time.perf_counter() - t_seg
     used = truth if seg is None or opts.labels_from == "truth" else seg
     out_dir = Path(request.out_dir)
@@ -654,7 +659,7 @@ def gba_images(request: AugmentationRequest) -> pd.DataFrame:
         counters[group] += 1
         affine = request.cohort.image(src, "t1").affine
         paths = {}
-        for col, arr in (("t1", fold.images[i]), ("roi_labels", used[i]), ("truth_labels", truth[i])):
+        for col, arr in (("t1", images[i]), ("roi_labels", used[i]), ("truth_labels", truth[i])):
             path = out_dir / f"{sid}_{col}.nii.gz"
             nib.save(nib.Nifti1Image(gan.paste_box(arr[None], start, full_shape)[0], affine), str(path))
             paths[col] = str(path)
@@ -665,7 +670,7 @@ def gba_images(request: AugmentationRequest) -> pd.DataFrame:
                      "seg_jaccard": float(per_image.at[i, "jaccard"])}
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "scan_id"
-    metrics = _gba_quality(request, res, tr_img, tr_scans, train_set.subjects, overlap, opts)
+    metrics = _gba_quality(request, res, images, tr_img, tr_scans, train_set.subjects, overlap, opts)
     metrics.update(repetition=rep, inner_fold=k, seed=seed, box_start=list(start), box_size=list(size),
                    n_train_scans=len(tr_scans), n_validation_scans=len(va_scans), options=opts.to_dict(),
                    seconds={**res.seconds, "segment": round(t_seg, 3),
@@ -677,18 +682,20 @@ def gba_images(request: AugmentationRequest) -> pd.DataFrame:
     return out
 
 
-def _gba_quality(request: AugmentationRequest, res: gan.GbaResult, real: np.ndarray, real_scans: Sequence[str],
-                 real_subjects: Sequence[str], overlap: pd.DataFrame, opts: GbaOptions) -> dict[str, Any]:
-    """Table 1 quantities of one inner fold (module docstring, "GBA", step 5)."""
+def _gba_quality(request: AugmentationRequest, res: gan.GbaResult, images: np.ndarray, real: np.ndarray,
+                 real_scans: Sequence[str], real_subjects: Sequence[str], overlap: pd.DataFrame,
+                 opts: GbaOptions) -> dict[str, Any]:
+    """Table 1 quantities of one inner fold (module docstring, "GBA", step 5); ``images``: the generated box
+    volumes as written (clipped)."""
     fold, pairs = res.folds[0], res.validation
     data_range = float(pairs.real.max())
     win = min(11, *pairs.real.shape[1:])
     ssim = fidelity.ssim_pairs(pairs.generated, pairs.real, data_range=data_range, win_size=win)
     psnr = fidelity.psnr_pairs(pairs.generated, pairs.real, data_range=data_range)
-    nc = fidelity.nearest_neighbour_similarity(fold.images, real, real_groups=list(real_subjects))
+    nc = fidelity.nearest_neighbour_similarity(images, real, real_groups=list(real_subjects))
     nearest_subject = np.asarray(real_subjects)[nc.synthetic_nn_index]
     out: dict[str, Any] = {
-        "images_sha256": hashlib.sha256(np.ascontiguousarray(fold.images).tobytes()).hexdigest(),
+        "images_sha256": hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),
         "ssim": ssim.tolist(), "psnr": psnr.tolist(), "ssim_mean": float(ssim.mean()),
         "psnr_mean": float(psnr[np.isfinite(psnr)].mean()) if np.isfinite(psnr).any() else float("inf"),
         "ssim_pairs": "generator reconstruction of each inner-validation scan from its own label map and class "
@@ -703,7 +710,7 @@ def _gba_quality(request: AugmentationRequest, res: gan.GbaResult, real: np.ndar
                    seg_jaccard_mean=float("nan"))
         return out
     device = "cuda" if next(segmenter.network().parameters()).is_cuda else "cpu"
-    f_syn = _unet_features(segmenter, fold.images, device)
+    f_syn = _unet_features(segmenter, images, device)
     f_real = _real_unet_features(request, list(real_scans), real, device)
     kid = fidelity.kid(f_real, f_syn, n_subsets=opts.kid_subsets, subset_size=opts.kid_subset_size)
     out.update(fid=fidelity.fid(f_real, f_syn), kid_mean=kid.mean, kid_std=kid.std, kid_subset_size=kid.subset_size,
