@@ -178,8 +178,11 @@ def test_gba_images_rows_files_metrics_and_leakage(tmp_path):
         outside = np.ones(img.shape, bool)
         outside[box] = False
         assert not img[outside].any() and (img[truth > 0] != 0).mean() > 0.99
-        # clipped to the fold's real intensity range
-        assert img.min() >= 0 and img.max() <= max(req.cohort.images[s].max() for s in req.train.index)
+        # inside the brain, clipped to the fold's real brain-intensity range
+        fold_scans = [s for s in req.train.index if req.train.at[s, "subject_id"] in inner_train]
+        real = np.stack([req.cohort.images[s] for s in fold_scans])
+        brain = img != 0
+        assert img[brain].min() >= real[real > 0].min() and img.max() <= real.max()
         assert not np.asarray(nib.load(row["roi_labels"]).dataobj).any()  # the zero segmenter's output
     # an empty prediction against a present ROI: Dice and Jaccard are exactly 0; absent ROIs are skipped
     assert (out["seg_dice"] == 0).all() and (out["seg_jaccard"] == 0).all()

@@ -67,9 +67,9 @@ GBA: one call of :func:`gba_images` (repetition ``r`` of a LOCO iteration)
    (:func:`msutils.models.gan.brain_box`, plus ``margin_vox``, grown to a
    multiple of the GAN's total stride times ``grid_factor``); the GAN runs on
    that box, ``grid_factor`` times coarser.
-3. ``n_per_class`` images per class are generated, clipped to the fold's real
-   intensity range (0 to the largest real training intensity; the generator's
-   output is unbounded) and pasted back into full-size volumes (zero outside
+3. ``n_per_class`` images per class are generated, clipped inside their brain
+   mask to the fold's real brain-intensity range (smallest to largest positive
+   real training intensity; the generator's output is unbounded) and pasted back into full-size volumes (zero outside
    the box). Each inherits its parent scan's affine, center (its ComBat
    batch), age and sex.
 4. The iteration's ROI U-Net (``request.segmenter``) segments every generated
@@ -633,9 +633,11 @@ def gba_images(request: AugmentationRequest) -> pd.DataFrame:
     )
     del va_img, va_lab
     fold = res.folds[0]
-    # the generator's output is unbounded: clip to the real intensity range of the fold (a T1 magnitude is never
-    # negative; outliers would otherwise add spurious grey levels to the radiomics of the images)
-    images = np.clip(fold.images, 0.0, float(tr_img.max()))
+    # the generator's output is unbounded: inside the brain, clip to the real brain-intensity range of the fold
+    # (a skull-stripped T1 is positive in the brain; outliers would add spurious grey levels to the radiomics)
+    real_brain = tr_img[tr_img > 0]
+    images = np.where(fold.brain_masks, np.clip(fold.images, float(real_brain.min()), float(real_brain.max())),
+                      0.0).astype(np.float32)
     truth = fold.label_maps.astype(np.int16)
     t_seg = time.perf_counter()
     segmenter = request.segmenter
