@@ -1319,7 +1319,7 @@ def synthetic_class_auc(results: Mapping[str, Mapping[str, Any]], classifier: st
 
 SIGNAL_DIRECTIONS: dict[str, int] = {"deep_gm_volume_ml": -1, "deep_gm_texture": 1}
 """Sign of MS - HC that the synthetic cohort's generator puts in: deep-GM atrophy (smaller volume) and a
-larger texture amplitude (``texture_ms_mean`` 0.055 vs ``texture_hc_mean`` 0.03)."""
+larger deep-GM texture amplitude (the generator's ``texture_ms_mean`` > ``texture_hc_mean``)."""
 
 
 def signal_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
