@@ -3,7 +3,7 @@
 Takes the first session of every subject of the training centers of one
 leave-one-center-out iteration (default: hold out center B), crops a cubic
 box (``--box`` voxels) around the deep grey matter (or, with ``--box 0``, the
-whole-brain box of :func:`msutils.studies.gba.brain_box`, as the study does),
+whole-brain box of :func:`msutils.models.gan.brain_box`, as the study does),
 maps the ROI label map to
 the ten seed-000 ROIs (1..8 deep-GM nuclei, 9 whole WM, 10 whole GM = every
 cortical parcel), splits off an inner validation split (``--val-fraction`` of
@@ -84,7 +84,7 @@ def _load(manifest: Path | None, heldout: str, size: int, multiple: int):
         box = _box(labels, size)
         crop = (slice(None), *box)
         return images[crop], rois[crop], masks[crop], classes, subjects, box
-    from msutils.studies.gba import brain_box, crop_box
+    from msutils.models.gan import brain_box, crop_box
 
     start, shape = brain_box(masks, multiple=multiple, margin=2)
     box = tuple(slice(a, a + n) for a, n in zip(start, shape))

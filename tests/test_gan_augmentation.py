@@ -82,7 +82,12 @@ def smoke_cohort(tmp_path_factory):
     return load_cohort(manifest, check_images=False)
 
 
-TINY = S.StudyConfig(grid="smoke", n_repeats=1, n_per_class=2, classifiers=("svm", "resnet"),
+# labels_from="truth": the 4-step U-Net's segmentation is noise, and radiomics of noise-sized ROIs is slow; the
+# U-Net still segments the generated images (Dice) and every fitted step runs
+TINY_GBA = S.GbaOptions.from_mapping(dict(g_channels=(4, 8, 16), g_strides=(2, 2), g_res_units=1, d_channels=4,
+                                          d_layers=2, batch_size=4, max_epochs=1, patience=1, grid_factor=2,
+                                          kid_subsets=10, labels_from="truth"))
+TINY = S.StudyConfig(grid="smoke", n_repeats=1, n_per_class=2, classifiers=("svm", "resnet"), gba=TINY_GBA,
                      unet=RoiUNetConfig(channels=(4, 8), patch_size=16, max_steps=4, val_every=2, patience=1))
 
 
@@ -110,7 +115,7 @@ def smoke_features(smoke_cohort, tmp_path_factory):
 
 
 def test_leakage_canary_permuted_heldout_diagnoses(smoke_cohort, smoke_features, tmp_path):
-    """Permuting the held-out center's diagnoses changes no fitted object and no threshold."""
+    """Permuting the held-out center's diagnoses changes no fitted object (the cGAN included) and no threshold."""
     work = tmp_path / "a"
     r1 = S.run_loco(smoke_cohort, "B", TINY, work, features=smoke_features, progress=False)
     table = smoke_cohort.table.copy()
@@ -125,14 +130,19 @@ def test_leakage_canary_permuted_heldout_diagnoses(smoke_cohort, smoke_features,
     held = sorted(set(r1["split"]["test"]) | set(r1["split"]["excluded"]))
     assert_no_leak(log, held, steps=S.leakage_steps(r1["fit_log"]))
     assert log.seen("combat.new_site") == frozenset(smoke_cohort.table.loc[rows, "subject_id"])
-    for step in ("roi_unet", "combat", "scaler", "lasso", "tuning.svm", "classifier", "threshold"):
+    for step in ("roi_unet", "combat", "scaler", "lasso", "tuning.svm", "classifier", "threshold", "cgan-inner0"):
         assert step in log.steps
     # result contents
     preds = r1["predictions"]
-    assert set(preds["scenario"]) == {"real", "real+tda"}
-    assert len(preds) == 2 * 2 * rows.sum()  # scenarios x classifiers x held-out scans
+    assert set(preds["scenario"]) == {"real", "real+tda", "real+gba"}
+    assert len(preds) == 3 * 2 * rows.sum()  # scenarios x classifiers x held-out scans
+    # the cGAN of inner fold 0 saw that fold's training subjects only
+    assert log.seen("cgan-inner0") == frozenset(r1["split"]["inner"][0]["train"])
+    q = r1["quality"][("real+gba", 0)]
+    assert q["inner_fold"] == 0 and np.isfinite(q["fid"]) and np.isfinite(q["ssim_mean"])
+    assert S.fitted_fingerprint(r1)["cgan"] != S.fitted_fingerprint({**r1, "quality": {}})["cgan"]
     assert set(r1["segmentation"]["dice"].columns) == set(ROI_NAMES)
-    assert set(r1["thresholds"]) == {(s, c, 0) for s in ("real", "real+tda") for c in ("svm", "resnet")}
+    assert set(r1["thresholds"]) == {(s, c, 0) for s in ("real", "real+tda", "real+gba") for c in ("svm", "resnet")}
     long = S.metrics_long({"B": r1})
     t3 = S.table3(long)
-    assert t3.shape == (4, 10) and t3[("auc", "mean")].between(0, 1).all()
+    assert t3.shape == (6, 10) and t3[("auc", "mean")].between(0, 1).all()

@@ -56,6 +56,9 @@ Grid
     interpolated), feeds its block majority to the generator and upsamples
     the output trilinearly, so the returned label map is exact on the input
     grid while the image carries the coarse grid's detail only.
+    :func:`brain_box` / :func:`crop_box` / :func:`paste_box` cut the volumes
+    to the box around the training brains (a multiple of the total stride
+    times the grid factor) before the GAN sees them and paste outputs back.
 
 Discriminator and loss
     A conditional PatchGAN (MONAI ``PatchDiscriminator``) sees the condition
@@ -96,9 +99,9 @@ Scenario signature (for the study's scenario registry)
 (0 = HC, 1 = MS) and subject ids; the result's ``folds`` are ``n_folds``
 :class:`SyntheticFold` objects, each with ``n_per_class`` images per class,
 their known ROI label maps and brain masks, classes and parent subject ids.
-:func:`msutils.studies.gba.gba_images` wraps it in the study registry's
-signature ``fn(request) -> DataFrame`` (cohort I/O, brain box, segmentation,
-NIfTI files, image-quality record).
+:func:`msutils.studies.gan_augmentation.gba_images` wraps it in the study
+registry's signature ``fn(request) -> DataFrame`` (cohort I/O, the brain box of
+:func:`brain_box`, segmentation, NIfTI files, image-quality record).
 
 Determinism: every random draw (data order, warps, noise, augmentation,
 monitor split, parents) comes from generators seeded by ``seed``, weights
@@ -148,6 +151,9 @@ __all__ = [
     "downsample_images",
     "downsample_labels",
     "upsample_images",
+    "brain_box",
+    "crop_box",
+    "paste_box",
     "build_discriminator",
     "patch_output_shape",
     "monitor_split",
@@ -609,6 +615,71 @@ def upsample_images(images: np.ndarray, factor: int) -> np.ndarray:
         return images
     return F.interpolate(torch.from_numpy(images)[:, None], scale_factor=factor, mode="trilinear",
                          align_corners=False)[:, 0].numpy()
+
+
+# --------------------------------------------------------------------------- the working box
+def brain_box(masks: np.ndarray, *, multiple: int, margin: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Start and size of the box around the union of ``masks``, grown to a multiple of ``multiple``.
+
+    Parameters
+    ----------
+    masks : ndarray of bool, shape (n, X, Y, Z)
+    multiple : int
+        Every box side is a multiple of this.
+    margin : int
+        Voxels added on each side of the bounding box first.
+
+    Returns
+    -------
+    (start, size) : tuple of int, tuple of int
+        The box is centred on the bounding box and may reach outside the
+        volume (:func:`crop_box` pads with zeros there).
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 4 or not masks.any():
+        raise ValueError(f"'masks' must be (n, X, Y, Z) with at least one brain voxel; got shape {masks.shape}")
+    multiple = check_int("multiple", multiple, 1)
+    margin = check_int("margin", margin, 0)
+    union = masks.any(axis=0)
+    starts, sizes = [], []
+    for axis in range(3):
+        hit = np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo, hi = int(hit[0]) - margin, int(hit[-1]) + 1 + margin
+        size = int(math.ceil((hi - lo) / multiple) * multiple)
+        starts.append(lo - (size - (hi - lo)) // 2)
+        sizes.append(size)
+    return tuple(starts), tuple(sizes)
+
+
+def crop_box(volumes: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """The box of ``(n, X, Y, Z)`` volumes, zero where it reaches outside them."""
+    volumes = np.asarray(volumes)
+    out = np.zeros((volumes.shape[0], *size), dtype=volumes.dtype)
+    src, dst = _overlap(volumes.shape[1:], start, size)
+    out[(slice(None), *dst)] = volumes[(slice(None), *src)]
+    return out
+
+
+def paste_box(boxes: np.ndarray, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Full ``(n, *shape)`` volumes, zero outside the box, holding ``boxes`` (the inverse of :func:`crop_box`)."""
+    boxes = np.asarray(boxes)
+    out = np.zeros((boxes.shape[0], *shape), dtype=boxes.dtype)
+    src, dst = _overlap(shape, start, boxes.shape[1:])
+    out[(slice(None), *src)] = boxes[(slice(None), *dst)]
+    return out
+
+
+def _overlap(shape: Sequence[int], start: Sequence[int], size: Sequence[int]) -> tuple[list[slice], list[slice]]:
+    """Slices of the volume and of the box covering their common part."""
+    vol, box = [], []
+    for n, s, k in zip(shape, start, size):
+        lo, hi = max(int(s), 0), min(int(s) + int(k), int(n))
+        if hi <= lo:
+            raise ValueError(f"box start {tuple(start)} size {tuple(size)} lies outside volumes of shape "
+                             f"{tuple(shape)}")
+        vol.append(slice(lo, hi))
+        box.append(slice(lo - int(s), hi - int(s)))
+    return vol, box
 
 
 def _upsample_grid(grid: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -18,7 +18,7 @@ Training (:func:`train_roi_unet`)
     are segmented and the mean Dice over the ten classes is computed; the
     weights of the best validation are kept and training stops after
     ``patience`` validations without improvement (or ``max_steps``).
-    Intensities are z-scored over each volume's non-zero voxels.
+    Intensities are z-scored over each volume's non-zero voxels (:func:`zscore_foreground`).
     Deterministic for a seed on CPU (torch and numpy generators seeded).
 
 Inference (:meth:`RoiSegmenter.predict`)
@@ -45,6 +45,7 @@ __all__ = [
     "class_map",
     "class_rois",
     "dice_per_roi",
+    "zscore_foreground",
     "train_roi_unet",
 ]
 
@@ -166,7 +167,20 @@ def _network(config: RoiUNetConfig) -> Any:
                 strides=(2,) * (len(config.channels) - 1), num_res_units=config.num_res_units, norm="instance")
 
 
-def _normalize(image: np.ndarray) -> np.ndarray:
+def zscore_foreground(image: np.ndarray) -> np.ndarray:
+    """The network's intensity normalisation: z-score over the non-zero voxels, background stays 0.
+
+    Parameters
+    ----------
+    image : ndarray
+        A volume (skull-stripped: background exactly 0).
+
+    Returns
+    -------
+    ndarray of float32, same shape
+        ``(v - mean) / sd`` of the non-zero voxels (``sd`` 1 when they are
+        constant); an all-zero volume is returned unchanged.
+    """
     img = np.asarray(image, dtype=np.float32)
     fg = img != 0
     if not fg.any():
@@ -227,18 +241,27 @@ class RoiSegmenter:
         """Class map (uint8, same shape) of one volume."""
         return _predict(self.network(), image, self.config)
 
+    def network_input(self, image: np.ndarray) -> np.ndarray:
+        """What the network sees of one volume: :func:`zscore_foreground`, zero-padded at the end of
+        every axis to a multiple of the network's total stride (float32, 3-D)."""
+        return _network_input(image, self.config)
+
+
+def _network_input(image: np.ndarray, config: RoiUNetConfig) -> np.ndarray:
+    img = zscore_foreground(image)
+    div = 2 ** (len(config.channels) - 1)
+    return np.pad(img, [(0, (-s) % div) for s in img.shape])
+
 
 def _predict(net: Any, image: np.ndarray, config: RoiUNetConfig) -> np.ndarray:
     import torch
 
-    img = _normalize(image)
-    div = 2 ** (len(config.channels) - 1)
-    pads = [(0, (-s) % div) for s in img.shape]
-    x = torch.from_numpy(np.pad(img, pads))[None, None].to(_device(config.device))
+    shape = np.shape(image)
+    x = torch.from_numpy(_network_input(image, config))[None, None].to(_device(config.device))
     net.eval()
     with torch.no_grad():
         out = net(x).argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
-    return out[tuple(slice(0, s) for s in img.shape)]
+    return out[tuple(slice(0, s) for s in shape)]
 
 
 def _patch(vol: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
@@ -314,7 +337,7 @@ def train_roi_unet(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     dev = _device(config.device)
-    vols = [_normalize(v) for v in images]
+    vols = [zscore_foreground(v) for v in images]
     labs = [np.asarray(c, dtype=np.int64) for c in classes]
     fg_points = [np.argwhere(np.isin(c, DEEP_GM_CLASSES)) for c in labs]
     brain_points = [np.argwhere(v != 0) for v in vols]
