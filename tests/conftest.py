@@ -35,6 +35,15 @@ def msutils_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> None:
+    """One torch thread in the test processes: the tiny networks gain nothing from more
+    and the two cores are shared by the xdist workers (notebook kernels set their own)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def smoke_results(msutils_home: Path) -> Path:
     """The results folder shared by the smoke runs of this test session (all xdist workers)."""

@@ -43,15 +43,6 @@ def _gan_data(n: int = 6, seed: int = 0) -> tuple[G.GanData, G.LabelCoder]:
     return data, coder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the tiny networks gain nothing from more, and the machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_no_torchvision_or_timm_imported():
     assert "torchvision" not in sys.modules and "timm" not in sys.modules
 

@@ -21,14 +21,6 @@ TINY = dict(g_channels=(4, 8, 16), g_strides=(2, 2), g_res_units=1, d_channels=4
             max_epochs=1, patience=1, monitor_fraction=0.2, kid_subsets=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # --------------------------------------------------------------------------- boxes, options, normalisation
 def test_brain_box_crop_and_paste():
     masks = np.zeros((2, 20, 20, 20), bool)

@@ -9,8 +9,6 @@ import torch
 from msutils.segmentation import metrics as M
 from msutils.segmentation import losses as L
 
-torch.set_num_threads(1)
-
 
 def _ndsc_reference(p: np.ndarray, g: np.ndarray, r: float = 1e-3, snr: float = 0.0, sdr: float = 0.0) -> float:
     """The formula, written out for one sample."""

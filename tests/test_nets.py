@@ -9,8 +9,6 @@ import torch
 from msutils.segmentation import nets as N
 from msutils.segmentation.training import paper_config, train_net
 
-torch.set_num_threads(1)
-
 TINY_RESNEXT = dict(stem_channels=8, layers=(1, 1, 1, 1), cardinality=4)
 TINY_ATTENTION = dict(down_blocks=(1,) * 5, up_blocks=(1,) * 5, bottleneck_layers=1, growth_rate=4, first_channels=8)
 

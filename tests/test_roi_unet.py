@@ -62,7 +62,6 @@ def test_config_validation():
 
 
 def test_tiny_training_beats_empty_prediction_and_is_deterministic():
-    torch.set_num_threads(1)
     train = [_phantom(s) for s in range(4)]
     val = [_phantom(10)]
     test = _phantom(20)

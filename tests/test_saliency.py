@@ -9,8 +9,6 @@ from torch import nn
 
 from msutils.segmentation import saliency as S
 
-torch.set_num_threads(1)
-
 SHAPE = (44, 40, 36)  # not multiples of 4: the padding path is exercised
 
 

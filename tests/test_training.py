@@ -11,8 +11,6 @@ import torch
 from msutils.segmentation import nets as N
 from msutils.segmentation import training as T
 
-torch.set_num_threads(1)
-
 
 def test_paper_recipes():
     r = T.RECIPES["resnext_unet"]

@@ -9,15 +9,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from msutils.data import cohort as C
 from msutils.data.cohort import load_cohort
 from msutils.data.leakage import FitLog, assert_no_leak
 from msutils.studies import xai_refinement as X
-
-torch.set_num_threads(1)
 
 SHAPE = (32, 32, 24)
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
