@@ -75,8 +75,9 @@ GBA: one call of :func:`gba_images` (repetition ``r`` of a LOCO iteration)
 4. The iteration's ROI U-Net (``request.segmenter``) segments every generated
    image, as in the seed; Dice and Jaccard against the known label map (the
    deformed parent label map, exact by construction) are recorded per image
-   and per ROI. ``labels_from="truth"`` uses the known map for radiomics
-   instead (the seed had its segmentations corrected by experts).
+   and per ROI. Radiomics use the known map (``labels_from="truth"``, the
+   default: the seed had clinical experts review and correct every
+   segmentation) or, with ``labels_from="segmentation"``, the U-Net's output.
 5. Image quality of the fold (``attrs["quality"]`` and
    ``gba-r<r>-metrics.json`` in ``request.out_dir``): SSIM and PSNR of the
    validation pairs; FID and KID between the generated images and the real
@@ -202,9 +203,12 @@ class GbaOptions:
         The GAN grid is this many times coarser than the cohort grid.
     margin_vox : int
         Margin around the training brains' bounding box (cohort voxels).
-    labels_from : {"segmentation", "truth"}
-        Label map used for radiomics: the U-Net's segmentation (seed) or the
-        known label map. Without a segmenter the known map is used.
+    labels_from : {"truth", "segmentation"}
+        Label map used for radiomics: the known label map (default: the
+        counterpart of the seed's segmentations, which clinical experts reviewed
+        and corrected) or the U-Net's uncorrected segmentation. The U-Net's
+        Dice against the known map is recorded either way. Without a segmenter
+        the known map is used.
     kid_subsets, kid_subset_size : int
         :func:`msutils.features.fidelity.kid` settings (the subset size is
         capped at the smaller sample).
@@ -213,7 +217,7 @@ class GbaOptions:
     gan: gan.GanConfig = field(default_factory=gan.GanConfig)
     grid_factor: int = 1
     margin_vox: int = 2
-    labels_from: str = "segmentation"
+    labels_from: str = "truth"
     kid_subsets: int = 100
     kid_subset_size: int = 1000
 
