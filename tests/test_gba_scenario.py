@@ -145,8 +145,9 @@ def _request(tmp_path: Path, segmenter=None, repetition: int = 1, **gba) -> S.Au
     return S.AugmentationRequest(cohort, table, inner, segmenter, 2, repetition, 3, tmp_path, config, FitLog())
 
 
-def test_gba_images_rows_files_metrics_and_leakage(tmp_path):
-    req = _request(tmp_path, _ZeroSegmenter())
+@pytest.mark.parametrize("labels_from", ["truth", "segmentation"])
+def test_gba_images_rows_files_metrics_and_leakage(tmp_path, labels_from):
+    req = _request(tmp_path, _ZeroSegmenter(), labels_from=labels_from)
     out = S.SCENARIOS["real+gba"](req)
     assert list(out.index) == ["gba-r1-HC-000", "gba-r1-HC-001", "gba-r1-MS-000", "gba-r1-MS-001"]
     assert {"t1", "roi_labels", "truth_labels", "group", "source_subject", "source_scan", "center", "age", "sex",
@@ -175,7 +176,11 @@ def test_gba_images_rows_files_metrics_and_leakage(tmp_path):
         real = np.stack([req.cohort.images[s] for s in fold_scans])
         brain = img != 0
         assert img[brain].min() >= real[real > 0].min() and img.max() <= real.max()
-        assert not np.asarray(nib.load(row["roi_labels"]).dataobj).any()  # the zero segmenter's output
+        used = np.asarray(nib.load(row["roi_labels"]).dataobj)  # the label map the radiomics read
+        if labels_from == "truth":  # the known map (the seed's experts corrected every segmentation)
+            np.testing.assert_array_equal(used, truth)
+        else:
+            assert not used.any()  # the zero segmenter's output
     # an empty prediction against a present ROI: Dice and Jaccard are exactly 0; absent ROIs are skipped
     assert (out["seg_dice"] == 0).all() and (out["seg_jaccard"] == 0).all()
     assert q["inner_fold"] == 1 and q["n_validation_scans"] == 4 and len(q["ssim"]) == 4
