@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,15 @@ def smoke_run(smoke_notebook):
     return smoke_notebook(NOTEBOOK)  # shared with the smoke book (tests/conftest.py)
 
 
+#: The quick-profile acceptance test runs only when this variable is set (it takes about 25 minutes of one
+#: of two cores: the edss-quick cohort, radiomics of 190 scans and 14 folds), keeping `make test` on smoke data.
+QUICK_ENV = "MSUTILS_QUICK_TESTS"
+
+
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory):
+    if not os.environ.get(QUICK_ENV):
+        pytest.skip(f"quick-profile acceptance test: set {QUICK_ENV}=1 to run it (about 25 min on 2 cores)")
     return _run(tmp_path_factory.mktemp("nb02_quick"), "quick")
 
 
