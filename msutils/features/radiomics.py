@@ -31,7 +31,11 @@ that does not depend on the ROI. The engine therefore
    pyradiomics' own C routine, so the marching-cubes tables are the installed
    ones; equal to ~1e-13) and the *exact* maximum diameters from the same vertex
    set reduced to the points that can be extremal (line extremes, convex hull).
-   ROIs with at most ``_C_MESH_MAX_VERTICES`` vertices use the C code unchanged.
+   ROIs with at most ``_C_MESH_MAX_VERTICES`` vertices use the C code unchanged;
+4. runs the texture classes through :mod:`msutils.features.texture_fast`: one
+   binning per (crop, image type) shared by all classes, and vectorised GLCM
+   coefficients, cluster features and MCC (the same formulas; ~35 % less time on a
+   whole white matter at 2 mm).
 
 Settings that make features depend on more than the ROI's bounding box in ways
 the engine cannot reproduce on a crop (``resampledPixelSpacing``: pyradiomics
@@ -103,6 +107,7 @@ import numpy as np
 from msutils.core.io import atomic_write_text
 from msutils.core.parallel import process_map
 from msutils.core.validation import check_int
+from msutils.features.texture_fast import fast_extractor
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported lazily (worker start-up time)
     import pandas as pd
@@ -695,7 +700,7 @@ class _Prepared:
 
     def __init__(self, image: np.ndarray, spacing: Sequence[float], vparams: Mapping[str, Any]) -> None:
         import SimpleITK as sitk
-        from radiomics import featureextractor, imageoperations
+        from radiomics import imageoperations
 
         self.shape = tuple(image.shape)
         self.spacing = tuple(float(s) for s in spacing)
@@ -735,7 +740,7 @@ class _Prepared:
                 if name != "original":
                     kw["resegmentRange"] = None
                     enabled.pop("shape2D", None)
-                ex = featureextractor.RadiomicsFeatureExtractor()  # configured directly below
+                ex = fast_extractor()  # configured directly below
                 ex.settings = dict(kw, label=1, additionalInfo=False, normalize=False)
                 ex.enabledImagetypes = {"Original": {}}
                 ex.enabledFeatures = enabled
@@ -1040,12 +1045,15 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def code_digest() -> str:
-    """sha256 of this module's source: the extraction code, part of every cache key.
+    """sha256 of the extraction code (this module and :mod:`~msutils.features.texture_fast`).
 
-    A change to the engine (cropping, mesh code, feature naming) recomputes the
-    cached (scan, ROI) features without anyone having to bump :data:`ENGINE_VERSION`.
+    Part of every cache key: a change to the engine (cropping, mesh code, texture
+    code, feature naming) recomputes the cached (scan, ROI) features without anyone
+    having to bump :data:`ENGINE_VERSION`.
     """
-    return _file_digest(__file__)
+    from msutils.features import texture_fast
+
+    return hashlib.sha256((_file_digest(__file__) + _file_digest(texture_fast.__file__)).encode()).hexdigest()
 
 
 def _file_digest(path: str) -> str:
