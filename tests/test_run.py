@@ -550,3 +550,25 @@ def test_parallel_fold_processes_get_their_share_of_the_cores(tmp_path: Path, mo
     seen.clear()
     run.run_notebook("t_folds", profile="smoke", overrides=over, n_workers=1, aggregate=False, **_kw(tmp_path))
     assert [t["fold"] for t in seen] == ["a", "b"] and not any(v in t["env"] for t in seen for v in run.THREAD_ENV_VARS)
+
+
+def test_kernel_manager_does_not_interrupt_a_kernel_it_shuts_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    from msutils.pipeline import runner
+
+    calls: list[str] = []
+
+    async def interrupt(self: object) -> None:
+        calls.append("SIGINT")
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_interrupt_kernel", interrupt)
+    km = runner._ipc_kernel_manager()()
+    assert km.transport == "ipc"
+    asyncio.run(km.interrupt_kernel())  # a user's interrupt (e.g. a cell timeout) still reaches the kernel
+    assert calls == ["SIGINT"]
+    km.shutting_down = True  # set by shutdown_kernel() before it would send SIGINT
+    asyncio.run(km._async_interrupt_kernel())
+    assert calls == ["SIGINT"]

@@ -220,7 +220,14 @@ class _ProgressRelay:
 
 
 def _ipc_kernel_manager() -> type:
-    """A jupyter_client kernel manager on IPC sockets (local, no TCP-transport warning)."""
+    """A jupyter_client kernel manager on IPC sockets (local, no TCP-transport warning).
+
+    It also skips the SIGINT that jupyter_client sends before every shutdown request:
+    papermill shuts a kernel down after the last cell, when it has nothing to
+    interrupt, and an interrupt that lands while the kernel handles the shutdown
+    prints "KeyboardInterrupt caught in kernel" on the console. A kernel that does
+    not stop still gets SIGTERM, then SIGKILL.
+    """
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
@@ -232,6 +239,12 @@ def _ipc_kernel_manager() -> type:
         @default("ip")
         def _default_ip(self) -> str:  # socket path prefix: keep it out of the working directory
             return os.path.join(tempfile.gettempdir(), f"msutils-kernel-{uuid.uuid4().hex[:12]}")
+
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+        interrupt_kernel = _async_interrupt_kernel
 
     return IPCKernelManager
 
