@@ -5,7 +5,7 @@ from its own layer or below (``tests/test_layout.py`` enforces it)::
 
     core/          atomic I/O, paths, environment, parameter checks (validation),
                    the one process pool (parallel), progress lines and the log format,
-                   serialisation, the library fingerprint cache keys use
+                   serialisation, the library fingerprint cache keys use, mask overlap (the one Dice)
     stats          statistics shared by every study (Table 1 tests, ANOVA, CIs)
     data/          cohort manifests and their validation, the MSLUB sample,
                    splits, the leakage audit (FitLog)

@@ -17,6 +17,7 @@ import yaml
 from scipy import ndimage, stats
 
 from msutils import synth
+from msutils.core.overlap import dice
 from msutils.synth import anatomy, centers, clinical, lesions, lookalikes, raters
 
 pytestmark = pytest.mark.xdist_group("synth")
@@ -55,10 +56,10 @@ def test_rater_masks_differ_from_truth_by_the_documented_dice_per_center(smoke):
     df = smoke.df
     # the recorded Dice is what the images give
     for _, row in df[df.group == "MS"].head(4).iterrows():
-        assert raters.dice(_arr(smoke, row, "lesion_mask") > 0, _arr(smoke, row, "gt_lesion_mask") > 0) == \
+        assert dice(_arr(smoke, row, "lesion_mask") > 0, _arr(smoke, row, "gt_lesion_mask") > 0) == \
             pytest.approx(row.gt_rater_dice_lesion, abs=1e-6)
         thal = [np.isin(_arr(smoke, row, c), (1, 2)) for c in ("roi_labels", "gt_roi_labels")]
-        assert raters.dice(*thal) == pytest.approx(row.gt_rater_dice_thalamus, abs=1e-6)
+        assert dice(*thal) == pytest.approx(row.gt_rater_dice_thalamus, abs=1e-6)
     for center, ranges in DICE_RANGES.items():
         sub = df[df.center == center]
         for what, (lo, hi) in ranges.items():

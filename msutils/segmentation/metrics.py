@@ -56,7 +56,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from msutils.core.validation import as_mask, ratio
+from msutils.core.overlap import dice, mask_pair, overlap_counts
+from msutils.core.validation import ratio
 
 __all__ = [
     "dice",
@@ -83,14 +84,6 @@ CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specifici
 
 
 # --------------------------------------------------------------------------- validation
-def _pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
-    p = as_mask("pred", pred)
-    t = as_mask("truth", truth)
-    if p.shape != t.shape:
-        raise ValueError(f"'pred' and 'truth' must have the same shape; got {p.shape} and {t.shape}")
-    return p, t
-
-
 def _spacing(spacing: Any, ndim: int) -> np.ndarray:
     if spacing is None:
         return np.ones(ndim, dtype=np.float64)
@@ -104,30 +97,7 @@ def _spacing(spacing: Any, ndim: int) -> np.ndarray:
     return sp
 
 
-def _counts(p: np.ndarray, t: np.ndarray) -> tuple[int, int, int]:
-    tp = int(np.count_nonzero(p & t))
-    return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(t)) - tp
-
-
 # --------------------------------------------------------------------------- overlap
-def dice(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0) -> float:
-    """Dice similarity coefficient ``2 TP / (2 TP + FP + FN)``.
-
-    Parameters
-    ----------
-    pred, truth : ndarray, 2D or 3D, same shape
-        Binary masks.
-    empty_score : float, default 1.0
-        Value when both masks are empty.
-
-    Returns
-    -------
-    float
-    """
-    tp, fp, fn = _counts(*_pair(pred, truth))
-    return ratio(2 * tp, 2 * tp + fp + fn, empty_score)
-
-
 def normalized_dice(
     pred: np.ndarray, truth: np.ndarray, *, effective_load: float = 1e-3, empty_score: float = 1.0
 ) -> float:
@@ -150,8 +120,8 @@ def normalized_dice(
     r = float(effective_load)
     if not 0.0 < r < 1.0:
         raise ValueError(f"'effective_load' must be in (0, 1); got {effective_load!r}")
-    p, t = _pair(pred, truth)
-    tp, fp, fn = _counts(p, t)
+    p, t = mask_pair(pred, truth)
+    tp, fp, fn = overlap_counts(p, t)
     n, n_truth = t.size, tp + fn
     k = 1.0 if n_truth in (0, n) else (1.0 - r) * n_truth / (r * (n - n_truth))
     return ratio(2 * tp, 2 * tp + k * fp + fn, empty_score)
@@ -171,7 +141,7 @@ def iou(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0) -> flo
     -------
     float
     """
-    tp, fp, fn = _counts(*_pair(pred, truth))
+    tp, fp, fn = overlap_counts(*mask_pair(pred, truth))
     return ratio(tp, tp + fp + fn, empty_score)
 
 
@@ -190,7 +160,7 @@ def ppv(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0) -> flo
     -------
     float
     """
-    tp, fp, fn = _counts(*_pair(pred, truth))
+    tp, fp, fn = overlap_counts(*mask_pair(pred, truth))
     if tp + fp == 0:
         return float(empty_score) if fn == 0 else 0.0
     return tp / (tp + fp)
@@ -211,7 +181,7 @@ def sensitivity(pred: np.ndarray, truth: np.ndarray, *, empty_score: float = 1.0
     -------
     float
     """
-    tp, fp, fn = _counts(*_pair(pred, truth))
+    tp, fp, fn = overlap_counts(*mask_pair(pred, truth))
     if tp + fn == 0:
         return float(empty_score) if fp == 0 else 0.0
     return tp / (tp + fn)
@@ -253,7 +223,7 @@ def hausdorff_percentile(
     """
     from scipy.spatial import cKDTree
 
-    p, t = _pair(pred, truth)
+    p, t = mask_pair(pred, truth)
     if not 0.0 <= float(percentile) <= 100.0:
         raise ValueError(f"'percentile' must be in [0, 100]; got {percentile!r}")
     sp = _spacing(spacing, p.ndim)
@@ -317,8 +287,8 @@ def voxel_metrics(
         ``dice, iou, ppv, sensitivity, hd95`` and the voxel counts ``tp, fp,
         fn, n_pred, n_truth``.
     """
-    p, t = _pair(pred, truth)
-    tp, fp, fn = _counts(p, t)
+    p, t = mask_pair(pred, truth)
+    tp, fp, fn = overlap_counts(p, t)
     if tp + fp == 0:
         ppv_v = float(empty_score) if fn == 0 else 0.0
     else:

@@ -39,18 +39,10 @@ from msutils.synth.centers import RaterEffects
 from msutils.synth.lookalikes import CSF_KINDS
 from msutils.synth.tissue import SubjectAnatomy
 
-__all__ = ["rater_masks", "dice"]
+__all__ = ["rater_masks"]
 
 _CONN = np.ones((3, 3, 3), bool)
 _CORTEX_JITTER = 0.5  # the GM/WM boundary field has half the SD: the template's tissue maps are blurry
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (1.0 when both are empty)."""
-    a = np.asarray(a, bool)
-    b = np.asarray(b, bool)
-    den = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / den if den else 1.0
 
 
 def _field(shape: tuple[int, ...], res: float, spacing: float, sd: float, rng: np.random.Generator) -> np.ndarray:

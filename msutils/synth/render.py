@@ -30,7 +30,8 @@ import numpy as np
 from msutils.synth import anatomy
 from msutils.synth.centers import CenterEffects, acquire
 from msutils.synth.params import LESION_KINDS, LOOKALIKE_KINDS, SynthParams
-from msutils.synth.raters import dice, rater_masks
+from msutils.core.overlap import dice
+from msutils.synth.raters import rater_masks
 from msutils.synth.tissue import SubjectAnatomy, subject_anatomy
 
 __all__ = ["IMAGE_FILES", "MASK_FILES", "TRUTH_FILES", "clean_image", "render_subject", "init_worker"]
