@@ -572,3 +572,20 @@ def test_kernel_manager_does_not_interrupt_a_kernel_it_shuts_down(monkeypatch: p
     km.shutting_down = True  # set by shutdown_kernel() before it would send SIGINT
     asyncio.run(km._async_interrupt_kernel())
     assert calls == ["SIGINT"]
+
+
+def test_every_notebook_parameter_is_visible_to_papermill(caplog: pytest.LogCaptureFixture) -> None:
+    """A parameters line papermill cannot parse (e.g. a second '=' in its comment) gives console warnings."""
+    import papermill
+
+    repo_notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    for path in sorted(repo_notebooks.glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        names = [line.split("=")[0].strip() for line in "".join(cell["source"]).splitlines()
+                 if "=" in line and not line.lstrip().startswith("#")]
+        with caplog.at_level(logging.WARNING, logger="papermill"):
+            caplog.clear()
+            found = papermill.inspect_notebook(str(path))
+        assert not caplog.records, f"{path.name}: {[r.getMessage() for r in caplog.records]}"
+        assert sorted(found) == sorted(names), path.name
