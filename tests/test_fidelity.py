@@ -119,6 +119,20 @@ def test_ssim_matches_scikit_image_3d():
     np.testing.assert_allclose(Fd.ssim_pairs(real, real, data_range=1.0), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel_type", ["gaussian", "uniform"])
+def test_ssim_equals_monai_ssim_metric(kernel_type):
+    import torch
+    from monai.metrics import SSIMMetric
+
+    real, gen = _smooth_volumes(3, shape=(2, 17, 19, 23))
+    gen[1] = gen[1] * 0.8 + 0.1  # a contrast and brightness change
+    want = SSIMMetric(spatial_dims=3, data_range=1.5, kernel_type=kernel_type, win_size=7, kernel_sigma=1.2)(
+        torch.from_numpy(gen[:, None]), torch.from_numpy(real[:, None])).reshape(-1).double().numpy()
+    got = Fd.ssim_pairs(gen, real, data_range=1.5, win_size=7, kernel_sigma=1.2, kernel_type=kernel_type)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    assert abs(got[0] - got[1]) > 0.01
+
+
 def test_psnr_matches_formula():
     real, gen = _smooth_volumes(1)
     mse = ((gen.astype(np.float64) - real) ** 2).reshape(3, -1).mean(1)

@@ -230,6 +230,15 @@ def _data_range(value: Any) -> float:
     return float(value)
 
 
+def _kernel_1d(size: int, sigma: float, kernel_type: str) -> np.ndarray:
+    """MONAI's SSIM window along one axis (its 3D window is the outer product of three)."""
+    if kernel_type == "uniform":
+        return np.full(size, 1.0 / size, dtype=np.float32)
+    dist = np.arange((1 - size) / 2, (1 + size) / 2, 1.0, dtype=np.float32)
+    gauss = np.exp(-((dist / np.float32(sigma)) ** 2) / 2)
+    return (gauss / gauss.sum()).astype(np.float32)
+
+
 def ssim_pairs(
     generated: Any,
     reference: Any,
@@ -239,7 +248,15 @@ def ssim_pairs(
     kernel_sigma: float = 1.5,
     kernel_type: str = "gaussian",
 ) -> np.ndarray:
-    """3D SSIM of each pair ``(generated[i], reference[i])`` (MONAI ``SSIMMetric``).
+    """3D SSIM of each pair ``(generated[i], reference[i])``, as MONAI's ``SSIMMetric``.
+
+    MONAI's ``SSIMMetric`` (``compute_ssim_and_cs``) filters with a full
+    ``win_size``^3 window; its Gaussian and uniform windows are outer products of
+    one-dimensional windows, so the same local means come from three 1D passes
+    (3 x 11 instead of 1,331 multiplications per voxel, ~40x faster on CPU). The
+    statistics, constants (k1 = 0.01, k2 = 0.03), "valid" borders and the mean
+    over the SSIM map are MONAI's; values agree with ``SSIMMetric`` to float32
+    rounding (``tests/test_fidelity.py``).
 
     Parameters
     ----------
@@ -257,16 +274,37 @@ def ssim_pairs(
     -------
     ndarray, shape (n,)
     """
-    from monai.metrics import SSIMMetric
+    import torch
+    import torch.nn.functional as F
 
     g, r = _volumes(generated, reference)
     win_size = check_int("win_size", win_size, 2)
     if min(g.shape[2:]) < win_size:
         raise ValueError(f"volumes of shape {tuple(g.shape[2:])} are smaller than 'win_size' {win_size}")
     check_choice("kernel_type", kernel_type, _KERNELS)
-    metric = SSIMMetric(spatial_dims=3, data_range=_data_range(data_range), kernel_type=kernel_type,
-                        win_size=win_size, kernel_sigma=float(kernel_sigma))
-    return metric(g, r).reshape(-1).double().numpy()
+    rng = _data_range(data_range)
+    w = torch.from_numpy(_kernel_1d(win_size, float(kernel_sigma), kernel_type))
+
+    def local_mean(x: torch.Tensor) -> torch.Tensor:
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = win_size
+            x = F.conv3d(x, w.reshape(shape))
+        return x
+
+    c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
+    out = []
+    with torch.no_grad():
+        for a, b in zip(g, r):  # one pair at a time: five filtered volumes in memory
+            a, b = a[None], b[None]
+            mu_x, mu_y = local_mean(a), local_mean(b)
+            sigma_x = local_mean(a * a) - mu_x * mu_x
+            sigma_y = local_mean(b * b) - mu_y * mu_y
+            sigma_xy = local_mean(a * b) - mu_x * mu_y
+            cs = (2 * sigma_xy + c2) / (sigma_x + sigma_y + c2)
+            ssim = ((2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)) * cs
+            out.append(float(ssim.mean()))
+    return np.asarray(out, dtype=np.float64)
 
 
 def psnr_pairs(generated: Any, reference: Any, *, data_range: float) -> np.ndarray:
