@@ -204,9 +204,9 @@ def test_cosine_similarity_matrix_matches_loop():
     for i in range(3):
         for j in range(2):
             u, v = a[i].ravel(), b[j].ravel()
-            assert sim[i, j] == pytest.approx(u @ v / np.linalg.norm(u) / np.linalg.norm(v), rel=1e-12)
+            assert sim[i, j] == pytest.approx(u @ v / np.linalg.norm(u) / np.linalg.norm(v), rel=1e-6)
     centred = Fd.cosine_similarity_matrix(a, b, center=True)
-    assert centred[1, 0] == pytest.approx(np.corrcoef(a[1].ravel(), b[0].ravel())[0, 1], rel=1e-12)
+    assert centred[1, 0] == pytest.approx(np.corrcoef(a[1].ravel(), b[0].ravel())[0, 1], rel=1e-6)
 
 
 def _anatomies(n: int, seed: int) -> np.ndarray:
@@ -219,7 +219,7 @@ def test_non_copy_check_flags_copies_and_passes_novel_images():
     real = _anatomies(12, 0)
     copies = real[:6] + 1e-6
     res_copy = Fd.nearest_neighbour_similarity(copies, real, center=True)
-    np.testing.assert_allclose(res_copy.synthetic_nn, 1.0, atol=1e-9)
+    np.testing.assert_allclose(res_copy.synthetic_nn, 1.0, atol=1e-6)  # float32 products
     np.testing.assert_array_equal(res_copy.synthetic_nn_index, np.arange(6))
     assert res_copy.pvalue > 0.99  # "synthetic less similar than real-real" is not supported
     novel = _anatomies(10, 0)[:, ::-1] + 0.3 * _rng(9).random((10, 12, 12, 12))
