@@ -891,8 +891,10 @@ def run_loco(cohort: Any, heldout: str, config: StudyConfig, work_dir: str | os.
     Returns
     -------
     dict
-        ``heldout``, ``split``, ``segmentation`` (Dice per test scan and ROI, U-Net
-        history), ``features`` (cleaning info), ``combat`` (estimates),
+        ``heldout``, ``split``, ``segmentation`` (Dice per test scan and ROI against
+        the manifest's label maps, ``dice``; against the true label maps, and the
+        held-out rater's own Dice against them, when the cohort declares them,
+        ``dice_truth`` / ``rater_truth``, else None; U-Net history), ``features`` (cleaning info), ``combat`` (estimates),
         ``selection``, ``tuning``, ``predictions`` (long table: scenario,
         classifier, repetition, scan_id, y, proba), ``thresholds``, ``oof``,
         ``models`` (fitted pipelines + their training rows for SHAP),
@@ -936,14 +938,20 @@ def run_loco(cohort: Any, heldout: str, config: StudyConfig, work_dir: str | os.
                                    val_subjects=sorted(es_subj), fit_log=log, progress=progress)
         del xi, ci, vi, vc
         seg_dir = work / f"segmentation-{heldout}"
-        pred_paths, dice_rows = {}, {}
+        truth_col = cohort.truth_column("roi_labels", test.index)
+        pred_paths, dice_rows, truth_rows, rater_rows = {}, {}, {}, {}
         for sid in test.index:
             nii = cohort.image(sid, "t1")
             pred = segmenter.predict(np.asarray(nii.dataobj, dtype=np.float32))
-            truth = class_map(cohort.array(sid, "roi_labels", dtype=None), cohort.roi_sets)
-            dice_rows[sid] = dice_per_roi(pred, truth)
+            rater = class_map(cohort.array(sid, "roi_labels", dtype=None), cohort.roi_sets)
+            dice_rows[sid] = dice_per_roi(pred, rater)
+            if truth_col is not None:  # synthetic cohorts: the true label map, beyond the seed
+                truth = class_map(cohort.array(sid, truth_col, dtype=None), cohort.roi_sets)
+                truth_rows[sid], rater_rows[sid] = dice_per_roi(pred, truth), dice_per_roi(rater, truth)
             pred_paths[sid] = _write_nifti(pred, nii.affine, seg_dir / f"{sid}_classes.nii.gz")
         dice = pd.DataFrame.from_dict(dice_rows, orient="index")
+        dice_truth = pd.DataFrame.from_dict(truth_rows, orient="index") if truth_rows else None
+        rater_truth = pd.DataFrame.from_dict(rater_rows, orient="index") if rater_rows else None
 
     # -- radiomics ------------------------------------------------------------------------------
     with clock("radiomics"):
@@ -1061,7 +1069,8 @@ def run_loco(cohort: Any, heldout: str, config: StudyConfig, work_dir: str | os.
         "heldout": heldout,
         "split": split,
         "n_scans": {"train": int(len(train)), "test": int(len(test))},
-        "segmentation": {"dice": dice, "history": segmenter.history, "best_step": segmenter.best_step,
+        "segmentation": {"dice": dice, "dice_truth": dice_truth, "rater_truth": rater_truth,
+                         "history": segmenter.history, "best_step": segmenter.best_step,
                          "seconds": segmenter.seconds, "config": asdict(unet_cfg), "segmenter": segmenter},
         "features": clean_info,
         "combat": combat_info,
