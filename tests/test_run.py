@@ -262,6 +262,9 @@ def test_local_run_then_resume_from_cache(tmp_path: Path, caplog: pytest.LogCapt
     assert sum("remove-cell" in t for t in tags) == 2
     assert "".join(book["cells"][-1]["outputs"][0]["data"]["text/plain"]) == "3"
     assert book["metadata"]["papermill"]["input_path"] == str(NB_DIR / "t_folds.ipynb")
+    assert book["metadata"]["papermill"]["output_path"] == str(out / "executed" / "t_folds" / "aggregate.ipynb")
+    # papermill ran on private working copies (two runs of one fold never share a half-written file); none is left
+    assert not [p.name for p in (out / "executed").rglob(".*")] + [p.name for p in (tmp_path / "book").glob(".*")]
     record = json.loads((out / "t_folds" / "run.json").read_text())
     assert {f: r["status"] for f, r in record["folds"].items()} == {"a": "computed", "b": "computed"}
     assert record["aggregate"]["status"] == "computed"

@@ -275,7 +275,11 @@ def _execute_task(task: dict[str, Any]) -> dict[str, Any]:
         end = next(i for i, c in enumerate(nb.cells) if FOLD_END_TAG in (c.metadata.get("tags") or []))
         nb.cells = nb.cells[: end + 1]
     output.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, output)
+    # papermill reads and rewrites its notebook while it runs: it works on a private copy, and ``output`` is
+    # replaced atomically at the end, so two runs of one fold (e.g. a notebook test and a book build sharing a
+    # results folder) never read each other's half-written file
+    work = output.with_name(f".{output.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}{output.suffix}")
+    nbformat.write(nb, work)
     log_file = output.with_suffix(".log")
     log_file.unlink(missing_ok=True)
     logger.info("%s: started (pid %d); log %s", label, os.getpid(), log_file)
@@ -284,8 +288,8 @@ def _execute_task(task: dict[str, Any]) -> dict[str, Any]:
     with temporary_environ({**task["env"], LOG_FILE_ENV: str(log_file)}), _ProgressRelay(log_file, label):
         try:
             pm.execute_notebook(
-                str(output),
-                str(output),
+                str(work),
+                str(work),
                 parameters=task["parameters"],
                 kernel_name=task["kernel_name"],
                 cwd=task["cwd"],
@@ -307,12 +311,15 @@ def _execute_task(task: dict[str, Any]) -> dict[str, Any]:
             error = {"cell": None, "exec_count": None, "first_line": None,
                      "ename": type(exc).__name__, "evalue": str(exc).strip()}
     seconds = time.perf_counter() - t0
-    try:  # papermill recorded the truncated working copy as input; name the real source
-        done = json.loads(output.read_text(encoding="utf-8"))
-        done.setdefault("metadata", {}).setdefault("papermill", {})["input_path"] = str(source)
+    try:  # papermill recorded the working copy as input and output; name the real source and output
+        done = json.loads(work.read_text(encoding="utf-8"))
+        done.setdefault("metadata", {}).setdefault("papermill", {}).update(input_path=str(source),
+                                                                           output_path=str(output))
         atomic_write_text(output, json.dumps(done, indent=1, ensure_ascii=False) + "\n")
-    except (OSError, json.JSONDecodeError):  # pragma: no cover - best effort only
-        pass
+    except (OSError, json.JSONDecodeError):  # papermill left nothing readable: keep the notebook it was given
+        atomic_write_text(output, nbformat.writes(nb))
+    finally:
+        work.unlink(missing_ok=True)
     if error is None:
         logger.info("%s: finished in %.1f s", label, seconds)
     else:
