@@ -143,6 +143,26 @@ def test_pages_load_no_script_from_the_network(smoke_book: dict[str, Path]) -> N
     assert {page: tags for page, tags in remote.items() if tags} == {}
 
 
+def _screenshot(page, path: Path, tries: int = 4) -> None:
+    """Save a viewport screenshot, asking again when Chromium refuses one capture.
+
+    Headless Chromium sometimes answers ``Page.captureScreenshot`` with "Unable to
+    capture screenshot" (no frame composited yet, typically the first capture after a
+    cold start on a loaded machine) and takes the same picture when asked again; the
+    fresh-clone CI run failed once on exactly that. Any other error is raised at once.
+    """
+    from playwright.sync_api import Error
+
+    for attempt in range(tries):
+        try:
+            page.screenshot(path=str(path), full_page=False)
+            return
+        except Error as err:
+            if "Unable to capture screenshot" not in str(err) or attempt == tries - 1:
+                raise
+            page.wait_for_timeout(1000 * (attempt + 1))
+
+
 def test_report_opens_in_headless_chromium(smoke_book: dict[str, Path]) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -165,7 +185,7 @@ def test_report_opens_in_headless_chromium(smoke_book: dict[str, Path]) -> None:
                 page.on("pageerror", lambda e, p=page_name: problems.append(f"{p}: {e}"))
                 page.goto((html / f"{page_name}.html").as_uri(), wait_until="load")
                 shot = html / f"screenshot-{page_name.replace('/', '-')}.png"
-                page.screenshot(path=str(shot), full_page=False)
+                _screenshot(page, shot)
                 assert shot.stat().st_size > 10_000
                 page.close()
         finally:
