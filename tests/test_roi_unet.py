@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from msutils.data.augment import TdaParams, traditional_augment
-from msutils.segmentation.roi_unet import (ROI_NAMES, RoiUNetConfig, class_map, class_rois, dice_per_roi,
-                                           train_roi_unet)
+from msutils.segmentation.roi_unet import (MIRROR_CLASSES, ROI_NAMES, RoiSegmenter, RoiUNetConfig, class_map,
+                                           class_rois, dice_per_roi, keep_largest_components, train_roi_unet)
 
 ROI_SETS = {**{r: [i + 1] for i, r in enumerate(ROI_NAMES[:9])}, "whole_gm": [101, 102]}
 
@@ -59,6 +60,56 @@ def test_config_validation():
         RoiUNetConfig(patch_size=20)
     with pytest.raises(ValueError, match=r"'intensity_aug' must be in \[0, 1\]; got 2"):
         RoiUNetConfig(intensity_aug=2)
+
+
+def test_mirror_classes_swap_left_and_right():
+    names = ("background",) + ROI_NAMES
+    for k, m in enumerate(MIRROR_CLASSES):
+        assert names[m] == names[k].replace("_L", "_X").replace("_R", "_L").replace("_X", "_R")
+
+
+def test_flip_tta_prediction_matches_a_hand_computation():
+    cfg = RoiUNetConfig(channels=(4, 8), patch_size=16, seed=0, largest_component=False)
+    torch.manual_seed(0)
+    from msutils.segmentation.roi_unet import _network
+
+    net = _network(cfg)
+    seg = RoiSegmenter(cfg, net.state_dict(), {}, 0, [], [], 0.0)
+    img = np.random.default_rng(1).normal(1.0, 0.3, (14, 12, 10)).astype(np.float32)
+    x = torch.from_numpy(seg.network_input(img))[None, None]
+    with torch.no_grad():
+        p = torch.softmax(seg.network()(x), 1)[0].numpy()
+        q = torch.softmax(seg.network()(torch.from_numpy(x.numpy()[:, :, ::-1].copy())), 1)[0].numpy()
+    expected = np.zeros(p.shape[1:], np.int64)
+    best = np.full(p.shape[1:], -1.0)
+    for k in range(p.shape[0]):  # class k of the volume = class MIRROR[k] of the mirror image, mirrored back
+        mean = 0.5 * (p[k] + q[MIRROR_CLASSES[k]][::-1])
+        expected = np.where(mean > best, k, expected)
+        best = np.maximum(mean, best)
+    np.testing.assert_array_equal(seg.predict(img), expected[:14, :12, :10])
+    plain = RoiSegmenter(replace(cfg, tta_flip=False), seg.state, {}, 0, [], [], 0.0)
+    np.testing.assert_array_equal(plain.predict(img), p.argmax(0)[:14, :12, :10])
+
+
+def test_keep_largest_components():
+    cls = np.zeros((12, 12, 12), np.uint8)
+    cls[1:4, 1:4, 1:4] = 1        # 27 voxels: kept
+    cls[8:10, 8:10, 8:10] = 1     # 8 voxels: removed
+    cls[4, 4, 4] = 1              # touches the big blob at a corner only: 26-connected, kept
+    cls[6:8, 1:3, 1:3] = 2        # one component of class 2
+    cls[0, 11, 11] = 2            # its stray voxel
+    cls[9:11, 1:3, 1:3] = 9       # WM class, two pieces, not in ``values``: untouched
+    cls[11, 11, 0] = 9
+    before = cls.copy()
+    out = keep_largest_components(cls, (1, 2))
+    np.testing.assert_array_equal(cls, before)
+    assert (out == 1).sum() == 28 and out[4, 4, 4] == 1 and (out[8:10, 8:10, 8:10] == 0).all()
+    assert (out == 2).sum() == 8 and out[0, 11, 11] == 0
+    np.testing.assert_array_equal(out == 9, before == 9)
+    expected = before.copy()
+    expected[8:10, 8:10, 8:10] = 0
+    expected[0, 11, 11] = 0
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_tiny_training_beats_empty_prediction_and_is_deterministic():
