@@ -504,3 +504,15 @@ def test_seed_tp_rule_matches_a_loop_over_predicted_lesions():
         assert res.table.loc[k, "best_overlap"] == pytest.approx(best), k
         expected = ("TP" if best >= 0.1 else "FN") if n_t else ("FP" if n_p else "TN")
         assert res.table.loc[k, "outcome"] == expected, k
+
+
+@pytest.mark.parametrize("connectivity", [6, 26])
+def test_largest_component_matches_a_size_loop(connectivity):
+    rng = np.random.default_rng(4)
+    mask = rng.random((14, 12, 10)) > 0.88
+    labels, n = L.instances(mask, connectivity=connectivity)
+    sizes = [(labels == k).sum() for k in range(1, n + 1)]
+    expected = labels == 1 + sizes.index(max(sizes))  # first of the largest, in raster order
+    np.testing.assert_array_equal(L.largest_component(mask, connectivity=connectivity), expected)
+    assert n > 2 and expected.sum() < mask.sum()
+    assert not L.largest_component(np.zeros((3, 3, 3), bool)).any()

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from msutils.data.augment import TdaParams, traditional_augment
-from msutils.segmentation.roi_unet import (MIRROR_CLASSES, ROI_NAMES, RoiSegmenter, RoiUNetConfig, class_map,
-                                           class_rois, dice_per_roi, keep_largest_components, train_roi_unet)
+from msutils.segmentation.roi_unet import (MIRROR_CLASSES, ROI_NAMES, RoiSegmenter, RoiUNetConfig, _network,
+                                           class_map, class_rois, dice_per_roi, keep_largest_components,
+                                           train_roi_unet)
 
 ROI_SETS = {**{r: [i + 1] for i, r in enumerate(ROI_NAMES[:9])}, "whole_gm": [101, 102]}
 
@@ -71,8 +72,6 @@ def test_mirror_classes_swap_left_and_right():
 def test_flip_tta_prediction_matches_a_hand_computation():
     cfg = RoiUNetConfig(channels=(4, 8), patch_size=16, seed=0, largest_component=False)
     torch.manual_seed(0)
-    from msutils.segmentation.roi_unet import _network
-
     net = _network(cfg)
     seg = RoiSegmenter(cfg, net.state_dict(), {}, 0, [], [], 0.0)
     img = np.random.default_rng(1).normal(1.0, 0.3, (14, 12, 10)).astype(np.float32)

@@ -59,6 +59,7 @@ __all__ = [
     "LesionMatch",
     "default_connectivity",
     "instances",
+    "largest_component",
     "match_instances",
     "lesion_wise_metrics",
     "lesion_metrics_from_counts",
@@ -223,6 +224,29 @@ class LesionMatch:
             tp_pred=c["tp_pred"], fp=c["fp"], tp_truth=c["tp_truth"], fn=c["fn"], empty_score=empty_score
         )
 
+
+
+def largest_component(mask: np.ndarray, *, connectivity: int | None = None) -> np.ndarray:
+    """The largest connected component of a binary mask (ties: the first in raster order).
+
+    Parameters
+    ----------
+    mask : ndarray, 2D or 3D
+        Binary mask; any non-zero voxel is foreground (not modified).
+    connectivity : {4, 8} in 2D, {6, 18, 26} in 3D, optional
+        Neighbourhood (default: full, :func:`default_connectivity`).
+
+    Returns
+    -------
+    ndarray of bool
+        Same shape; all False for an empty mask.
+    """
+    labels, n = instances(mask, connectivity=connectivity)
+    if n <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
 
 def pair_overlaps(truth_labels: np.ndarray, pred_labels: np.ndarray, n_pred: int) -> pd.DataFrame:
     """Overlap voxel count of every (truth instance, predicted instance) pair that touches."""

@@ -299,15 +299,12 @@ def keep_largest_components(classes: np.ndarray, values: Sequence[int]) -> np.nd
     untouched. Ties keep the component found first in C order. The input is not
     modified.
     """
-    from scipy import ndimage
+    from msutils.segmentation.lesions import largest_component
 
     out = np.array(classes, copy=True)
-    full = ndimage.generate_binary_structure(out.ndim, out.ndim)
     for k in values:
-        comp, n = ndimage.label(out == k, structure=full)
-        if n > 1:
-            sizes = np.bincount(comp.ravel())[1:]
-            out[(comp > 0) & (comp != 1 + int(np.argmax(sizes)))] = 0
+        region = out == k
+        out[region & ~largest_component(region)] = 0
     return out
 
 

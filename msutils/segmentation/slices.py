@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from msutils.core.validation import check_choice
+from msutils.segmentation.lesions import largest_component
 
 if TYPE_CHECKING:  # pragma: no cover
     from msutils.data.cohort import Cohort
@@ -219,12 +220,7 @@ def estimate_brain_mask(
         ball = (grid**2).sum(axis=0) <= opening_radius**2
         opened = ndimage.binary_opening(mask, structure=ball)
         mask = opened if opened.any() else mask
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(np.argmax(sizes))
-    mask = ndimage.binary_fill_holes(mask)
+    mask = ndimage.binary_fill_holes(largest_component(mask, connectivity=2 * vol.ndim))
     if mask.ndim == 3:
         for k in range(mask.shape[2]):
             mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
