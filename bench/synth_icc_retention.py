@@ -5,14 +5,15 @@ requested resolution, extracts the seed-001 radiomics (first order + texture on
 T1) of the deep-GM nuclei, some cortical parcels and the NAWM with
 :func:`msutils.studies.edss_regression.load_study_data`, re-processes every
 subject as notebook 02 does (:func:`~msutils.studies.edss_regression.retest_radiomics`:
-ROI boundaries moved by ~1 mm, fresh noise) and prints the fraction of features
+ROI boundaries moved by ~1 mm, outwards in some patches and inwards in others, or
+with ``--boundary random`` the whole boundary one way; fresh noise) and prints the fraction of features
 with ICC(A,1) >= 0.90 per feature class and ROI group, the median ICC of every
 first-order feature over ROIs, and the retention of the features that carry
 the deep-GM texture effect (deep-GM features whose Spearman correlation with
 the true texture amplitude ``gt_texture_amplitude`` is at least 0.5 in
 absolute value).
 
-    python bench/synth_icc_retention.py --resolutions 2 1 --subjects 16 --parcels 8
+    python bench/synth_icc_retention.py --resolutions 2 1 --subjects 16 --parcels 8 [--boundary random]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from msutils.studies import edss_regression as es
 
 
 def retention(resolution: int, n_subjects: int, n_parcels: int, seed: int, n_jobs: int,
-              workdir: Path) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+              workdir: Path, boundary: str = "patch") -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """(retention table, per-feature frame, generation seconds) of one resolution.
 
     The per-feature frame has ``icc``, ``roi_group``, ``feature_class``,
@@ -48,7 +49,7 @@ def retention(resolution: int, n_subjects: int, n_parcels: int, seed: int, n_job
     gen_s = time.perf_counter() - t0
     cohort = load_cohort(manifest)
     config = es.StudyConfig(n_gm_parcels=n_parcels, icc_subjects=n_subjects, disconnection=False,
-                            n_jobs=n_jobs, seed=seed)
+                            n_jobs=n_jobs, seed=seed, icc_boundary=boundary)
     data = es.load_study_data(cohort, config, progress=False)
     scans = es.icc_subset(cohort, data, data.subjects.index, config)
     retest = es.retest_radiomics(cohort, data, scans, config, progress=False)
@@ -75,11 +76,14 @@ def main() -> None:
     ap.add_argument("--parcels", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--boundary", choices=["patch", "random"], default="patch",
+                    help="how the re-processing moves ROI boundaries (StudyConfig.icc_boundary)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         for res in args.resolutions:
-            table, frame, gen_s = retention(res, args.subjects, args.parcels, args.seed, args.jobs, Path(tmp))
+            table, frame, gen_s = retention(res, args.subjects, args.parcels, args.seed, args.jobs, Path(tmp),
+                                            args.boundary)
             print(f"\n{res} mm: {args.subjects} subjects, {args.parcels} cortical parcels "
                   f"(generated in {gen_s:.0f} s); fraction of features with ICC(A,1) >= 0.90:")
             print(table.round(2).to_string())

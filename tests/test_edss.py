@@ -83,6 +83,55 @@ def test_resegmented_mask_partial_step_at_2mm():
         edss.resegmented_mask(m, 0, (1, 1, 1), shift_mm=0)
 
 
+def test_resegmented_mask_patches_move_both_ways_by_one_voxel():
+    m = _ball((40, 40, 40), 11.87)  # about 7 ml at 1 mm
+    before = m.copy()
+    outer = perturbed_mask(m, mode="dilate") & ~m
+    inner = m & ~perturbed_mask(m, mode="erode")
+    dice, vol = [], []
+    for seed in range(20):
+        out = edss.resegmented_mask(m, np.random.default_rng(seed), (1, 1, 1))
+        gained, lost = out & ~m, m & ~out
+        assert not (gained & ~outer).any() and not (lost & ~inner).any()  # one-voxel shells only
+        # at 1 mm every shell voxel moves, in the direction of its patch
+        assert 0.3 < gained.sum() / outer.sum() < 0.7 and 0.3 < lost.sum() / inner.sum() < 0.7
+        dice.append(2 * (out & m).sum() / (out.sum() + m.sum()))
+        vol.append(abs(out.sum() / m.sum() - 1.0))
+    np.testing.assert_array_equal(m, before)
+    # as close to the original as a whole-ROI step, with a tenth of its volume change
+    step = perturbed_mask(m, mode="dilate")
+    assert abs(np.mean(dice) - 2 * m.sum() / (step.sum() + m.sum())) < 0.03
+    assert np.mean(vol) < 0.04 < 0.15 < step.sum() / m.sum() - 1.0
+    np.testing.assert_array_equal(edss.resegmented_mask(m, np.random.default_rng(5), (1, 1, 1)),
+                                  edss.resegmented_mask(m, np.random.default_rng(5), (1, 1, 1)))
+
+
+def test_resegmented_mask_patch_direction_follows_the_smoothed_field():
+    """Reference: the same draws, the field smoothed and the shells chosen by a plain loop."""
+    from scipy import ndimage
+
+    m = _ball((16, 16, 16), 5.0)
+    got = edss.resegmented_mask(m, np.random.default_rng(2), (2.0, 2.0, 2.0), patch_mm=3.0)
+    rng = np.random.default_rng(2)
+    field = ndimage.gaussian_filter(rng.standard_normal(m.shape), 1.5, mode="wrap")
+    keep = rng.random(m.shape) < 0.5
+    want = m.copy()
+    for idx in np.ndindex(m.shape):
+        nb = [tuple(np.add(idx, d)) for d in [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)]]
+        inside = [all(0 <= k < 16 for k in j) and m[j] for j in nb]
+        if not keep[idx]:
+            continue
+        if m[idx] and not all(inside) and field[idx] < 0:
+            want[idx] = False
+        elif not m[idx] and any(inside) and field[idx] >= 0:
+            want[idx] = True
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="'patch_mm' must be > 0"):
+        edss.resegmented_mask(m, 0, (1, 1, 1), patch_mm=0)
+    with pytest.raises(ValueError, match="'mode' must be one of"):
+        edss.resegmented_mask(m, 0, (1, 1, 1), mode="shrink")
+
+
 # ----------------------------------------------------------------------------- groups, drivers
 @pytest.mark.parametrize("name, group, driver", [
     ("age", "clinical", "age"),
@@ -263,6 +312,8 @@ def test_study_config_validation():
         edss.StudyConfig(icc_subjects=2)
     with pytest.raises(ValueError, match="'icc_threshold' must be in"):
         edss.StudyConfig(icc_threshold=1.5)
+    with pytest.raises(ValueError, match=r"'icc_boundary' must be one of \['patch', 'random'\]; got 'whole'"):
+        edss.StudyConfig(icc_boundary="whole")
 
 
 # ----------------------------------------------------------------------------- in-memory study

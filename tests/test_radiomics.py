@@ -81,6 +81,27 @@ def test_cropped_equals_uncropped_pyradiomics(volume, where, spacing, params):
     assert_allclose([got[k] for k in ref], list(ref.values()), rtol=1e-6, atol=0)
 
 
+def test_seed001_outlier_resegmentation_equals_pyradiomics(volume):
+    """seed001 drops voxels outside the ROI's mean +- 3 SD (CSF let into a GM ROI) as pyradiomics does."""
+    rng = np.random.default_rng(4)
+    mask = _blob(volume.shape, (18, 20, 19), 7.0, rng)
+    img = volume.copy()
+    csf = np.argwhere(mask)[rng.choice(int(mask.sum()), 25, replace=False)]
+    img[tuple(csf.T)] = -2000.0  # far below the ROI's other intensities
+    got = rad.extract_arrays(img, mask, (1.0, 1.0, 1.0), "seed001")
+    ref = _plain_pyradiomics(img, mask, (1.0, 1.0, 1.0), "seed001")
+    assert list(got) == list(ref) == rad.feature_names("seed001")
+    assert_allclose([got[k] for k in ref], list(ref.values()), rtol=1e-6, atol=0)
+    # the outliers are gone: the minimum is that of the ROI without them, not the outliers' value
+    plain = rad.make_params(("firstorder",) + rad._TEXTURE, bin_width=2.5, voxel_array_shift=300)
+    kept = rad.extract_arrays(img, mask, (1.0, 1.0, 1.0), plain)
+    outliers = np.zeros(mask.shape, bool)
+    outliers[tuple(csf.T)] = True
+    without = rad.extract_arrays(img, mask & ~outliers, (1.0, 1.0, 1.0), plain)
+    assert kept["firstorder__Minimum"] < got["firstorder__Minimum"] == pytest.approx(
+        without["firstorder__Minimum"], rel=1e-9)
+
+
 def test_fast_shape_mesh_matches_pyradiomics_c(monkeypatch):
     """The vectorised mesh (used above _C_MESH_MAX_VERTICES vertices) equals cShape."""
     from radiomics import cShape

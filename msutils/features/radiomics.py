@@ -229,6 +229,8 @@ def make_params(
     return {"setting": setting, "imageType": image_type, "featureClass": {c: None for c in classes}}
 
 
+_OUTLIER_RESEGMENTATION = {"resegmentRange": [-3.0, 3.0], "resegmentMode": "sigma"}
+
 PARAMS: Mapping[str, dict[str, Any]] = MappingProxyType({
     # Seed 000 (basal-ganglia MS vs HC): the paper's 107 features per ROI = shape (14)
     # + first order (18) + GLCM (24) + GLRLM (16) + GLSZM (16) + GLDM (14) + NGTDM (5)
@@ -240,15 +242,20 @@ PARAMS: Mapping[str, dict[str, Any]] = MappingProxyType({
     # its example's width 5 left 7-27 in the nuclei).
     "seed000": make_params(("shape", "firstorder") + _TEXTURE, bin_width=2.5, voxel_array_shift=300),
     # Seed 001 (EDSS regression): first order + texture (93 features), no shape, on
-    # T1 per atlas GM ROI and NAWM; same discretisation as seed000.
-    "seed001": make_params(("firstorder",) + _TEXTURE, bin_width=2.5, voxel_array_shift=300),
+    # T1 per atlas GM ROI and NAWM; same discretisation as seed000, after IBSI outlier
+    # re-segmentation (voxels outside the ROI's mean +- 3 SD leave the mask:
+    # pyradiomics' resegmentMode "sigma"; the IBSI's usual pre-processing of MR
+    # intensities), so that CSF and partial-volume voxels that a segmentation lets
+    # into a GM ROI do not dominate its spread and texture features.
+    "seed001": make_params(("firstorder",) + _TEXTURE, bin_width=2.5, voxel_array_shift=300,
+                           settings=_OUTLIER_RESEGMENTATION),
     # Seed 001 as its feature count implies: 125,580 features from 115 ROIs = 1,092 per ROI,
     # about 12 image types of ~91 features: the original T1, LoG-filtered images at 3 sigmas
     # and the 8 wavelet decompositions (pyradiomics' coif1, level 1). The paper's sigmas are
     # in its supplement; 1, 2 and 3 mm are used here (pyradiomics' documented range is 1-5
     # mm, and ROIs of a few mm cannot carry coarser filters). 12 x 93 = 1,116 features per ROI.
     "seed001_paper": make_params(("firstorder",) + _TEXTURE, bin_width=2.5, voxel_array_shift=300,
-                                 log_sigma=(1.0, 2.0, 3.0), wavelet="coif1"),
+                                 log_sigma=(1.0, 2.0, 3.0), wavelet="coif1", settings=_OUTLIER_RESEGMENTATION),
     # Seed 004 (saliency radiomics): first order + texture (93 features) of the
     # saliency map z-scored over the whole map. The paper used binWidth 10 on the
     # z-scores themselves (see "saliency_paper"), which leaves 1-3 grey levels;

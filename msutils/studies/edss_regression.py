@@ -23,8 +23,8 @@ Stability (:func:`icc_subset`, :func:`retest_radiomics`)
     The seed re-processed 30 random subjects and kept the radiomic features
     with ICC >= 0.90. Here 30 (configurable) random *training* subjects are
     re-processed (``icc_mode="perturbed"``): every ROI boundary is moved by about
-    1 mm (random erosion or dilation, :func:`resegmented_mask`, a re-segmentation
-    proxy) and fresh Gaussian noise is added inside the brain
+    1 mm, outwards in some places and inwards in others (:func:`resegmented_mask`,
+    a re-segmentation proxy) and fresh Gaussian noise is added inside the brain
     (:func:`msutils.features.reliability.perturbed_image`); or, with ``icc_mode="rescan"``,
     the training subjects' second visits (``ses-02``) are extracted as the retest.
 
@@ -193,6 +193,11 @@ class StudyConfig:
     icc_shift_mm : float
         Mean ROI boundary displacement of the perturbed re-processing
         (:func:`resegmented_mask`).
+    icc_boundary : {"patch", "random"}
+        How the boundary moves (:func:`resegmented_mask` ``mode``): ``"patch"``,
+        outwards in some patches and inwards in others, as a second run of a
+        segmentation pipeline; ``"random"``, the whole boundary one way (a
+        stress test: erosion or dilation of the whole ROI).
     variance_threshold, collinearity_threshold : float
         Seed: 0.01 and 0.8.
     lasso_cv : int
@@ -216,6 +221,7 @@ class StudyConfig:
     icc_type: str = "ICC(A,1)"
     icc_noise: float = 0.02
     icc_shift_mm: float = 1.0
+    icc_boundary: str = "patch"
     variance_threshold: float = 0.01
     collinearity_threshold: float = 0.8
     lasso_cv: int = 10
@@ -225,6 +231,7 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         check_choice("icc_mode", self.icc_mode, ICC_MODES)
+        check_choice("icc_boundary", self.icc_boundary, ["patch", "random"])
         if self.n_gm_parcels is not None:
             check_int("n_gm_parcels", self.n_gm_parcels, 0)
         check_int("icc_subjects", self.icc_subjects, 3)
@@ -603,43 +610,70 @@ def icc_subset(cohort: Any, data: StudyData, train_subjects: Iterable[str], conf
 
 
 def resegmented_mask(mask: np.ndarray, rng: Any, spacing: Sequence[float], *, shift_mm: float = 1.0,
-                     mode: str = "random") -> np.ndarray:
-    """A re-segmentation proxy: the ROI boundary moved by about ``shift_mm`` on average.
+                     mode: str = "patch", patch_mm: float = 2.0) -> np.ndarray:
+    """A re-segmentation proxy: the ROI boundary moved by about ``shift_mm``.
 
-    :func:`msutils.features.reliability.perturbed_mask` erodes or dilates the mask by one voxel;
-    each voxel that this changes is kept changed with probability
-    ``min(1, shift_mm / mean voxel size)``, so a 1 mm image gets the full
-    one-voxel erosion / dilation and a 3 mm image a third of it (a boundary
-    displacement of about 1 mm in volume terms, whatever the resolution).
+    The boundary moves by whole voxels of the one-voxel shells of the mask
+    (6-connectivity, :func:`msutils.features.reliability.perturbed_mask`): the
+    outer shell (dilation minus mask) and the inner shell (mask minus erosion).
+    Each shell voxel that a mode selects changes with probability
+    ``p = min(1, shift_mm / mean voxel size)``: a 1 mm image gets full one-voxel
+    steps, a 2 mm image half of them (a displacement of about 1 mm in volume
+    terms, whatever the resolution).
+
+    ``mode="patch"`` (default) moves the boundary as a second run of a
+    segmentation pipeline does, outwards in some places and inwards in others:
+    white noise smoothed by a Gaussian of sigma ``patch_mm`` gives every voxel a
+    direction; where it is >= 0 the outer shell joins the mask, where it is < 0
+    the inner shell leaves it. The volume then changes by a few percent instead of
+    the 20-45 % of a whole-ROI step (a 7 ml ball at 1 mm: Dice 0.90 with the
+    original in both modes; mean volume change 2 % here, 21 % for a whole-ROI step). ``"erode"``, ``"dilate"`` and ``"random"``
+    (one of the two, p = 0.5) move the whole boundary one way: a stress test that
+    volume-dominated features (energy) and boundary-composition features
+    (minimum, skewness) cannot survive.
 
     Parameters
     ----------
     mask : ndarray of bool
         ROI mask (not modified).
     rng : numpy.random.Generator or int
-        Draws the operation (``mode="random"``) and the changed voxels.
+        Draws the direction field (``"patch"``) or the operation (``"random"``),
+        and the changed voxels.
     spacing : sequence of float
         Voxel size (mm).
     shift_mm : float
         Mean boundary displacement (> 0).
-    mode : {"erode", "dilate", "random"}
+    mode : {"patch", "erode", "dilate", "random"}
+    patch_mm : float
+        Smoothing sigma of the direction field of ``mode="patch"`` (mm, > 0).
 
     Returns
     -------
     ndarray of bool
     """
+    from scipy import ndimage
+
     from msutils.features.reliability import perturbed_mask
 
+    check_choice("mode", mode, ["patch", "erode", "dilate", "random"])
     if not float(shift_mm) > 0:
         raise ValueError(f"'shift_mm' must be > 0; got {shift_mm!r}")
+    if not float(patch_mm) > 0:
+        raise ValueError(f"'patch_mm' must be > 0; got {patch_mm!r}")
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     m = np.asarray(mask).astype(bool)
-    full = perturbed_mask(m, gen, mode=mode).astype(bool)
-    p = min(1.0, float(shift_mm) / float(np.mean([float(s) for s in spacing])))
-    changed = full != m
+    vox = np.asarray([float(s) for s in spacing], dtype=float)
+    if mode == "patch":
+        direction = ndimage.gaussian_filter(gen.standard_normal(m.shape), float(patch_mm) / vox, mode="wrap")
+        outer = perturbed_mask(m, mode="dilate").astype(bool) & ~m
+        inner = m & ~perturbed_mask(m, mode="erode").astype(bool)
+        changed = (outer & (direction >= 0)) | (inner & (direction < 0))
+    else:
+        changed = perturbed_mask(m, gen, mode=mode).astype(bool) != m
+    p = min(1.0, float(shift_mm) / float(np.mean(vox)))
     if p < 1.0:
         changed &= gen.random(m.shape) < p
-    return np.where(changed, full, m)
+    return m ^ changed
 
 
 def _perturbed_scan(task: Mapping[str, Any]) -> dict[str, list[float]]:
@@ -671,7 +705,7 @@ def _perturbed_scan(task: Mapping[str, Any]) -> dict[str, list[float]]:
             hi = np.minimum(np.max([[s.stop for s in b] for b in boxes], axis=0) + 2, lab.shape)
             region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             m[region] = resegmented_mask(np.isin(lab[region], vals), rng, spacing,
-                                         shift_mm=float(task["shift_mm"]))
+                                         shift_mm=float(task["shift_mm"]), mode=task["boundary"])
         if roi in task["subtract_lesions"]:
             m &= ~les
         masks[roi] = m.T  # SimpleITK order, as msutils.features.radiomics.extract reads NIfTI files
@@ -717,6 +751,7 @@ def retest_radiomics(cohort: Any, data: StudyData, retest_scans: Mapping[str, st
             "lesion_mask": str(table.at[sid, "lesion_mask"]), "rois": rois,
             "subtract_lesions": [NAWM_ROI], "params": config.radiomics_params, "margin": 2,
             "noise": float(config.icc_noise), "shift_mm": float(config.icc_shift_mm),
+            "boundary": config.icc_boundary,
             "seed": int(config.seed),
             "key": zlib.crc32(str(subject).encode()),
         })
