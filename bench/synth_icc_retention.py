@@ -6,14 +6,14 @@ T1) of the deep-GM nuclei, some cortical parcels and the NAWM with
 :func:`msutils.studies.edss_regression.load_study_data`, re-processes every
 subject as notebook 02 does (:func:`~msutils.studies.edss_regression.retest_radiomics`:
 ROI boundaries moved by ~1 mm, outwards in some patches and inwards in others, or
-with ``--boundary random`` the whole boundary one way; fresh noise) and prints the fraction of features
-with ICC(A,1) >= 0.90 per feature class and ROI group, the median ICC of every
-first-order feature over ROIs, and the retention of the features that carry
-the deep-GM texture effect (deep-GM features whose Spearman correlation with
-the true texture amplitude ``gt_texture_amplitude`` is at least 0.5 in
-absolute value).
+with ``--boundary random`` the whole boundary one way; fresh noise) and prints
+the fraction of features with ICC(A,1) >= 0.90 per feature class and ROI group,
+the median ICC of every first-order feature over ROIs, and the retention of the
+features that carry the deep-GM texture effect (deep-GM features whose Spearman
+correlation with the true texture amplitude ``gt_texture_amplitude`` is at least
+0.5 in absolute value), also per nucleus.
 
-    python bench/synth_icc_retention.py --resolutions 2 1 --subjects 16 --parcels 8 [--boundary random]
+    python bench/synth_icc_retention.py --resolutions 2 1 --subjects 30 --parcels 8 [--boundary random]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def retention(resolution: int, n_subjects: int, n_parcels: int, seed: int, n_job
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolutions", type=int, nargs="+", default=[2])
-    ap.add_argument("--subjects", type=int, default=16)
+    ap.add_argument("--subjects", type=int, default=30)
     ap.add_argument("--parcels", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
@@ -95,6 +95,11 @@ def main() -> None:
             effect = frame[(frame["roi_group"] == "deep_gm") & (frame["texture_rho"].abs() >= 0.5)]
             print(f"deep-GM texture-effect features (|rho| >= 0.5 with the true amplitude): {len(effect)}, "
                   f"ICC >= 0.90: {effect['kept'].mean():.2f} (median ICC {effect['icc'].median():.2f})")
+            nucleus = effect.index.str.split("__").str[0].str.rsplit("_", n=1).str[0]
+            per = effect.groupby(nucleus).agg(features=("icc", "size"), kept=("kept", "mean"),
+                                              median_icc=("icc", "median"))
+            print("per nucleus (left + right):")
+            print(per.round(2).to_string())
 
 
 if __name__ == "__main__":
