@@ -62,6 +62,9 @@ def _plain_pyradiomics(image, mask, spacing, params):
         ("interior", (1.0, 1.0, 1.0), rad.make_params(
             ("shape", "firstorder", "glszm"), normalize=False, log_sigma=[1.0],
             settings={"resegmentRange": [700.0, 1300.0]})),
+        # seed001_paper's outlier re-segmentation: the mask from the original image also serves the LoG image
+        ("interior", (1.0, 1.0, 1.0), rad.make_params(
+            ("firstorder", "glcm"), log_sigma=[1.0], settings={"resegmentRange": [-1.5, 1.5], "resegmentMode": "sigma"})),
         # resampling is ROI-dependent in pyradiomics: the engine runs it uncropped
         ("border", (1.0, 1.0, 1.0), rad.make_params(
             ("firstorder", "glcm"), normalize=False, settings={"resampledPixelSpacing": [2.0, 2.0, 2.0]})),
