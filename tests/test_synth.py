@@ -143,7 +143,7 @@ def test_manifest_contract(smoke):
     assert syn["params_hash"] == synth.params_hash(synth.PRESETS["smoke"])
     assert set(syn["ground_truth"]["columns"]) == set(synth.GT_COLUMNS)
     assert syn["ground_truth"]["lookalike_kinds"] == synth.LOOKALIKE_KINDS
-    assert syn["generator_version"] == synth.GENERATOR_VERSION == "3"
+    assert syn["generator_version"] == synth.GENERATOR_VERSION == "4"
     assert {"edss", "rater_dice", "lesion_volume_ml", "lookalikes", "centers_ms"} <= set(syn["calibration"])
 
 
@@ -422,8 +422,11 @@ def test_atlas_structure():
     assert not atlas.gm.flags.writeable
     assert set(np.unique(atlas.labels)) == {0, *range(1, 10), *range(101, 149)}
     vv = atlas.voxel_volume_ml
-    thal = [(atlas.labels == k).sum() * vv for k in (1, 2)]
-    assert all(2.5 < v < 5.0 for v in thal)
+    # adult volumes per hemisphere (1 mm template: thalamus 7.5, caudate 3.4, putamen 4.9, pallidum 1.4 ml)
+    vol = {s.name: (atlas.labels == s.label).sum() * vv for s in anatomy.DEEP_GM}
+    for side in "LR":
+        assert 6.5 < vol[f"thalamus_{side}"] < 8.5 and 2.8 < vol[f"caudate_{side}"] < 4.0, vol
+        assert 4.2 < vol[f"putamen_{side}"] < 5.6 and 1.0 < vol[f"pallidum_{side}"] < 2.0, vol
     assert 10 < atlas.ventricles.sum() * vv < 40
     assert sorted(atlas.lesion_zones) == ["deep", "infratentorial", "juxtacortical", "periventricular"]
     assert all(z.size > 100 for z in atlas.lesion_zones.values())

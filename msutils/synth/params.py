@@ -33,7 +33,7 @@ __all__ = [
     "for_center",
 ]
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 """Bumped whenever the same parameters would produce different files."""
 
 COURSES: tuple[str, ...] = ("RR", "SP", "PP", "CIS")
