@@ -131,7 +131,7 @@ def test_random_warp_grid_identity_and_smooth_displacement():
 
 
 def test_generation_deformation_keeps_structure_volumes():
-    # a thalamus-sized ellipsoid (451 voxels) in a 48 x 56 x 48 box keeps its volume within a few per cent
+    # a 3.6 ml ellipsoid (451 voxels at 2 mm) in a 48 x 56 x 48 box keeps its volume within a few per cent
     shape = (48, 56, 48)
     x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
     ell = ((x - 20) / 3.75) ** 2 + ((y - 27) / 6.5) ** 2 + ((z - 24) / 4.25) ** 2 < 1

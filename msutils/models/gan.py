@@ -218,7 +218,7 @@ class GanConfig:
         synthetic cohort's own between-subject warp (2 mm SD at 30 mm
         spacing): a new anatomy differs from its parent about as much as two
         subjects differ. The price is volume noise: measured with 5 points on
-        a thalamus-sized ellipsoid (450 voxels), 0.03 / 0.06 change its volume
+        a 3.6 ml ellipsoid (450 voxels at 2 mm), 0.03 / 0.06 change its volume
         by 3 / 7 % (SD) in a 48 x 56 x 48 box and by 7.5 / 11 % in a
         96 x 112 x 96 box (the nearest-neighbour label warp's sub-voxel
         quantisation adds about 5 %), against a natural deep-GM volume SD of
